@@ -1,0 +1,142 @@
+//! The command line, keeping WinInetd 0.7's long options as they were.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::config::Handoff;
+
+/// wininetd: an inetd-like super-server for Windows and Unix. Each
+/// connection to a configured port runs a program with the connection as
+/// its standard input, output and error.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "wininetd", version, about, long_about = None)]
+pub struct Cli {
+    /// The config file; `.toml` selects the extended format.
+    #[arg(long, value_name = "FILE", default_value_os_t = default_config())]
+    pub cfgfile: PathBuf,
+
+    /// Socket send/receive timeout in seconds (SO_SNDTIMEO/SO_RCVTIMEO); 0 = none.
+    #[arg(long, value_name = "N")]
+    pub timeout: Option<u32>,
+
+    /// SO_LINGER in seconds for sockets handed to programs (default 60); 0 = off.
+    #[arg(long = "linger-timeout", value_name = "N")]
+    pub linger_timeout: Option<u32>,
+
+    /// Run in the foreground and log to the console.
+    #[arg(long)]
+    pub debug: bool,
+
+    /// Install wininetd as a service with the options given here.
+    #[arg(long, conflicts_with_all = ["remove", "check", "reload"])]
+    pub install: bool,
+
+    /// Stop and remove the installed service.
+    #[arg(long, conflicts_with_all = ["check", "reload"])]
+    pub remove: bool,
+
+    /// Validate the config, list its services, and exit 0 (valid) or 1.
+    #[arg(long, conflicts_with = "reload")]
+    pub check: bool,
+
+    /// Ask the installed service to re-read its config.
+    #[arg(long)]
+    pub reload: bool,
+
+    /// Default handoff for services that do not choose one: `direct` gives
+    /// the program the socket, `pipe` relays through pipes.
+    #[arg(long, value_name = "MODE", value_parser = parse_handoff)]
+    pub handoff: Option<Handoff>,
+
+    /// On stop, end the programs still running instead of leaving them be.
+    #[arg(long = "kill-on-stop")]
+    pub kill_on_stop: bool,
+
+    /// Set by the service manager when it starts us (Windows SCM).
+    #[arg(long, hide = true)]
+    pub service: bool,
+}
+
+fn parse_handoff(s: &str) -> Result<Handoff, String> {
+    Handoff::parse(s).ok_or_else(|| format!("{s:?} is not `direct` or `pipe`"))
+}
+
+/// `/etc/wininetd.conf` on Unix, `%WINDIR%\wininetd.conf` on Windows.
+pub fn default_config() -> PathBuf {
+    if cfg!(windows) {
+        let windir = std::env::var_os("WINDIR").unwrap_or_else(|| "C:\\Windows".into());
+        PathBuf::from(windir).join("wininetd.conf")
+    } else {
+        PathBuf::from("/etc/wininetd.conf")
+    }
+}
+
+impl Cli {
+    /// The options a service launch should carry, for `--install`: the
+    /// config path made absolute so the service finds it from anywhere.
+    pub fn service_args(&self) -> Vec<String> {
+        let cfg = std::path::absolute(&self.cfgfile).unwrap_or_else(|_| self.cfgfile.clone());
+        let mut args = vec!["--cfgfile".to_string(), cfg.display().to_string()];
+        if let Some(t) = self.timeout {
+            args.extend(["--timeout".into(), t.to_string()]);
+        }
+        if let Some(t) = self.linger_timeout {
+            args.extend(["--linger-timeout".into(), t.to_string()]);
+        }
+        if let Some(h) = self.handoff {
+            args.extend(["--handoff".into(), h.as_str().into()]);
+        }
+        if self.kill_on_stop {
+            args.push("--kill-on-stop".into());
+        }
+        args
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn original_long_options_parse() {
+        let c = Cli::try_parse_from([
+            "wininetd",
+            "--cfgfile",
+            "x.conf",
+            "--timeout",
+            "30",
+            "--linger-timeout",
+            "5",
+            "--debug",
+        ])
+        .unwrap();
+        assert_eq!(c.cfgfile, PathBuf::from("x.conf"));
+        assert_eq!(c.timeout, Some(30));
+        assert_eq!(c.linger_timeout, Some(5));
+        assert!(c.debug);
+        let args = c.service_args();
+        assert!(args.ends_with(&[
+            "--timeout".into(),
+            "30".into(),
+            "--linger-timeout".into(),
+            "5".into()
+        ]));
+        assert!(PathBuf::from(&args[1]).is_absolute());
+    }
+
+    #[test]
+    fn default_config_is_the_platform_one() {
+        let c = Cli::try_parse_from(["wininetd"]).unwrap();
+        #[cfg(unix)]
+        assert_eq!(c.cfgfile, PathBuf::from("/etc/wininetd.conf"));
+        #[cfg(windows)]
+        assert!(c.cfgfile.ends_with("wininetd.conf"));
+    }
+
+    #[test]
+    fn install_and_remove_exclude_each_other() {
+        assert!(Cli::try_parse_from(["wininetd", "--install", "--remove"]).is_err());
+        assert!(Cli::try_parse_from(["wininetd", "--handoff", "sideways"]).is_err());
+    }
+}

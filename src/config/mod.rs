@@ -1,0 +1,485 @@
+//! The typed configuration model shared by both file formats.
+//!
+//! Parsing is pure: text in, [`Config`] out, every error carrying `FILE:LINE`.
+//! Nothing here touches the network or the OS, so the same model serves
+//! Unix and Windows, `--check` and reload.
+
+mod classic;
+mod extended;
+mod secret;
+
+pub use secret::{Password, Secret};
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+
+/// A whole configuration: global settings and the services.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub globals: Globals,
+    pub services: Vec<Service>,
+}
+
+/// Settings that apply to every service unless a service overrides them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Globals {
+    /// SO_RCVTIMEO/SO_SNDTIMEO in seconds; `None` = no timeout.
+    pub timeout: Option<u32>,
+    /// SO_LINGER in seconds; `None` = the system's graceful close.
+    pub linger_timeout: Option<u32>,
+    /// Live programs (and internal sessions), all services together.
+    pub max_connections: u32,
+    pub log_format: LogFormat,
+}
+
+impl Default for Globals {
+    fn default() -> Self {
+        Globals {
+            timeout: None,
+            linger_timeout: Some(DEFAULT_LINGER_TIMEOUT),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// WinInetd's default for `--linger-timeout`.
+pub const DEFAULT_LINGER_TIMEOUT: u32 = 60;
+/// Default for `max_connections`: high enough never to bite a classic setup.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One listening service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    /// Unique name; `"<protocol>/<port>"` unless the config names it.
+    pub name: String,
+    /// Where it was defined (`FILE:LINE`), for messages.
+    pub origin: String,
+    pub protocol: Protocol,
+    pub port: u16,
+    /// Addresses to listen on; never empty once parsed.
+    pub bind: Vec<IpAddr>,
+    /// inetd `wait`: the program gets the listening socket itself.
+    pub wait: bool,
+    pub program: Program,
+    pub user: RunAs,
+    pub stderr: StderrMode,
+    /// `None` = the platform default ([`Handoff::platform_default`]) or `--handoff`.
+    pub handoff: Option<Handoff>,
+    pub env: Vec<(String, String)>,
+    pub working_directory: Option<PathBuf>,
+    pub limits: Limits,
+    pub access: Access,
+    /// Overrides the global timeout; `Some(0)` switches it off.
+    pub timeout: Option<u32>,
+}
+
+impl Service {
+    /// Every socket address this service listens on.
+    pub fn addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.bind.iter().map(|ip| SocketAddr::new(*ip, self.port))
+    }
+}
+
+/// The classic format listens on every IPv4 interface, as WinInetd did.
+pub const CLASSIC_BIND: [IpAddr; 1] = [IpAddr::V4(Ipv4Addr::UNSPECIFIED)];
+/// The extended format's default: every interface of both families.
+pub const DEFAULT_BIND: [IpAddr; 2] = [
+    IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+];
+
+/// What runs for a connection.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Program {
+    Command(CommandLine),
+    Internal(Internal),
+}
+
+/// A program's command line, as the config gave it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandLine {
+    /// Classic CMDLINE text, verbatim: split with POSIX shell-word rules on
+    /// Unix, handed to CreateProcessW untouched on Windows.
+    Raw(String),
+    /// An argv array from the extended format.
+    Argv(Vec<String>),
+}
+
+impl CommandLine {
+    /// The argv a Unix exec gets; `Err` says why the text cannot be split.
+    pub fn argv(&self) -> Result<Vec<String>, String> {
+        match self {
+            CommandLine::Argv(v) => Ok(v.clone()),
+            CommandLine::Raw(s) => match shlex::split(s) {
+                Some(v) if !v.is_empty() => Ok(v),
+                Some(_) => Err("the command line is empty".into()),
+                None => Err("unbalanced quote or trailing backslash in the command line".into()),
+            },
+        }
+    }
+
+    /// The command line CreateProcessW gets: raw text verbatim, argv quoted
+    /// with the MSVC runtime's rules.
+    pub fn windows_command_line(&self) -> String {
+        match self {
+            CommandLine::Raw(s) => s.clone(),
+            CommandLine::Argv(v) => v
+                .iter()
+                .map(|a| quote_windows_arg(a))
+                .collect::<Vec<_>>()
+                .join(" "),
+        }
+    }
+}
+
+impl fmt::Display for CommandLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CommandLine::Raw(s) => f.write_str(s),
+            CommandLine::Argv(v) => write!(f, "{v:?}"),
+        }
+    }
+}
+
+/// Quotes one argument so `CommandLineToArgvW` gives it back unchanged.
+fn quote_windows_arg(arg: &str) -> String {
+    if !arg.is_empty() && !arg.contains([' ', '\t', '\n', '\x0b', '"']) {
+        return arg.to_string();
+    }
+    let mut out = String::with_capacity(arg.len() + 2);
+    out.push('"');
+    let mut backslashes = 0;
+    for c in arg.chars() {
+        match c {
+            '\\' => backslashes += 1,
+            '"' => {
+                out.extend(std::iter::repeat_n('\\', backslashes * 2 + 1));
+                out.push('"');
+                backslashes = 0;
+            }
+            _ => {
+                out.extend(std::iter::repeat_n('\\', backslashes));
+                out.push(c);
+                backslashes = 0;
+            }
+        }
+    }
+    out.extend(std::iter::repeat_n('\\', backslashes * 2));
+    out.push('"');
+    out
+}
+
+/// The in-process services of RFC 862–868.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Internal {
+    Echo,
+    Discard,
+    Chargen,
+    Daytime,
+    Time,
+}
+
+impl Internal {
+    pub fn parse(s: &str) -> Option<Internal> {
+        Some(match s {
+            "echo" => Internal::Echo,
+            "discard" => Internal::Discard,
+            "chargen" => Internal::Chargen,
+            "daytime" => Internal::Daytime,
+            "time" => Internal::Time,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Internal::Echo => "echo",
+            Internal::Discard => "discard",
+            Internal::Chargen => "chargen",
+            Internal::Daytime => "daytime",
+            Internal::Time => "time",
+        }
+    }
+}
+
+/// Whose account the program runs under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunAs {
+    /// `none`: the daemon's own account.
+    Daemon,
+    /// A named account; the secret matters on Windows only.
+    User {
+        name: String,
+        secret: Option<Secret>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StderrMode {
+    /// The program's stderr is the connection too (WinInetd's behaviour).
+    Socket,
+    /// Each line the program writes to stderr becomes a log line.
+    Log,
+    Null,
+}
+
+/// How the connection reaches the program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handoff {
+    /// The socket itself is the program's stdin/stdout/stderr.
+    Direct,
+    /// The program gets pipes; wininetd relays between them and the socket.
+    Pipe,
+}
+
+impl Handoff {
+    /// Windows programs cannot rely on a socket as a std handle, so `pipe`
+    /// is the default there; Unix programs can, so `direct` costs nothing.
+    pub fn platform_default() -> Handoff {
+        if cfg!(windows) {
+            Handoff::Pipe
+        } else {
+            Handoff::Direct
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Handoff> {
+        match s {
+            "direct" => Some(Handoff::Direct),
+            "pipe" => Some(Handoff::Pipe),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Handoff::Direct => "direct",
+            Handoff::Pipe => "pipe",
+        }
+    }
+}
+
+/// Counts of live programs and the accept rate, decided before any spawn.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Limits {
+    pub max_instances: Option<u32>,
+    pub per_source: Option<u32>,
+    pub rate: Option<Rate>,
+}
+
+/// Accepted connections per second: a token bucket with one second of burst.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub per_second: f64,
+}
+
+impl Rate {
+    /// Parses `"200/s"`, `"30/m"` or `"1000/h"`.
+    pub fn parse(s: &str) -> Result<Rate, String> {
+        let bad = || format!("rate {s:?} is not COUNT/s, COUNT/m or COUNT/h");
+        let (n, unit) = s.split_once('/').ok_or_else(bad)?;
+        let n: u32 = n.trim().parse().map_err(|_| bad())?;
+        let secs = match unit.trim() {
+            "s" | "sec" | "second" => 1.0,
+            "m" | "min" | "minute" => 60.0,
+            "h" | "hour" => 3600.0,
+            _ => return Err(bad()),
+        };
+        if n == 0 {
+            return Err(format!("rate {s:?} would refuse every connection"));
+        }
+        Ok(Rate {
+            per_second: f64::from(n) / secs,
+        })
+    }
+}
+
+/// Source address rules: `deny` wins; a non-empty `allow` refuses the rest.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Access {
+    pub allow: Vec<IpNet>,
+    pub deny: Vec<IpNet>,
+}
+
+/// IPv4-mapped IPv6 peers (`::ffff:a.b.c.d`) are IPv4 peers for every rule
+/// and every environment variable.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// `FILE:LINE`.
+    pub location: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.location, self.message)
+    }
+}
+
+/// Every problem found in a config: loading reports all of them at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Which format a file is in: `.toml` is extended, anything else classic.
+pub fn is_extended(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("toml"))
+}
+
+/// Parses config text; `file` names it in messages and picks the format.
+pub fn parse(file: &Path, bytes: &[u8]) -> Result<Config, ConfigErrors> {
+    let name = file.display().to_string();
+    let config = if is_extended(file) {
+        extended::parse(&name, bytes)?
+    } else {
+        classic::parse(&name, bytes)?
+    };
+    validate(&name, &config)?;
+    Ok(config)
+}
+
+/// Reads and parses a config file.
+pub fn load(file: &Path) -> Result<Config, ConfigErrors> {
+    let bytes = std::fs::read(file).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            location: file.display().to_string(),
+            message: format!("cannot read the config: {e}"),
+        }])
+    })?;
+    parse(file, &bytes)
+}
+
+/// Checks that hold for both formats: distinct listeners and names, at
+/// least one service, command lines this platform can run.
+fn validate(file: &str, config: &Config) -> Result<(), ConfigErrors> {
+    let mut errors = Vec::new();
+    let mut seen_addr: std::collections::HashMap<(Protocol, SocketAddr), &str> =
+        std::collections::HashMap::new();
+    let mut seen_name: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+    for s in &config.services {
+        let errors_before = errors.len();
+        for addr in s.addrs() {
+            // A wildcard listener takes the port on every address of its family.
+            let wildcard = SocketAddr::new(
+                if addr.is_ipv4() {
+                    IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+                } else {
+                    IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+                },
+                addr.port(),
+            );
+            let clash = seen_addr
+                .get(&(s.protocol, addr))
+                .or_else(|| seen_addr.get(&(s.protocol, wildcard)))
+                .or_else(|| {
+                    addr.ip().is_unspecified().then(|| {
+                        seen_addr
+                            .iter()
+                            .find(|((p, a), _)| {
+                                *p == s.protocol
+                                    && a.port() == addr.port()
+                                    && a.is_ipv4() == addr.is_ipv4()
+                            })
+                            .map(|(_, o)| o)
+                    })?
+                });
+            if let Some(first) = clash {
+                errors.push(ConfigError {
+                    location: s.origin.clone(),
+                    message: format!(
+                        "{} port {} on {} is already configured at {first}",
+                        s.protocol,
+                        s.port,
+                        addr.ip()
+                    ),
+                });
+            } else {
+                seen_addr.insert((s.protocol, addr), &s.origin);
+            }
+        }
+        // A clash of ports already says it all for a classic `tcp/PORT` name.
+        let first_name = seen_name.insert(&s.name, &s.origin);
+        if let (Some(first), true) = (first_name, errors.len() == errors_before) {
+            errors.push(ConfigError {
+                location: s.origin.clone(),
+                message: format!("service name {:?} is already used at {first}", s.name),
+            });
+        }
+        if cfg!(unix)
+            && let Program::Command(cmd) = &s.program
+            && let Err(e) = cmd.argv()
+        {
+            errors.push(ConfigError {
+                location: s.origin.clone(),
+                message: e,
+            });
+        }
+    }
+    if errors.is_empty() && config.services.is_empty() {
+        errors.push(ConfigError {
+            location: file.to_string(),
+            message: "no service is configured".into(),
+        });
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}

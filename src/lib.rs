@@ -1,0 +1,143 @@
+//! wininetd: WinInetd (an inetd-like super-server) for Windows and Unix.
+//!
+//! A tour, in the order a connection meets the code:
+//! - [`config`] turns the config file into a typed model (pure);
+//! - `listener` binds the sockets;
+//! - `server` accepts, checks (`admission`), hands off to a program
+//!   ([`os`]`::launch`, or `relay` for `pipe`, or `internal`) and reaps
+//!   (`children`);
+//! - [`os`] holds the two platform interfaces: launching a program on a
+//!   socket, and being a service.
+
+pub mod cli;
+pub mod config;
+pub mod os;
+
+mod admission;
+mod children;
+mod internal;
+mod listener;
+mod logging;
+mod relay;
+mod server;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::config::{Program, RunAs};
+
+/// The whole program: `main` only calls this.
+pub fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    if cli.install {
+        return report(os::install(&cli.service_args()));
+    }
+    if cli.remove {
+        return report(os::remove());
+    }
+    if cli.reload {
+        return report(os::reload());
+    }
+    if cli.check {
+        return check(&cli);
+    }
+    run(&cli)
+}
+
+fn report(r: Result<String, String>) -> ExitCode {
+    match r {
+        Ok(m) => {
+            println!("{m}");
+            ExitCode::SUCCESS
+        }
+        Err(m) => {
+            eprintln!("wininetd: {m}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--check`: every error at once, or the list of services.
+fn check(cli: &cli::Cli) -> ExitCode {
+    match config::load(&cli.cfgfile) {
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{}: {} error(s)", cli.cfgfile.display(), errors.0.len());
+            ExitCode::FAILURE
+        }
+        Ok(cfg) => {
+            println!(
+                "{}: OK, {} service(s)",
+                cli.cfgfile.display(),
+                cfg.services.len()
+            );
+            for s in &cfg.services {
+                let addrs: Vec<String> = s.addrs().map(|a| a.to_string()).collect();
+                let user = match &s.user {
+                    RunAs::Daemon => "none".to_string(),
+                    RunAs::User { name, .. } => name.clone(),
+                };
+                let program = match &s.program {
+                    Program::Command(c) => c.to_string(),
+                    Program::Internal(i) => format!("internal {}", i.as_str()),
+                };
+                println!(
+                    "{}\t{} {}\tuser {}\t{}",
+                    s.name,
+                    s.protocol,
+                    addrs.join(","),
+                    user,
+                    program
+                );
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// Runs the daemon in the foreground (console or service manager).
+fn run(cli: &cli::Cli) -> ExitCode {
+    os::init_process();
+    #[cfg(windows)]
+    if cli.service {
+        return os::run_as_service(server::Options::from(cli));
+    }
+    logging::init(if cli.debug {
+        logging::Sink::Console
+    } else {
+        logging::Sink::Daemon
+    });
+    // One thread: accept and spawn are quick, children run in parallel
+    // anyway, and a single thread keeps the daemon's memory small.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("cannot start the runtime: {e}");
+            return ExitCode::from(server::EXIT_RUNTIME as u8);
+        }
+    };
+    let opts = server::Options::from(cli);
+    let result = runtime.block_on(async {
+        let mut host = os::Host::new().map_err(|e| server::StartError {
+            code: server::EXIT_RUNTIME,
+            message: format!("cannot set up signal handling: {e}"),
+        })?;
+        server::serve(opts, &mut host).await
+    });
+    // Programs still running are not ours to wait for.
+    runtime.shutdown_background();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            for line in e.message.lines() {
+                tracing::error!("{line}");
+            }
+            tracing::error!("wininetd did not start");
+            ExitCode::from(e.code as u8)
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! Being a service on Unix: signals, sd_notify, and a systemd unit.
+
+use std::io;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
+use crate::os::{Control, HostStatus, ServiceHost};
+
+/// Signals in, sd_notify out.
+pub struct Host {
+    hup: Signal,
+    term: Signal,
+    int: Signal,
+    notify: Option<(UnixDatagram, String)>,
+}
+
+impl Host {
+    pub fn new() -> io::Result<Host> {
+        let notify = match std::env::var("NOTIFY_SOCKET") {
+            Ok(addr) if !addr.is_empty() => Some((UnixDatagram::unbound()?, addr)),
+            _ => None,
+        };
+        Ok(Host {
+            hup: signal(SignalKind::hangup())?,
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            notify,
+        })
+    }
+}
+
+impl ServiceHost for Host {
+    /// SIGHUP asks for a reload; SIGTERM and SIGINT for a stop.
+    async fn next(&mut self) -> Control {
+        tokio::select! {
+            _ = self.hup.recv() => Control::Reload,
+            _ = self.term.recv() => Control::Stop,
+            _ = self.int.recv() => Control::Stop,
+        }
+    }
+
+    /// Tells systemd (when it started us with Type=notify) what we are doing.
+    fn status(&mut self, status: HostStatus) {
+        let Some((sock, addr)) = &self.notify else {
+            return;
+        };
+        let msg = match status {
+            HostStatus::Ready => "READY=1\nSTATUS=serving".to_string(),
+            HostStatus::Reloading => {
+                format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec())
+            }
+            HostStatus::Stopping => "STOPPING=1".to_string(),
+        };
+        if let Err(e) = send_notify(sock, addr, msg.as_bytes()) {
+            tracing::warn!("cannot notify systemd at {addr}: {e}");
+        }
+    }
+}
+
+fn send_notify(sock: &UnixDatagram, addr: &str, msg: &[u8]) -> io::Result<usize> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Some(name) = addr.strip_prefix('@') {
+        use std::os::linux::net::SocketAddrExt;
+        let a = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+        return sock.send_to_addr(msg, &a);
+    }
+    sock.send_to(msg, addr)
+}
+
+fn monotonic_usec() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1000)
+        .unwrap_or(0)
+}
+
+const UNIT_PATH: &str = "/etc/systemd/system/wininetd.service";
+
+/// The systemd unit that runs `exe` with `args`.
+///
+/// Type=notify because we report READY only once every listener is bound;
+/// KillMode=process so that stopping us leaves running programs to finish,
+/// as inetd does.
+pub fn unit_text(exe: &Path, args: &[String]) -> String {
+    let mut exec = systemd_quote(&exe.to_string_lossy());
+    for a in args {
+        exec.push(' ');
+        exec.push_str(&systemd_quote(a));
+    }
+    format!(
+        "[Unit]\n\
+         Description=wininetd super-server (WinInetd for Unix)\n\
+         After=network.target\n\
+         \n\
+         [Service]\n\
+         Type=notify\n\
+         ExecStart={exec}\n\
+         ExecReload=/bin/kill -HUP $MAINPID\n\
+         KillMode=process\n\
+         Restart=on-failure\n\
+         \n\
+         [Install]\n\
+         WantedBy=multi-user.target\n"
+    )
+}
+
+/// Quotes one ExecStart word: `%` and `$` are doubled so systemd takes them
+/// literally; words with blanks, quotes or backslashes are double-quoted.
+fn systemd_quote(word: &str) -> String {
+    let escaped = word.replace('%', "%%").replace('$', "$$");
+    if !escaped.is_empty()
+        && !escaped.contains(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == '\\')
+    {
+        return escaped;
+    }
+    let mut out = String::from("\"");
+    for c in escaped.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+fn systemd_runs() -> bool {
+    Path::new("/run/systemd/system").is_dir()
+}
+
+fn systemctl(args: &[&str]) -> Result<(), String> {
+    let status = Command::new("systemctl")
+        .args(args)
+        .status()
+        .map_err(|e| format!("cannot run systemctl: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("systemctl {} failed: {status}", args.join(" ")))
+    }
+}
+
+/// `--install`: writes the unit and, where systemd runs, enables it.
+pub fn install(args: &[String]) -> Result<String, String> {
+    let exe: PathBuf =
+        std::env::current_exe().map_err(|e| format!("cannot find the wininetd executable: {e}"))?;
+    if Path::new(UNIT_PATH).exists() {
+        return Err(format!(
+            "{UNIT_PATH} already exists: run `wininetd --remove` first"
+        ));
+    }
+    std::fs::write(UNIT_PATH, unit_text(&exe, args))
+        .map_err(|e| format!("cannot write {UNIT_PATH}: {e} (are you root?)"))?;
+    if systemd_runs() {
+        systemctl(&["daemon-reload"])?;
+        systemctl(&["enable", "wininetd.service"])?;
+        Ok(format!(
+            "installed and enabled {UNIT_PATH}; start it with `systemctl start wininetd`"
+        ))
+    } else {
+        Ok(format!(
+            "wrote {UNIT_PATH}; systemd is not running here, so it was not enabled"
+        ))
+    }
+}
+
+/// `--remove`: stops and disables the unit where systemd runs, then deletes it.
+pub fn remove() -> Result<String, String> {
+    if !Path::new(UNIT_PATH).exists() {
+        return Err(format!(
+            "{UNIT_PATH} does not exist: wininetd is not installed"
+        ));
+    }
+    if systemd_runs() {
+        systemctl(&["disable", "--now", "wininetd.service"])?;
+    }
+    std::fs::remove_file(UNIT_PATH).map_err(|e| format!("cannot delete {UNIT_PATH}: {e}"))?;
+    if systemd_runs() {
+        systemctl(&["daemon-reload"])?;
+    }
+    Ok(format!("removed {UNIT_PATH}"))
+}
+
+/// `--reload`: asks the installed service to re-read its config.
+pub fn reload() -> Result<String, String> {
+    if !systemd_runs() {
+        return Err("systemd is not running: send SIGHUP to the wininetd process".into());
+    }
+    systemctl(&["reload", "wininetd.service"])?;
+    Ok("asked wininetd to reload".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_is_notify_with_reload_and_carries_the_options() {
+        let args: Vec<String> = ["--cfgfile", "/etc/my inetd.conf", "--timeout", "30"]
+            .map(String::from)
+            .to_vec();
+        let unit = unit_text(Path::new("/usr/local/bin/wininetd"), &args);
+        assert!(unit.contains("\nType=notify\n"), "{unit}");
+        assert!(unit.contains("\nExecReload=/bin/kill -HUP $MAINPID\n"));
+        assert!(unit.contains("\nKillMode=process\n"));
+        assert!(unit.contains(
+            "\nExecStart=/usr/local/bin/wininetd --cfgfile \"/etc/my inetd.conf\" --timeout 30\n"
+        ));
+        assert!(unit.contains("\nWantedBy=multi-user.target\n"));
+    }
+
+    #[test]
+    fn specifiers_and_variables_are_escaped() {
+        assert_eq!(systemd_quote("/a%b$c"), "/a%%b$$c");
+        assert_eq!(systemd_quote("a\"b"), "\"a\\\"b\"");
+        assert_eq!(systemd_quote(""), "\"\"");
+    }
+}
