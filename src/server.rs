@@ -498,7 +498,7 @@ fn launch(
     let peer_text = peer.map_or_else(|| "-".to_string(), |p| p.to_string());
     match os::launch(&spec, stdio) {
         Ok(mut launched) => {
-            info!(service = %svc.name, peer = %peer_text, pid = launched.id, "started");
+            info!(service = %svc.name, port = svc.port, peer = %peer_text, pid = launched.id, "started");
             if let Some(stderr) = launched.stderr.take() {
                 tokio::spawn(log_stderr(svc.name.clone(), launched.id, stderr));
             }

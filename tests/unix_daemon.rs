@@ -1,0 +1,496 @@
+//! The real `wininetd` binary with classic configs, on loopback.
+#![cfg(unix)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn classic(lines: &[String]) -> String {
+    format!("# written by the test\n{}\n", lines.join("\n"))
+}
+
+#[test]
+fn fifty_mib_through_cat_byte_exact_with_half_close() {
+    let port = free_port();
+    let d = Daemon::start("w.conf", &classic(&[format!("{port} none /bin/cat")]), &[]);
+    let data = pattern(50 << 20, 1);
+    let back = stream_through(port, data.clone());
+    assert_eq!(back.len(), data.len());
+    assert!(back == data, "echo differs from what was sent");
+    d.wait_log("status=exit status: 0", Duration::from_secs(10));
+}
+
+#[test]
+fn program_gets_the_connection_variables() {
+    let port = free_port();
+    let script = "/bin/sh -c 'for v in CLIENT_IP CLIENT_PORT TCPREMOTEIP TCPREMOTEPORT TCPLOCALIP TCPLOCALPORT PROTO REMOTE_ADDR REMOTE_PORT; do eval echo $v=\\$$v; done'";
+    let _d = Daemon::start("w.conf", &classic(&[format!("{port} none {script}")]), &[]);
+    let mut s = connect(port);
+    let me = s.local_addr().unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let out = String::from_utf8(read_all(&mut s)).unwrap();
+    let want = format!(
+        "CLIENT_IP=127.0.0.1\nCLIENT_PORT={cp}\nTCPREMOTEIP=127.0.0.1\nTCPREMOTEPORT={cp}\nTCPLOCALIP=127.0.0.1\nTCPLOCALPORT={port}\nPROTO=TCP\nREMOTE_ADDR=127.0.0.1\nREMOTE_PORT={cp}\n",
+        cp = me.port()
+    );
+    assert_eq!(out, want);
+}
+
+#[test]
+fn fifty_concurrent_connections_each_get_their_own_echo() {
+    let port = free_port();
+    let d = Daemon::start("w.conf", &classic(&[format!("{port} none /bin/cat")]), &[]);
+    // Open all fifty first, so they are truly concurrent.
+    let conns: Vec<TcpStream> = (0..50).map(|_| connect(port)).collect();
+    let threads: Vec<_> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut s)| {
+            std::thread::spawn(move || {
+                let data = pattern(64 * 1024 + i, i as u64 + 7);
+                let mut w = s.try_clone().unwrap();
+                let d2 = data.clone();
+                let t = std::thread::spawn(move || {
+                    w.write_all(&d2).unwrap();
+                    w.shutdown(Shutdown::Write).unwrap();
+                });
+                let mut back = Vec::new();
+                s.read_to_end(&mut back).unwrap();
+                t.join().unwrap();
+                back == data
+            })
+        })
+        .collect();
+    for (i, t) in threads.into_iter().enumerate() {
+        assert!(t.join().unwrap(), "connection {i} got a wrong echo");
+    }
+    d.wait_log_count("status=exit status: 0", 50, Duration::from_secs(20));
+}
+
+#[test]
+fn missing_program_closes_the_connection_and_the_daemon_goes_on() {
+    let [bad, good] = free_ports(2)[..] else {
+        panic!()
+    };
+    let mut d = Daemon::start(
+        "w.conf",
+        &classic(&[
+            format!("{bad} none /nonexistent/program --flag"),
+            format!("{good} none /bin/cat"),
+        ]),
+        &[],
+    );
+    let mut s = connect(bad);
+    assert!(read_all(&mut s).is_empty(), "nothing is served");
+    let log = d.wait_log("/nonexistent/program", Duration::from_secs(5));
+    assert!(log.contains(&format!("service=tcp/{bad}")), "{log}");
+    assert!(log.contains("No such file or directory"), "{log}");
+    assert!(d.alive());
+    assert_eq!(exchange(good, b"still here"), b"still here");
+    assert_eq!(exchange(good, b"again"), b"again");
+}
+
+#[test]
+fn a_child_dying_mid_stream_closes_only_that_connection() {
+    let [port, other] = free_ports(2)[..] else {
+        panic!()
+    };
+    let mut d = Daemon::start(
+        "w.conf",
+        &classic(&[
+            format!("{port} none /bin/sh -c 'head -c 1000; kill -9 $$'"),
+            format!("{other} none /bin/cat"),
+        ]),
+        &[],
+    );
+    let mut s = connect(port);
+    // Send more than the child reads; it dies after echoing 1000 bytes.
+    let data = pattern(1 << 20, 3);
+    let mut w = s.try_clone().unwrap();
+    let t = std::thread::spawn(move || {
+        let _ = w.write_all(&data);
+    });
+    let back = read_all(&mut s);
+    let _ = t.join();
+    assert_eq!(back.len(), 1000);
+    d.wait_log("signal: 9", Duration::from_secs(10));
+    assert!(d.alive());
+    assert_eq!(exchange(other, b"ok"), b"ok");
+}
+
+#[test]
+fn stderr_reaches_the_socket() {
+    let port = free_port();
+    let _d = Daemon::start(
+        "w.conf",
+        &classic(&[format!(
+            "{port} none /bin/sh -c 'echo to-out; echo to-err >&2'"
+        )]),
+        &[],
+    );
+    assert_eq!(exchange(port, b""), b"to-out\nto-err\n");
+}
+
+#[test]
+fn the_program_has_no_descriptor_but_0_1_2() {
+    let port = free_port();
+    // `$$` is the shell itself; ls's own directory descriptor is in ls.
+    let _d = Daemon::start(
+        "w.conf",
+        &classic(&[format!("{port} none /bin/sh -c 'ls /proc/$$/fd'")]),
+        &[],
+    );
+    // Hold a few more connections open so the daemon has more sockets.
+    let _held: Vec<TcpStream> = (0..3).map(|_| connect(port)).collect();
+    let out = String::from_utf8(exchange(port, b"")).unwrap();
+    let fds: BTreeSet<&str> = out.split_whitespace().collect();
+    assert_eq!(fds, BTreeSet::from(["0", "1", "2"]), "got {out:?}");
+}
+
+#[test]
+fn the_socket_is_blocking_for_the_program() {
+    // cat on a non-blocking socket fails with EAGAIN as soon as the client
+    // pauses; a pause before sending proves the flag was cleared.
+    let port = free_port();
+    let _d = Daemon::start("w.conf", &classic(&[format!("{port} none /bin/cat")]), &[]);
+    let mut s = connect(port);
+    std::thread::sleep(Duration::from_millis(300));
+    s.write_all(b"late").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_all(&mut s), b"late");
+}
+
+#[test]
+fn timeout_makes_a_silent_clients_read_fail_in_the_program() {
+    let port = free_port();
+    let _d = Daemon::start(
+        "w.conf",
+        &classic(&[format!(
+            "{port} none /bin/sh -c 'head -c 1 >/dev/null 2>&1; echo rc=$?'"
+        )]),
+        &["--timeout", "1"],
+    );
+    let mut s = connect(port);
+    let started = Instant::now();
+    let out = String::from_utf8(read_all(&mut s)).unwrap();
+    assert_eq!(out, "rc=1\n", "head's read must fail, not wait forever");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+}
+
+#[test]
+fn sighup_adds_and_removes_ports_while_a_session_on_a_kept_port_lives() {
+    let [kept, removed, added] = free_ports(3)[..] else {
+        panic!()
+    };
+    let d = Daemon::start(
+        "w.conf",
+        &classic(&[
+            format!("{kept} none /bin/cat"),
+            format!("{removed} none /bin/cat"),
+        ]),
+        &[],
+    );
+    let mut session = connect(kept);
+    session.write_all(b"before ").unwrap();
+    let mut buf = [0u8; 7];
+    session.read_exact(&mut buf).unwrap();
+
+    d.reload(
+        &classic(&[
+            format!("{kept} none /bin/cat"),
+            format!("{added} none /bin/echo added"),
+        ]),
+        "reloaded",
+    );
+    assert_eq!(exchange(added, b""), b"added\n");
+    assert!(
+        TcpStream::connect(("127.0.0.1", removed)).is_err(),
+        "the removed port must stop listening"
+    );
+    assert_eq!(exchange(kept, b"new session"), b"new session");
+    session.write_all(b"after").unwrap();
+    session.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_all(&mut session), b"after", "the old session lives on");
+}
+
+#[test]
+fn a_bad_config_on_sighup_keeps_the_old_one() {
+    let port = free_port();
+    let d = Daemon::start("w.conf", &classic(&[format!("{port} none /bin/cat")]), &[]);
+    let log = d.reload(
+        &classic(&[format!("{port} none /bin/cat"), "80x none /bin/cat".into()]),
+        "reload rejected",
+    );
+    assert!(
+        log.contains("w.conf:3: port \"80x\" is not a number"),
+        "{log}"
+    );
+    assert_eq!(exchange(port, b"same"), b"same");
+}
+
+#[test]
+fn check_lists_services_or_every_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write_file(
+        dir.path(),
+        "good.conf",
+        b"# x\n7001 none /bin/cat\n7002 bob:hunter2 /usr/bin/id\n",
+    );
+    let out = run_cli(&["--check", "--cfgfile", good.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains("OK, 2 service(s)"), "{stdout}");
+    assert!(
+        stdout.contains("tcp/7001\ttcp 0.0.0.0:7001\tuser none\t/bin/cat"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("user bob"), "{stdout}");
+    assert!(
+        !stdout.contains("hunter2"),
+        "the password must not be listed"
+    );
+
+    let bad = write_file(
+        dir.path(),
+        "bad.conf",
+        b"0 none /bin/cat\n# fine\n7001 none\n7002 none /bin/cat\n7002 none /bin/cat\n",
+    );
+    let out = run_cli(&["--check", "--cfgfile", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("bad.conf:1: port 0 is out of range"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("bad.conf:3: port 7001 has no command line"),
+        "{stderr}"
+    );
+
+    let missing = run_cli(&["--check", "--cfgfile", "/nonexistent/w.conf"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read the config"));
+}
+
+#[test]
+fn duplicate_ports_are_reported_by_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write_file(
+        dir.path(),
+        "dup.conf",
+        b"7002 none /bin/cat\n7002 none /bin/cat\n",
+    );
+    let out = run_cli(&["--check", "--cfgfile", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("dup.conf:2: tcp port 7002 on 0.0.0.0 is already configured at"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_invalid_config_refuses_to_start() {
+    let mut d = Daemon::spawn("w.conf", "7000 none\n", &[], |_| {});
+    let status = d.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(1));
+    let log = d.log();
+    assert!(
+        log.contains("w.conf:1: port 7000 has no command line"),
+        "{log}"
+    );
+    assert!(log.contains("did not start"), "{log}");
+}
+
+#[test]
+fn a_busy_port_fails_startup_cleanly() {
+    let blocker = TcpListener::bind("0.0.0.0:0").unwrap();
+    let busy = blocker.local_addr().unwrap().port();
+    let free = free_port();
+    let mut d = Daemon::spawn(
+        "w.conf",
+        &classic(&[
+            format!("{free} none /bin/cat"),
+            format!("{busy} none /bin/cat"),
+        ]),
+        &[],
+        |_| {},
+    );
+    let status = d.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(2));
+    let log = d.log();
+    assert!(
+        log.contains(&format!("cannot listen on tcp 0.0.0.0:{busy}")),
+        "{log}"
+    );
+    assert!(log.contains("in use"), "{log}");
+    // All or nothing: the other port was not left listening.
+    assert!(TcpStream::connect(("127.0.0.1", free)).is_err());
+}
+
+#[test]
+fn services_run_as_the_configured_user() {
+    let port = free_port();
+    let config = classic(&[format!(
+        "{port} nobody /bin/sh -c 'id -u; echo $USER $HOME'"
+    )]);
+    if is_root() {
+        let _d = Daemon::start("w.conf", &config, &[]);
+        let out = String::from_utf8(exchange(port, b"")).unwrap();
+        let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+        assert_eq!(
+            out,
+            format!("{}\nnobody {}\n", nobody.uid, nobody.dir.display())
+        );
+    } else {
+        let mut d = Daemon::spawn("w.conf", &config, &[], |_| {});
+        assert_eq!(d.wait_exit(Duration::from_secs(10)).code(), Some(3));
+        assert!(d.log().contains("cannot switch users"));
+    }
+}
+
+#[test]
+fn an_unknown_user_refuses_the_connection_and_no_password_is_logged() {
+    if !is_root() {
+        return; // a non-root daemon refuses to start instead (tested above)
+    }
+    let [port, other] = free_ports(2)[..] else {
+        panic!()
+    };
+    let mut d = Daemon::start(
+        "w.conf",
+        &classic(&[
+            format!("{port} no-such-user-x:SuperSecret123 /bin/echo ran"),
+            format!("{other} none /bin/cat"),
+        ]),
+        &[],
+    );
+    assert!(exchange(port, b"").is_empty(), "nothing may run");
+    let log = d.wait_log("unknown user", Duration::from_secs(5));
+    assert!(log.contains("passwords are ignored on Unix"), "{log}");
+    assert!(!log.contains("SuperSecret123"), "password leaked:\n{log}");
+    assert!(d.alive());
+    assert_eq!(exchange(other, b"x"), b"x");
+}
+
+#[test]
+fn sigterm_stops_listening_and_leaves_sessions_running() {
+    let port = free_port();
+    let mut d = Daemon::start("w.conf", &classic(&[format!("{port} none /bin/cat")]), &[]);
+    let mut session = connect(port);
+    session.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    session.read_exact(&mut buf).unwrap();
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
+    session.write_all(b"pong").unwrap();
+    session.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_all(&mut session), b"pong");
+}
+
+#[test]
+fn sd_notify_reports_ready_reloading_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let config = classic(&[format!("{port} none /bin/cat")]);
+    let mut d = Daemon::start_with("w.conf", &config, &[], |c| {
+        c.env("NOTIFY_SOCKET", &sock_path);
+    });
+    let next = || {
+        let mut buf = [0u8; 512];
+        let n = sock.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert!(next().starts_with("READY=1"));
+    d.reload(&config, "reloaded");
+    assert!(next().starts_with("RELOADING=1\nMONOTONIC_USEC="));
+    assert!(next().starts_with("READY=1"));
+    d.signal(Signal::SIGTERM);
+    assert_eq!(next(), "STOPPING=1");
+    assert_eq!(d.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}
+
+#[test]
+fn pipe_handoff_relays_fifty_mib_byte_exact_with_half_close() {
+    let port = free_port();
+    let d = Daemon::start(
+        "w.conf",
+        &classic(&[format!("{port} none /bin/cat")]),
+        &["--handoff", "pipe"],
+    );
+    let data = pattern(50 << 20, 9);
+    let back = stream_through(port, data.clone());
+    assert_eq!(back.len(), data.len());
+    assert!(back == data);
+    d.wait_log("status=exit status: 0", Duration::from_secs(10));
+}
+
+#[test]
+fn pipe_handoff_output_of_a_program_that_ignores_input_arrives() {
+    let port = free_port();
+    let _d = Daemon::start(
+        "w.conf",
+        &classic(&[format!("{port} none /bin/sh -c 'echo out; echo err >&2'")]),
+        &["--handoff", "pipe"],
+    );
+    // No half-close from us: the program's exit must end the session.
+    let mut s = connect(port);
+    assert_eq!(read_all(&mut s), b"out\nerr\n");
+}
+
+/// Sets the daemon's RLIMIT_NOFILE from outside (Linux prlimit).
+#[cfg(target_os = "linux")]
+fn set_nofile(pid: i32, n: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit on our own child with valid structs; the hard limit
+    // is kept, only the soft one moves.
+    let rc = unsafe {
+        libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut lim);
+        lim.rlim_cur = n.min(lim.rlim_max);
+        libc::prlimit(pid, libc::RLIMIT_NOFILE, &lim, std::ptr::null_mut())
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn accept_out_of_descriptors_backs_off_instead_of_spinning() {
+    let port = free_port();
+    let d = Daemon::start("w.conf", &classic(&[format!("{port} none /bin/cat")]), &[]);
+    // No descriptor left: accept() itself fails with EMFILE.
+    // The lowest free descriptor number: a soft limit there leaves none.
+    let open: BTreeSet<u64> = std::fs::read_dir(format!("/proc/{}/fd", d.pid()))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    let lowest_free = (0..).find(|n| !open.contains(n)).unwrap();
+    set_nofile(d.pid(), lowest_free);
+    let pending = connect(port);
+    d.wait_log("accept on", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(2));
+    let failures = d.log().matches("accept on").count();
+    assert!(
+        (2..60).contains(&failures),
+        "{failures} accept failures logged in ~2 s: the loop spins or never retries"
+    );
+    // Once descriptors are available again, the waiting client is served.
+    set_nofile(d.pid(), 1024);
+    let mut s = pending;
+    s.write_all(b"back").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_all(&mut s), b"back");
+}
