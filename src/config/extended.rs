@@ -1672,4 +1672,41 @@ internal = \"echo\"
             "already configured at test.toml:1",
         );
     }
+
+    #[test]
+    fn the_example_file_parses() {
+        let c = config::parse(
+            Path::new("examples/wininetd.toml"),
+            include_bytes!("../../examples/wininetd.toml"),
+        )
+        .unwrap_or_else(|e| panic!("examples/wininetd.toml:\n{e}"));
+        assert!(c.services.len() >= 4);
+        let by_name = |n: &str| {
+            c.services
+                .iter()
+                .find(|s| s.name == n)
+                .unwrap_or_else(|| panic!("no service {n:?} in the example"))
+        };
+        assert!(matches!(by_name("echo").program, Program::Command(_)));
+        assert_eq!(
+            by_name("daytime").program,
+            Program::Internal(Internal::Daytime)
+        );
+        let udp = by_name("udp-echo");
+        assert_eq!(
+            (udp.protocol, &udp.program),
+            (Protocol::Udp, &Program::Internal(Internal::Echo))
+        );
+        let guarded = by_name("guarded");
+        assert!(guarded.limits.rate.is_some());
+        assert!(!guarded.access.allow.is_empty() && !guarded.access.deny.is_empty());
+        for s in &c.services {
+            assert!(s.port >= 1024, "{} should use a high port", s.name);
+            assert!(
+                s.bind.iter().all(|ip| ip.is_loopback()),
+                "{} should listen on loopback only",
+                s.name
+            );
+        }
+    }
 }
