@@ -21,7 +21,9 @@ pub struct Cli {
     pub timeout: Option<u32>,
 
     /// SO_LINGER in seconds for sockets handed to programs (default 60); 0 = off.
-    #[arg(long = "linger-timeout", value_name = "N")]
+    /// At most 65535: Windows keeps it in 16 bits.
+    #[arg(long = "linger-timeout", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(0..=65_535))]
     pub linger_timeout: Option<u32>,
 
     /// Run in the foreground and log to the console.
@@ -138,5 +140,6 @@ mod tests {
     fn install_and_remove_exclude_each_other() {
         assert!(Cli::try_parse_from(["wininetd", "--install", "--remove"]).is_err());
         assert!(Cli::try_parse_from(["wininetd", "--handoff", "sideways"]).is_err());
+        assert!(Cli::try_parse_from(["wininetd", "--linger-timeout", "65536"]).is_err());
     }
 }
