@@ -33,6 +33,11 @@ _wininetd_win_setup() (
     say() { echo "windows-env: $*" >&2; }
     info() { [ "${WININETD_WIN_QUIET:-0}" = 1 ] || say "$@"; }
 
+    # One setup at a time per checkout (parallel CI steps, two shells).
+    mkdir -p "$WININETD_ROOT/target"
+    exec 9>"$WININETD_ROOT/target/.windows-env.lock"
+    flock -w 600 9
+
     # 1. Debian packages. rustc-web/cargo-web/rust-web-src: Debian's Rust with
     #    its std source, for -Zbuild-std (rustup can't fetch the Windows std
     #    here); rust-web-clippy: the clippy built with that very rustc (rustup's
@@ -48,8 +53,9 @@ _wininetd_win_setup() (
     if [ ${#missing[@]} -gt 0 ]; then
         say "installing ${missing[*]}"
         export DEBIAN_FRONTEND=noninteractive
-        apt-get update -q >/dev/null
-        apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+        # Other people's apt runs on a shared machine: wait for dpkg's lock.
+        apt-get -o DPkg::Lock::Timeout=600 update -q >/dev/null
+        apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${missing[@]}" >/dev/null
         say "installed ${missing[*]}"
     else
         info "packages already installed"
