@@ -9,6 +9,10 @@
 # Uses Debian's Rust (rustc-web), not rustup's: rustup can't fetch the
 # Windows std here, so std is built from Debian's rust-web-src with
 # -Zbuild-std. Artifacts go to target/windows/x86_64-pc-windows-gnu/.
+#
+# Tests that start a service through Wine's SCM need a persistent wineserver
+# for $WINEPREFIX (`wineserver -p`, then `wineserver -k`): otherwise Wine
+# kills services.exe and the service a second or two after `sc start` exits.
 set -euo pipefail
 
 # Only report what setup changes; it runs on every call.
