@@ -134,9 +134,24 @@ fn switch_user(cmd: &mut Command, name: &str) -> Result<(), LaunchError> {
     Ok(())
 }
 
-/// Marks every descriptor we inherited beyond 0, 1 and 2 close-on-exec, so
-/// that whatever started us cannot leak a descriptor into a program.
+/// Makes sure 0, 1 and 2 are open (so no socket or pipe of ours can take
+/// those numbers and be clobbered when a program's stdio is set up), and
+/// marks every descriptor we inherited beyond them close-on-exec, so that
+/// whatever started us cannot leak a descriptor into a program.
 pub fn init_process() {
+    for fd in 0..=2 {
+        // SAFETY: F_GETFD only queries; /dev/null is opened without
+        // O_CLOEXEC on purpose, to fill the missing standard descriptor.
+        unsafe {
+            if libc::fcntl(fd, libc::F_GETFD) == -1 {
+                let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+                if null >= 0 && null != fd {
+                    libc::dup2(null, fd);
+                    libc::close(null);
+                }
+            }
+        }
+    }
     // SAFETY: close_range only changes descriptor flags.
     #[cfg(target_os = "linux")]
     if unsafe { libc::close_range(3, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC as _) } == 0 {
