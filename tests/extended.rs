@@ -441,32 +441,53 @@ user = "nobody""#,
     }
 }
 
+/// What a program that reads one byte reports on a client that sends
+/// nothing for `silence`, and how long the answer took.
+fn read_after_silence(port: u16, silence: Duration) -> std::thread::JoinHandle<(String, Duration)> {
+    std::thread::spawn(move || {
+        let t0 = Instant::now();
+        let mut s = connect(port);
+        s.set_read_timeout(Some(silence)).unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 64];
+        // An answer before the silence is over comes from a timeout.
+        if let Ok(n @ 1..) = s.read(&mut buf) {
+            out.extend_from_slice(&buf[..n]);
+        } else {
+            let _ = s.write_all(b"late");
+            let _ = s.shutdown(Shutdown::Write);
+        }
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        out.extend(read_all(&mut s));
+        (String::from_utf8(out).unwrap(), t0.elapsed())
+    })
+}
+
 #[test]
-fn a_service_timeout_bounds_reads_of_that_service_only() {
-    let [strict, lax] = free_ports(2)[..] else {
+fn global_timeout_applies_unless_a_service_sets_its_own() {
+    let [inherits, own, off] = free_ports(3)[..] else {
         panic!()
     };
     let cmd = r#"command = ["/bin/sh", "-c", "head -c 1 >/dev/null 2>&1; echo rc=$?"]"#;
     let config = format!(
-        "{}{}",
-        service(strict, &format!("{cmd}\ntimeout = 1")),
-        service(lax, cmd),
+        "timeout = 1\n\n{}{}{}",
+        service(inherits, cmd),
+        service(own, &format!("{cmd}\ntimeout = 2")),
+        service(off, &format!("{cmd}\ntimeout = 0")),
     );
     let _d = Daemon::start("x.toml", &config, &[]);
-    let patient = std::thread::spawn(move || {
-        let mut s = connect(lax);
-        // Longer than the other service's timeout: no timeout here.
-        std::thread::sleep(Duration::from_millis(1500));
-        s.write_all(b"late").unwrap();
-        s.shutdown(Shutdown::Write).unwrap();
-        String::from_utf8(read_all(&mut s)).unwrap()
-    });
-    let t0 = Instant::now();
-    let mut s = connect(strict);
-    let out = String::from_utf8(read_all(&mut s)).unwrap();
-    assert_eq!(out, "rc=1\n", "the silent client's read must fail");
-    assert!(t0.elapsed() >= Duration::from_millis(900));
-    assert_eq!(patient.join().unwrap(), "rc=0\n");
+    let silence = Duration::from_millis(3500);
+    // All three at once: each connection waits out `silence` at most.
+    let clients = [inherits, own, off].map(|port| read_after_silence(port, silence));
+    let [inherits, own, off] = clients.map(|c| c.join().unwrap());
+    // The program's read fails after the service's timeout…
+    assert_eq!(inherits.0, "rc=1\n", "global timeout = 1");
+    assert!(inherits.1 >= Duration::from_millis(900), "{inherits:?}");
+    assert_eq!(own.0, "rc=1\n", "service timeout = 2");
+    assert!(own.1 >= Duration::from_millis(1900), "{own:?}");
+    assert!(own.1 < silence, "{own:?}");
+    // …or never: the late byte is read.
+    assert_eq!(off.0, "rc=0\n", "service timeout = 0 switches it off");
 }
 
 #[test]
@@ -589,5 +610,131 @@ fn json_log_format_writes_one_object_per_line() {
     assert!(
         ended["duration"].as_str().is_some_and(|d| d.ends_with('s')),
         "{ended}"
+    );
+}
+
+/// SO_LINGER of the socket that program `pid` has as fd 0, read from a
+/// copy of the descriptor (Linux pidfd_getfd); `None` where not allowed.
+#[cfg(target_os = "linux")]
+fn program_linger(pid: i32) -> Option<libc::linger> {
+    // SAFETY: plain system calls on descriptors this function owns and closes.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
+        if pidfd < 0 {
+            return None;
+        }
+        let copy = libc::syscall(libc::SYS_pidfd_getfd, pidfd, 0, 0) as i32;
+        libc::close(pidfd);
+        if copy < 0 {
+            return None;
+        }
+        let mut l = libc::linger {
+            l_onoff: -1,
+            l_linger: -1,
+        };
+        let mut len = std::mem::size_of::<libc::linger>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            copy,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&mut l as *mut libc::linger).cast(),
+            &mut len,
+        );
+        libc::close(copy);
+        assert_eq!(rc, 0, "getsockopt: {}", std::io::Error::last_os_error());
+        Some(l)
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn linger_timeout_is_set_on_the_socket_a_program_gets() {
+    for (setting, want) in [(7, (1, 7)), (0, (0, 0))] {
+        let port = free_port();
+        let d = Daemon::start(
+            "x.toml",
+            &format!(
+                "linger_timeout = {setting}\n\n{}",
+                service(port, "command = [\"/bin/cat\"]")
+            ),
+            &[],
+        );
+        let s = held(&d, connect(port));
+        let line = &d.lines_with(" started ")[0];
+        let pid: i32 = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("pid="))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no pid in {line}"));
+        let Some(l) = program_linger(pid) else {
+            eprintln!("note: pidfd_getfd is not allowed here; SO_LINGER not observed");
+            return;
+        };
+        assert_eq!((l.l_onoff, l.l_linger), want, "linger_timeout = {setting}");
+        release(&d, s);
+    }
+}
+
+#[test]
+fn udp_access_rules_apply_before_any_reply_or_program() {
+    use std::net::{SocketAddr, UdpSocket};
+    let echo = free_port_tcp_udp();
+    let wait = std::iter::repeat_with(free_port_tcp_udp)
+        .take(50)
+        .find(|&p| p != echo)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"[[service]]
+name = "udp-echo"
+port = {echo}
+bind = ["127.0.0.1", "::1"]
+protocol = "udp"
+internal = "echo"
+deny = ["127.0.0.1"]
+
+[[service]]
+name = "udp-wait"
+port = {wait}
+bind = ["127.0.0.1"]
+protocol = "udp"
+wait = true
+command = ["/bin/dd", "bs=65536", "count=1", "of=got.bin"]
+stderr = "null"
+working_directory = "{}"
+allow = ["127.0.0.2"]
+"#,
+        dir.path().display()
+    );
+    let d = Daemon::start("x.toml", &config, &[]);
+    // Internal: no reply to the denied source, a reply to the other.
+    let to_v4 = SocketAddr::from(([127, 0, 0, 1], echo));
+    assert_eq!(
+        udp_request(to_v4, b"denied", Duration::from_millis(500)),
+        None
+    );
+    d.wait_log("refused: source is in the deny list", LOG_WAIT);
+    let to_v6: SocketAddr = format!("[::1]:{echo}").parse().unwrap();
+    assert_eq!(
+        udp_request(to_v6, b"allowed", AT_ONCE).as_deref(),
+        Some(&b"allowed"[..])
+    );
+
+    // wait service: a datagram from a source not allowed starts nothing
+    // and is dropped; the next one, from an allowed source, is the
+    // program's.
+    let send_from = |source: &str, data: &[u8]| {
+        let s = UdpSocket::bind((source, 0)).unwrap();
+        s.send_to(data, ("127.0.0.1", wait)).unwrap();
+    };
+    send_from("127.0.0.1", b"not allowed");
+    d.wait_log("refused: source is not in the allow list", LOG_WAIT);
+    assert_eq!(d.started(), 0);
+    send_from("127.0.0.2", b"allowed");
+    d.wait_log(" ended ", LOG_WAIT);
+    assert_started(&d, 1);
+    assert_eq!(
+        std::fs::read(dir.path().join("got.bin")).unwrap(),
+        b"allowed"
     );
 }
