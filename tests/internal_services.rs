@@ -297,3 +297,27 @@ fn time_is_four_bytes_of_seconds_since_1900() {
     }
     assert_nothing_spawned(&d);
 }
+
+#[test]
+fn an_idle_internal_session_ends_after_the_service_timeout() {
+    let port = free_port();
+    let d = Daemon::start(
+        "i.toml",
+        &format!(
+            "[[service]]\nname = \"idle-echo\"\nport = {port}\nbind = [\"127.0.0.1\"]\ninternal = \"echo\"\ntimeout = 1\n"
+        ),
+        &[],
+    );
+    let t0 = std::time::Instant::now();
+    let mut s = connect(port);
+    s.write_all(b"one").unwrap();
+    let mut buf = [0u8; 3];
+    s.read_exact(&mut buf).unwrap();
+    // Then silence: the daemon closes the session, the client need not.
+    assert_eq!(read_to_eof(&mut s), b"");
+    assert!(t0.elapsed() >= Duration::from_millis(900));
+    d.wait_log("internal session ended", LOG_WAIT);
+    let line = &d.lines_with("internal session ended")[0];
+    assert!(line.contains("result=client timed out"), "{line}");
+    assert_nothing_spawned(&d);
+}
