@@ -277,6 +277,9 @@ impl Server {
                 }
             }
         }
+        // Past the last failure: from here on the new config is served, and
+        // its lines (the first "listening on" included) are in its format.
+        crate::logging::set_format(config.globals.log_format);
         for (key, listening) in &self.listeners {
             if let Some(active) = wanted.get(key) {
                 listening.active.send_replace(Arc::clone(active));
@@ -287,7 +290,6 @@ impl Server {
             self.start_listener(key, b, active);
         }
         self.ctx.global.set_max(config.globals.max_connections);
-        crate::logging::set_format(config.globals.log_format);
         self.gates = gates;
         self.services = self.gates.len();
         Ok(())
