@@ -654,6 +654,9 @@ async fn serve_udp(sock: UdpSocket, active: watch::Receiver<Arc<Active>>, ctx: A
     }
 }
 
+/// The least time between two starts of a `wait` program that fails.
+const WAIT_RETRY_PAUSE: Duration = Duration::from_secs(1);
+
 /// Runs a `wait` service's program on the socket and does not watch the
 /// socket again until the program has exited.
 async fn wait_service(
@@ -685,7 +688,18 @@ async fn wait_service(
     match launched {
         Some(l) => {
             let exited = ctx.children().watch(l.id);
-            let _ = exited.await;
+            let success = exited.await.unwrap_or(false);
+            // A program that fails at once without reading its datagram
+            // would be restarted in a tight loop: at most once a second.
+            let ran = l.started.elapsed();
+            if !success && ran < WAIT_RETRY_PAUSE {
+                warn!(
+                    service = %svc.name,
+                    "program failed after {} ms; watching the socket again in a second",
+                    ran.as_millis()
+                );
+                tokio::time::sleep(WAIT_RETRY_PAUSE - ran).await;
+            }
         }
         None => {
             // The program cannot start: drop the datagram rather than spin.
@@ -702,7 +716,7 @@ async fn wait_service(
 async fn reap(ctx: Arc<Ctx>, mut exits: os::Exits) {
     loop {
         let (id, status) = exits.next().await;
-        let Some(record) = ctx.children().remove(id) else {
+        let Some(record) = ctx.children().remove(id, status.success()) else {
             continue;
         };
         let peer = record

@@ -738,3 +738,24 @@ allow = ["127.0.0.2"]
         b"allowed"
     );
 }
+
+#[test]
+fn a_udp_wait_program_that_fails_at_once_is_restarted_at_most_once_a_second() {
+    use std::net::UdpSocket;
+    let port = free_port_tcp_udp();
+    // /bin/false never reads the datagram, so it stays readable.
+    let config = format!(
+        "[[service]]\nport = {port}\nbind = [\"127.0.0.1\"]\nprotocol = \"udp\"\nwait = true\ncommand = [\"/bin/false\"]\n"
+    );
+    let d = Daemon::start("x.toml", &config, &[]);
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.send_to(b"never read", ("127.0.0.1", port)).unwrap();
+    d.wait_log_count("started", 2, LOG_WAIT);
+    std::thread::sleep(Duration::from_secs(3));
+    let starts = d.started();
+    assert!(
+        (3..=6).contains(&starts),
+        "{starts} starts in ~4 s: expected about one a second"
+    );
+    assert!(d.log().contains("watching the socket again in a second"));
+}
