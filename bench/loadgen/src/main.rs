@@ -477,7 +477,11 @@ async fn echo_server(listen: SocketAddr, max_time: Duration) -> std::io::Result<
         loop {
             let (mut s, _) = match listener.accept().await {
                 Ok(x) => x,
-                Err(_) => continue,
+                Err(_) => {
+                    // e.g. out of descriptors: back off instead of spinning
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
             };
             tokio::spawn(async move {
                 let (mut r, mut w) = s.split();

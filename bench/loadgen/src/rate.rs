@@ -227,7 +227,7 @@ pub async fn run(opts: RateOpts, probe: ServerProbe) -> (Map<String, Value>, Str
     m.insert("concurrency".into(), json!(opts.concurrency));
     m.insert("payload_size".into(), json!(opts.payload_size));
     m.insert("attempted".into(), json!(attempted));
-    m.insert("ok".into(), json!(ok));
+    m.insert("ok_conns".into(), json!(ok));
     m.insert(
         "failures".into(),
         json!(failures.total() + not_started as u64),
@@ -281,4 +281,105 @@ pub async fn run(opts: RateOpts, probe: ServerProbe) -> (Map<String, Value>, Str
     }
     let success = failures.total() == 0 && not_started == 0;
     (m, human, success)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A one-connection server on loopback that reads the request to EOF
+    /// and answers with `reply(request)`, then closes (or, with `hang`,
+    /// keeps the connection open).
+    async fn server(reply: fn(Vec<u8>) -> Vec<u8>, hang: bool) -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut req = Vec::new();
+            s.read_to_end(&mut req).await.unwrap();
+            s.write_all(&reply(req)).await.unwrap();
+            if hang {
+                std::future::pending::<()>().await;
+            }
+        });
+        addr
+    }
+
+    async fn kind_of(reply: fn(Vec<u8>) -> Vec<u8>) -> Result<(), &'static str> {
+        let addr = server(reply, false).await;
+        let p = Pattern::new(64);
+        one_connection(
+            addr,
+            p.window(payload_offset(3), 64),
+            Duration::from_secs(30),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|f| f.kind)
+    }
+
+    #[tokio::test]
+    async fn exact_echo_then_eof_passes() {
+        assert_eq!(kind_of(|r| r).await, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn truncated_reply_is_short() {
+        assert_eq!(
+            kind_of(|mut r| {
+                r.pop();
+                r
+            })
+            .await,
+            Err("short")
+        );
+    }
+
+    #[tokio::test]
+    async fn longer_reply_is_extra() {
+        assert_eq!(
+            kind_of(|mut r| {
+                r.push(0);
+                r
+            })
+            .await,
+            Err("extra")
+        );
+    }
+
+    #[tokio::test]
+    async fn altered_reply_is_mismatch() {
+        assert_eq!(
+            kind_of(|mut r| {
+                r[40] ^= 1;
+                r
+            })
+            .await,
+            Err("mismatch")
+        );
+    }
+
+    #[tokio::test]
+    async fn reply_without_eof_is_a_timeout() {
+        let addr = server(|r| r, true).await;
+        let p = Pattern::new(8);
+        let r = one_connection(addr, p.window(0, 8), Duration::from_millis(300)).await;
+        assert_eq!(r.map(|_| ()).map_err(|f| f.kind), Err("timeout"));
+    }
+
+    #[test]
+    fn failures_count_by_kind_and_keep_five_samples() {
+        let mut f = Failures::default();
+        for i in 0..7 {
+            f.add(Fail {
+                kind: if i % 2 == 0 { "connect" } else { "read" },
+                msg: format!("m{i}"),
+            });
+        }
+        assert_eq!(f.total(), 7);
+        assert_eq!(f.by_kind["connect"], 4);
+        assert_eq!(f.by_kind["read"], 3);
+        assert_eq!(f.samples, ["m0", "m1", "m2", "m3", "m4"]);
+    }
 }

@@ -133,7 +133,7 @@ pub fn run(opts: SpawnOpts) -> (Map<String, Value>, String, bool) {
     m.insert("n".into(), json!(opts.n));
     m.insert("concurrency".into(), json!(opts.concurrency));
     m.insert("payload_size".into(), json!(opts.payload_size));
-    m.insert("ok".into(), json!(ok));
+    m.insert("ok_spawns".into(), json!(ok));
     m.insert(
         "failures".into(),
         json!(failures.total() + not_started as u64),

@@ -91,6 +91,7 @@ fn reader_loop(
 pub fn run(opts: StreamOpts, probe: ServerProbe) -> (Map<String, Value>, String, bool) {
     let pattern = Arc::new(Pattern::new(opts.chunk));
     let before = probe.sample();
+    let own_before = crate::server::own_cpu_ns();
     let t0 = Instant::now();
     let deadline = t0 + opts.max_time;
 
@@ -117,6 +118,7 @@ pub fn run(opts: StreamOpts, probe: ServerProbe) -> (Map<String, Value>, String,
         Ok((written?, got))
     })();
     let elapsed = t0.elapsed().as_secs_f64().max(1e-9);
+    let own_after = crate::server::own_cpu_ns();
     let after = probe.sample_after_settle_blocking();
 
     let mut m = Map::new();
@@ -124,6 +126,12 @@ pub fn run(opts: StreamOpts, probe: ServerProbe) -> (Map<String, Value>, String,
     m.insert("bytes".into(), json!(opts.bytes));
     m.insert("elapsed_s".into(), json!(elapsed));
     probe.insert_cpu_delta(&mut m, &before, &after, 0);
+    if let (Some(a), Some(b)) = (own_before, own_after) {
+        m.insert(
+            "loadgen_cpu_s".into(),
+            json!(b.saturating_sub(a) as f64 / 1e9),
+        );
+    }
     let (human, ok) = match result {
         Ok((sent, got)) => {
             let mbps = got as f64 / elapsed / 1e6;
@@ -147,4 +155,70 @@ pub fn run(opts: StreamOpts, probe: ServerProbe) -> (Map<String, Value>, String,
         }
     };
     (m, human, ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// One-connection echo server on loopback; flips the byte at `flip`
+    /// (if any) on the way back. Echoes while reading, closes after EOF.
+    fn echo_server(flip: Option<u64>) -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = vec![0u8; 10_000];
+            let mut off = 0u64;
+            loop {
+                let n = match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                if let Some(f) = flip
+                    && (off..off + n as u64).contains(&f)
+                {
+                    buf[(f - off) as usize] ^= 0x80;
+                }
+                if s.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+                off += n as u64;
+            }
+        });
+        addr
+    }
+
+    fn opts(target: SocketAddr) -> StreamOpts {
+        StreamOpts {
+            target,
+            bytes: 3_000_000,
+            chunk: 65_536,
+            io_timeout: Duration::from_secs(30),
+            max_time: Duration::from_secs(120),
+        }
+    }
+
+    fn probe() -> ServerProbe {
+        ServerProbe {
+            pid: None,
+            settle: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn faithful_echo_is_verified() {
+        let (m, human, ok) = run(opts(echo_server(None)), probe());
+        assert!(ok, "{human}");
+        assert_eq!(m["received"], 3_000_000);
+    }
+
+    #[test]
+    fn one_flipped_byte_is_found_at_its_offset() {
+        let (m, _, ok) = run(opts(echo_server(Some(2_345_678))), probe());
+        assert!(!ok);
+        let err = m["error"].as_str().unwrap();
+        assert!(err.contains("mismatch") && err.contains("2345678"), "{err}");
+    }
 }
