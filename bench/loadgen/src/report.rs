@@ -340,7 +340,7 @@ pub fn render(text: &str, subject: &str, peers: &[String]) -> String {
     if let Some(c) = get("machine", "spawn-ceiling.spawns_per_s") {
         let _ = writeln!(
             out,
-            "**(e) spawn ceiling** (spawn /bin/cat, write 64 B, read back, reap; 16 outstanding): {} spawns/s\n",
+            "**(e) spawn ceiling** (spawn /bin/cat, write the payload, read it back, reap): {} spawns/s\n",
             fmt_spread(spread(&values(c)))
         );
     } else {
