@@ -426,7 +426,11 @@ for ((r = 1; r <= ROUNDS; r++)); do
         item=${ORDER[$(((i + r - 1) % n))]}
         note "round $r/$ROUNDS: $item"
         case $item in
-        machine) lg spawn-ceiling -n "$SPAWNS" -c "$CONC" --payload-size "$PAYLOAD" --round "$r" ;;
+        machine)
+            lg spawn-ceiling -n "$SPAWNS" -c "$CONC" --payload-size "$PAYLOAD" --round "$r"
+            lg spawn-ceiling -n "$SPAWNS" -c "$CONC" --payload-size "$PAYLOAD" --fork \
+                --scenario spawn-fork --round "$r"
+            ;;
         wininetd-ext) run_ext_round "$r" ;;
         *) run_server_round "$item" "$r" ;;
         esac
@@ -440,8 +444,9 @@ peer_versions() {
     has_server xinetd && v+=("xinetd $(dpkg-query -W -f='${Version}' xinetd 2>/dev/null)")
     has_server openbsd-inetd && v+=("openbsd-inetd $(sed 's/^openbsd-inetd_//; s/_.*//' "$CACHE/openbsd-inetd/VERSION" 2>/dev/null)")
     has_server tcpserver && v+=("ucspi-tcp $(dpkg-query -W -f='${Version}' ucspi-tcp 2>/dev/null)")
-    local IFS=";"
-    echo "${v[*]}" | sed "s/;/, /g"
+    local IFS=";" joined
+    joined="${v[*]}"
+    echo "${joined//;/, }"
 }
 {
     echo "### wininetd bench, $(date -u '+%Y-%m-%d %H:%M UTC')"

@@ -166,6 +166,10 @@ enum Cmd {
         payload_size: usize,
         #[arg(long, default_value = "/bin/cat")]
         program: PathBuf,
+        /// Use fork+exec, as xinetd, openbsd-inetd and tcpserver do, instead
+        /// of posix_spawn (the cheaper default, the machine's best).
+        #[arg(long)]
+        fork: bool,
         #[arg(long, default_value_t = 120, value_parser = RangedU64ValueParser::<u64>::new().range(1..=3600))]
         max_seconds: u64,
         #[command(flatten)]
@@ -386,12 +390,14 @@ fn main() -> ExitCode {
             concurrency,
             payload_size,
             program,
+            fork,
             max_seconds,
             tags,
         } => {
             start_watchdog(Duration::from_secs(max_seconds + WATCHDOG_GRACE_S));
             let opts = spawn::SpawnOpts {
                 program,
+                fork,
                 n,
                 concurrency,
                 payload_size,
