@@ -419,6 +419,7 @@ run_ext_round() { # round
 ORDER=(machine "${ACTIVE[@]}")
 note "servers: ${ACTIVE[*]}; $ROUNDS rounds; rate $CONNS conns C=$CONC; stream $STREAM_BYTES B; hold $HOLD_N"
 START_S=$SECONDS
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 for ((r = 1; r <= ROUNDS; r++)); do
     # Rotate the order each round so no server always runs first or last.
     n=${#ORDER[@]}
@@ -428,6 +429,8 @@ for ((r = 1; r <= ROUNDS; r++)); do
         case $item in
         machine)
             lg spawn-ceiling -n "$SPAWNS" -c "$CONC" --payload-size "$PAYLOAD" --round "$r"
+            lg spawn-ceiling -n "$SPAWNS" -c "$CONC" --payload-size "$PAYLOAD" --event-loop \
+                --scenario spawn-event-loop --round "$r"
             lg spawn-ceiling -n "$SPAWNS" -c "$CONC" --payload-size "$PAYLOAD" --fork \
                 --scenario spawn-fork --round "$r"
             ;;
@@ -451,7 +454,8 @@ peer_versions() {
 {
     echo "### wininetd bench, $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo
-    echo "Machine: $(nproc) cores, $(uname -sr), load before the run $(cut -d' ' -f1-3 /proc/loadavg)." \
+    echo "Machine: $(nproc) cores, $(uname -sr); load average $LOAD_START at the start," \
+        "$(cut -d' ' -f1-3 /proc/loadavg) at the end (the bench's own load included)." \
         "Peers: $(peer_versions). wininetd: $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?'), $PROFILE build."
     echo "Scenarios: rate $CONNS conns, C=$CONC, $PAYLOAD B echoed by /bin/cat; stream $STREAM_BYTES B through /bin/cat;" \
         "idle $HOLD_N held; spawn ceiling $SPAWNS spawns, $CONC outstanding. Took $((SECONDS - START_S)) s."

@@ -170,6 +170,11 @@ enum Cmd {
         /// of posix_spawn (the cheaper default, the machine's best).
         #[arg(long)]
         fork: bool,
+        /// One event-loop thread (tokio, current-thread) spawns and waits for
+        /// all children, as an async server would, instead of one blocking
+        /// OS thread per outstanding child (the default).
+        #[arg(long)]
+        event_loop: bool,
         #[arg(long, default_value_t = 120, value_parser = RangedU64ValueParser::<u64>::new().range(1..=3600))]
         max_seconds: u64,
         #[command(flatten)]
@@ -391,6 +396,7 @@ fn main() -> ExitCode {
             payload_size,
             program,
             fork,
+            event_loop,
             max_seconds,
             tags,
         } => {
@@ -398,6 +404,7 @@ fn main() -> ExitCode {
             let opts = spawn::SpawnOpts {
                 program,
                 fork,
+                threads: !event_loop,
                 n,
                 concurrency,
                 payload_size,

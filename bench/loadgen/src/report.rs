@@ -348,12 +348,19 @@ pub fn render(text: &str, subject: &str, peers: &[String]) -> String {
     } else {
         let _ = writeln!(out, "**(e) spawn ceiling**: not measured\n");
     }
-    if let Some(c) = get("machine", "spawn-fork.spawns_per_s") {
-        let _ = writeln!(
-            out,
-            "The same loop with fork+exec instead of posix_spawn (how the classic peers start children): {} spawns/s\n",
-            fmt_spread(spread(&values(c)))
-        );
+    for (metric, what) in [
+        (
+            "spawn-event-loop.spawns_per_s",
+            "The same loop run by one event-loop thread (tokio::process), as an async server spawns",
+        ),
+        (
+            "spawn-fork.spawns_per_s",
+            "The same loop with fork+exec instead of posix_spawn, how the classic peers start children",
+        ),
+    ] {
+        if let Some(c) = get("machine", metric) {
+            let _ = writeln!(out, "{what}: {} spawns/s\n", fmt_spread(spread(&values(c))));
+        }
     }
 
     let shown_peers: Vec<&String> = peers

@@ -21,6 +21,9 @@ pub struct SpawnOpts {
     /// Force fork+exec (as the classic super-servers do) instead of
     /// std's posix_spawn (clone with CLONE_VM|CLONE_VFORK, cheaper).
     pub fork: bool,
+    /// One OS thread per outstanding child (blocking I/O) instead of one
+    /// event-loop thread for all of them.
+    pub threads: bool,
     pub n: usize,
     pub concurrency: usize,
     pub payload_size: usize,
@@ -81,21 +84,137 @@ fn spawn_once(program: &PathBuf, payload: &[u8], fork: bool) -> Result<(), Fail>
     Ok(())
 }
 
-pub fn run(opts: SpawnOpts) -> (Map<String, Value>, String, bool) {
-    let pattern = Arc::new(Pattern::new(opts.payload_size));
-    let next = Arc::new(AtomicUsize::new(0));
-    let program = Arc::new(opts.program.clone());
-    let start = Instant::now();
-    let deadline = start + opts.max_time;
-    let own_before = crate::server::own_cpu_ns();
+/// The same exchange on a current-thread tokio runtime: one thread spawns
+/// every child and waits for their pipes, as an event-loop server would.
+async fn spawn_once_async(program: &PathBuf, payload: &[u8], fork: bool) -> Result<(), Fail> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fail = |kind: &'static str, e: std::io::Error| Fail {
+        kind,
+        msg: format!("{kind}: {e}"),
+    };
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    if fork {
+        // SAFETY: as in spawn_once, an empty hook that only forces fork+exec.
+        unsafe {
+            cmd.pre_exec(|| Ok(()));
+        }
+    }
+    let mut child = cmd.spawn().map_err(|e| fail("spawn", e))?;
+    let mut stdin = child.stdin.take().expect("stdin was piped");
+    let mut stdout = child.stdout.take().expect("stdout was piped");
+    let io = async {
+        stdin
+            .write_all(payload)
+            .await
+            .map_err(|e| fail("write", e))?;
+        drop(stdin);
+        let mut out = Vec::with_capacity(payload.len());
+        stdout
+            .read_to_end(&mut out)
+            .await
+            .map_err(|e| fail("read", e))?;
+        Ok::<_, Fail>(out)
+    }
+    .await;
+    let status = child.wait().await.map_err(|e| fail("wait", e))?;
+    let out = io?;
+    if out != payload {
+        return Err(Fail {
+            kind: "mismatch",
+            msg: format!(
+                "mismatch: got {} bytes, not the {} sent",
+                out.len(),
+                payload.len()
+            ),
+        });
+    }
+    if !status.success() {
+        return Err(Fail {
+            kind: "status",
+            msg: format!("status: {status}"),
+        });
+    }
+    Ok(())
+}
 
+fn run_async(
+    opts: &SpawnOpts,
+    pattern: &Arc<Pattern>,
+    next: &Arc<AtomicUsize>,
+    deadline: Instant,
+) -> (Vec<u64>, Failures) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let mut f = Failures::default();
+            f.add(Fail {
+                kind: "runtime",
+                msg: format!("tokio runtime: {e}"),
+            });
+            return (Vec::new(), f);
+        }
+    };
+    rt.block_on(async {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..opts.concurrency.clamp(1, opts.n.max(1)) {
+            let (pattern, next) = (Arc::clone(pattern), Arc::clone(next));
+            let (n, size, fork, program) =
+                (opts.n, opts.payload_size, opts.fork, opts.program.clone());
+            set.spawn(async move {
+                let mut lat = Vec::new();
+                let mut failures = Failures::default();
+                while Instant::now() < deadline {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        break;
+                    }
+                    let t0 = Instant::now();
+                    match spawn_once_async(&program, pattern.window(payload_offset(i), size), fork)
+                        .await
+                    {
+                        Ok(()) => lat.push(t0.elapsed().as_nanos() as u64),
+                        Err(f) => failures.add(f),
+                    }
+                }
+                (lat, failures)
+            });
+        }
+        let mut lat = Vec::with_capacity(opts.n);
+        let mut failures = Failures::default();
+        while let Some(res) = set.join_next().await {
+            match res {
+                Ok((l, f)) => {
+                    lat.extend(l);
+                    failures.merge(f);
+                }
+                Err(e) => failures.add(Fail {
+                    kind: "worker",
+                    msg: format!("worker task failed: {e}"),
+                }),
+            }
+        }
+        (lat, failures)
+    })
+}
+
+fn run_threads(
+    opts: &SpawnOpts,
+    pattern: &Arc<Pattern>,
+    next: &Arc<AtomicUsize>,
+    deadline: Instant,
+) -> (Vec<u64>, Failures) {
+    let program = Arc::new(opts.program.clone());
     let handles: Vec<_> = (0..opts.concurrency.clamp(1, opts.n.max(1)))
         .map(|_| {
-            let (pattern, next, program) = (
-                Arc::clone(&pattern),
-                Arc::clone(&next),
-                Arc::clone(&program),
-            );
+            let (pattern, next, program) =
+                (Arc::clone(pattern), Arc::clone(next), Arc::clone(&program));
             let (n, size, fork) = (opts.n, opts.payload_size, opts.fork);
             std::thread::spawn(move || {
                 let mut lat = Vec::new();
@@ -129,6 +248,20 @@ pub fn run(opts: SpawnOpts) -> (Map<String, Value>, String, bool) {
             }),
         }
     }
+    (lat, failures)
+}
+
+pub fn run(opts: SpawnOpts) -> (Map<String, Value>, String, bool) {
+    let pattern = Arc::new(Pattern::new(opts.payload_size));
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let deadline = start + opts.max_time;
+    let own_before = crate::server::own_cpu_ns();
+    let (mut lat, failures) = if opts.threads {
+        run_threads(&opts, &pattern, &next, deadline)
+    } else {
+        run_async(&opts, &pattern, &next, deadline)
+    };
     let secs = start.elapsed().as_secs_f64().max(1e-9);
     let own_after = crate::server::own_cpu_ns();
     let ok = lat.len();
@@ -187,4 +320,52 @@ pub fn run(opts: SpawnOpts) -> (Map<String, Value>, String, bool) {
         human += &format!("\n  failure: {s}");
     }
     (m, human, failures.total() == 0 && not_started == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(program: &str, fork: bool, threads: bool, payload_size: usize) -> SpawnOpts {
+        SpawnOpts {
+            program: program.into(),
+            fork,
+            threads,
+            n: 6,
+            concurrency: 3,
+            payload_size,
+            max_time: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn cat_round_trips_with_every_engine_and_method() {
+        for (fork, threads) in [(false, true), (false, false), (true, true), (true, false)] {
+            let (m, human, ok) = run(opts("/bin/cat", fork, threads, 64));
+            assert!(ok, "fork={fork} threads={threads}: {human}");
+            assert_eq!(m["ok_spawns"], 6);
+            assert_eq!(m["failures"], 0);
+        }
+    }
+
+    #[test]
+    fn failing_or_silent_children_are_counted_as_failures() {
+        // /bin/false echoes nothing and exits 1
+        let (m, _, ok) = run(opts("/bin/false", false, true, 0));
+        assert!(!ok);
+        assert_eq!(m["failure_detail"]["by_kind"]["status"], 6);
+        // /bin/true reads nothing: the write may fail (EPIPE) or the empty
+        // reply mismatch, depending on who is first; either way all 6 fail.
+        let (m, _, ok) = run(opts("/bin/true", false, false, 64));
+        assert!(!ok);
+        assert_eq!(m["failures"], 6);
+        let kinds = m["failure_detail"]["by_kind"].as_object().unwrap();
+        assert!(
+            kinds.keys().all(|k| k == "write" || k == "mismatch"),
+            "{kinds:?}"
+        );
+        let (m, _, ok) = run(opts("/nonexistent/program", false, true, 8));
+        assert!(!ok);
+        assert_eq!(m["failure_detail"]["by_kind"]["spawn"], 6);
+    }
 }
