@@ -49,6 +49,8 @@ usage: bench/run.sh [options]
   --out DIR             where results go (default bench/results/<timestamp>)
   --keep                keep the temporary directory (configs, logs)
 environment: WININETD_BIN overrides the wininetd binary to run;
+             WININETD_LOG is wininetd's log level (default here: warn, so no
+             line per connection, like the peers as configured);
              WININETD_BENCH_CACHE is where openbsd-inetd is unpacked
              (default /var/cache/wininetd-bench).
 EOF
@@ -101,6 +103,9 @@ RESULTS=$OUT/results.jsonl
 : >"$RESULTS"
 WORK=$(mktemp -d /tmp/wininetd-bench.XXXXXX)
 CACHE=${WININETD_BENCH_CACHE:-/var/cache/wininetd-bench}
+# No per-connection log lines, as for the peers (xinetd's are switched off);
+# set WININETD_LOG=info to measure with them.
+WININETD_LOG_LEVEL=${WININETD_LOG:-warn}
 
 # ---------------------------------------------------------------- processes
 declare -A SPID=() # server name -> PID this script started
@@ -324,7 +329,7 @@ start_wininetd() {
     [[ -x $WININETD ]] || { note "no wininetd binary at $WININETD"; return 1; }
     # Classic line: port, no options, program. It listens on 0.0.0.0; we connect to 127.0.0.1.
     echo "$p none /bin/cat" >"$WORK/wininetd.conf"
-    launch wininetd "$WININETD" --debug --cfgfile "$WORK/wininetd.conf"
+    launch wininetd env WININETD_LOG="$WININETD_LOG_LEVEL" "$WININETD" --debug --cfgfile "$WORK/wininetd.conf"
     await_listen wininetd "$p"
 }
 
@@ -350,7 +355,7 @@ EOF
         sed 's/^/    /' "$WORK/wininetd-check.log" | tail -5 >&2
         return 1
     fi
-    launch wininetd-ext "$WININETD" --debug --cfgfile "$WORK/wininetd-ext.toml"
+    launch wininetd-ext env WININETD_LOG="$WININETD_LOG_LEVEL" "$WININETD" --debug --cfgfile "$WORK/wininetd-ext.toml"
     await_listen wininetd-ext "${PORT[wininetd-iecho]}" "${PORT[wininetd-pipe]}"
 }
 
@@ -449,7 +454,7 @@ peer_versions() {
     has_server tcpserver && v+=("ucspi-tcp $(dpkg-query -W -f='${Version}' ucspi-tcp 2>/dev/null)")
     local IFS=";" joined
     joined="${v[*]}"
-    echo "${joined//;/, }"
+    if [[ -n $joined ]]; then echo "${joined//;/, }"; else echo none; fi
 }
 {
     echo "### wininetd bench, $(date -u '+%Y-%m-%d %H:%M UTC')"
