@@ -403,11 +403,12 @@ run_server_round() { # name round
     local name=$1 r=$2 pid=${SPID[$1]} port=${PORT[$1]}
     local t=127.0.0.1:$port
     alive "$name" || return 0
+    # hold first: in round 1 its growth is measured on a fresh process
+    lg hold --target "$t" -n "$HOLD_N" --seconds 1 --ignore-stdin \
+        --server-pid "$pid" --server "$name" --round "$r"
     lg rate --target "$t" -n "$CONNS" -c "$CONC" --payload-size "$PAYLOAD" \
         --server-pid "$pid" --server "$name" --round "$r"
     lg stream --target "$t" --bytes "$STREAM_BYTES" --server-pid "$pid" --server "$name" --round "$r"
-    lg hold --target "$t" -n "$HOLD_N" --seconds 1 --ignore-stdin \
-        --server-pid "$pid" --server "$name" --round "$r"
     alive "$name" || true
 }
 
@@ -420,6 +421,14 @@ run_ext_round() { # round
         --server-pid "$pid" --server wininetd-pipe --round "$r"
     alive wininetd-ext || true
 }
+
+# VmRSS of each super-server as started, before any connection.
+for s in "${ACTIVE[@]}"; do
+    [[ $s == wininetd-ext ]] && continue
+    rss=$(awk '/^VmRSS:/ {print $2}' "/proc/${SPID[$s]}/status" 2>/dev/null || true)
+    printf '{"mode":"start","scenario":"start","server":"%s","round":1,"server_pid":%s,"server_rss_kib":%s}\n' \
+        "$s" "${SPID[$s]}" "${rss:-null}" >>"$RESULTS"
+done
 
 ORDER=(machine "${ACTIVE[@]}")
 note "servers: ${ACTIVE[*]}; $ROUNDS rounds; rate $CONNS conns C=$CONC; stream $STREAM_BYTES B; hold $HOLD_N"
