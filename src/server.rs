@@ -363,9 +363,23 @@ fn warn_ignored_passwords(config: &Config) {
     }
 }
 
+/// Connections accepted back to back before the runtime polls its
+/// drivers (signals, timers) again.
+const ACCEPT_BATCH: u32 = 8;
+
 /// accept → check → hand off, for one TCP listener.
 async fn accept_tcp(listener: Acceptor, active: watch::Receiver<Arc<Active>>, ctx: Arc<Ctx>) {
+    let mut in_a_row = 0u32;
     loop {
+        // Under a steady flood accept never waits, and the runtime would
+        // look at signals (SIGCHLD: the reaper) only every few thousand
+        // connections; finished programs then pile up as zombies and count
+        // against max_connections. Yielding now and then lets it look.
+        in_a_row += 1;
+        if in_a_row == ACCEPT_BATCH {
+            in_a_row = 0;
+            tokio::task::yield_now().await;
+        }
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {

@@ -759,3 +759,37 @@ fn a_udp_wait_program_that_fails_at_once_is_restarted_at_most_once_a_second() {
     );
     assert!(d.log().contains("watching the socket again in a second"));
 }
+
+#[test]
+fn under_a_steady_flood_programs_are_reaped_and_nothing_is_refused() {
+    // With a small max_connections, programs that ended but were not yet
+    // reaped would soon fill it and get connections refused.
+    let port = free_port();
+    let config = format!(
+        "max_connections = 48\n\n{}",
+        service(port, "command = [\"/bin/cat\"]")
+    );
+    let d = Daemon::start("x.toml", &config, &[]);
+    let workers: Vec<_> = (0..16)
+        .map(|w| {
+            std::thread::spawn(move || {
+                let mut bad = 0;
+                for i in 0..150 {
+                    let data = pattern(64, (w * 1000 + i) as u64);
+                    let mut s = connect(port);
+                    if s.write_all(&data).is_err() || s.shutdown(Shutdown::Write).is_err() {
+                        bad += 1;
+                        continue;
+                    }
+                    if read_all(&mut s) != data {
+                        bad += 1;
+                    }
+                }
+                bad
+            })
+        })
+        .collect();
+    let failed: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    assert_eq!(failed, 0, "log:\n{}", d.log());
+    assert!(!d.log().contains("refused"));
+}
