@@ -25,6 +25,8 @@ fi
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy (Linux)"
-cargo clippy --all-targets -- -D warnings
+cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test (Linux)"
-cargo test --all-targets
+cargo test --workspace --all-targets
+echo "== bench smoke (wininetd alone, small)"
+bench/run.sh --smoke
