@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+#[cfg_attr(target_os = "linux", allow(dead_code))] // Linux splices TCP
 const BUF_SIZE: usize = 32 * 1024;
 
 /// What a finished relay moved.
@@ -28,6 +29,11 @@ pub struct Relayed {
 ///   still flows;
 /// - `idle`: a client silent that long, or one that accepts nothing that
 ///   long, ends the session, as SO_RCVTIMEO/SO_SNDTIMEO do in `direct`.
+///
+/// Linux uses [`relay_tcp`]'s splice path for plain TCP; this one serves
+/// other systems (Windows named pipes) and streams that are not plain
+/// sockets.
+#[cfg_attr(target_os = "linux", allow(dead_code))]
 pub async fn relay<C, W, R>(
     client: C,
     mut to_program: W,
@@ -60,7 +66,6 @@ where
         drop(to_program);
         io::Result::Ok(total)
     };
-
     let downstream = async {
         let mut buf = vec![0u8; BUF_SIZE];
         let mut total = 0u64;
@@ -75,12 +80,48 @@ where
         client_tx.shutdown().await?;
         io::Result::Ok(total)
     };
+    drive(upstream, downstream, program_exited).await
+}
 
+/// The relay for a plain TCP client and the program's own pipes. On Linux
+/// the bytes move with splice(2) between the socket and the program's
+/// pipes, never through our memory; elsewhere it is [`relay`].
+pub async fn relay_tcp(
+    client: tokio::net::TcpStream,
+    to_program: crate::os::PipeWriter,
+    from_program: crate::os::PipeReader,
+    program_exited: impl Future<Output = ()>,
+    idle: Option<Duration>,
+) -> io::Result<Relayed> {
+    #[cfg(target_os = "linux")]
+    {
+        let upstream = async {
+            let n = splice::copy(&client, &to_program, idle, splice::Dir::ToProgram).await;
+            drop(to_program); // closes the program's stdin
+            n
+        };
+        let downstream = async {
+            let n = splice::copy(&from_program, &client, idle, splice::Dir::ToClient).await?;
+            socket2::SockRef::from(&client).shutdown(std::net::Shutdown::Write)?;
+            Ok(n)
+        };
+        drive(upstream, downstream, program_exited).await
+    }
+    #[cfg(not(target_os = "linux"))]
+    relay(client, to_program, from_program, program_exited, idle).await
+}
+
+/// Runs both directions until output is finished and the input side has no
+/// reader left (the client half-closed, or the program exited).
+async fn drive(
+    upstream: impl Future<Output = io::Result<u64>>,
+    downstream: impl Future<Output = io::Result<u64>>,
+    program_exited: impl Future<Output = ()>,
+) -> io::Result<Relayed> {
     tokio::pin!(upstream, downstream, program_exited);
     let mut up_total = None;
     let mut exited = false;
     let mut down_total = None;
-    // Ends when output is finished and the input side has no reader left.
     while down_total.is_none() || !(up_total.is_some() || exited) {
         tokio::select! {
             r = &mut upstream, if up_total.is_none() => {
@@ -100,6 +141,156 @@ where
         to_program: up_total.unwrap_or(0),
         to_client: down_total.unwrap_or(0),
     })
+}
+
+#[cfg(target_os = "linux")]
+mod splice {
+    //! Zero-copy moves between a socket and a pipe, driven by the runtime's
+    //! readiness. splice(2) says EAGAIN without saying which side was not
+    //! ready, so a poll(2) at that moment tells, and only that side's
+    //! readiness is cleared.
+
+    use std::io;
+    use std::os::fd::{AsRawFd, RawFd};
+    use std::time::Duration;
+
+    use tokio::io::Interest;
+    use tokio::net::TcpStream;
+    use tokio::net::unix::pipe;
+
+    use super::with_idle;
+
+    /// Bytes per splice call: the most a pipe holds by default is 64 KiB.
+    const CHUNK: usize = 1 << 20;
+
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    pub enum Dir {
+        /// socket → program: EPIPE means the program stopped reading.
+        ToProgram,
+        /// program → socket: every error is the client's.
+        ToClient,
+    }
+
+    /// One end of a splice, with the runtime's readiness for it.
+    pub trait End: AsRawFd {
+        async fn wait(&self, interest: Interest) -> io::Result<()>;
+        /// Forgets readiness for `interest` (it was observed not ready).
+        fn clear(&self, interest: Interest);
+    }
+
+    fn would_block<T>() -> io::Result<T> {
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+
+    impl End for TcpStream {
+        async fn wait(&self, interest: Interest) -> io::Result<()> {
+            self.ready(interest).await.map(drop)
+        }
+        fn clear(&self, interest: Interest) {
+            let _ = self.try_io(interest, would_block::<()>);
+        }
+    }
+
+    impl End for pipe::Sender {
+        async fn wait(&self, interest: Interest) -> io::Result<()> {
+            self.ready(interest).await.map(drop)
+        }
+        fn clear(&self, _: Interest) {
+            let _ = self.try_io(would_block::<()>);
+        }
+    }
+
+    impl End for pipe::Receiver {
+        async fn wait(&self, interest: Interest) -> io::Result<()> {
+            self.ready(interest).await.map(drop)
+        }
+        fn clear(&self, _: Interest) {
+            let _ = self.try_io(would_block::<()>);
+        }
+    }
+
+    /// Moves everything from `src` to `dst` until `src` ends; the count.
+    pub async fn copy(
+        src: &impl End,
+        dst: &impl End,
+        idle: Option<Duration>,
+        dir: Dir,
+    ) -> io::Result<u64> {
+        let mut total = 0u64;
+        loop {
+            // The client is the side the idle timeout watches.
+            match dir {
+                Dir::ToProgram => {
+                    with_idle(idle, src.wait(Interest::READABLE)).await?;
+                    dst.wait(Interest::WRITABLE).await?;
+                }
+                Dir::ToClient => {
+                    src.wait(Interest::READABLE).await?;
+                    with_idle(idle, dst.wait(Interest::WRITABLE)).await?;
+                }
+            }
+            // SAFETY: splice between two descriptors we own; no pointers
+            // but the null offsets.
+            let n = unsafe {
+                libc::splice(
+                    src.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    dst.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    CHUNK,
+                    libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+                )
+            };
+            if n > 0 {
+                total += n as u64;
+                continue;
+            }
+            if n == 0 {
+                return Ok(total);
+            }
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EAGAIN) => {
+                    let (readable, writable) = poll_now(src.as_raw_fd(), dst.as_raw_fd());
+                    if !readable {
+                        src.clear(Interest::READABLE);
+                    }
+                    if !writable {
+                        dst.clear(Interest::WRITABLE);
+                    }
+                }
+                Some(libc::EINTR) => {}
+                Some(libc::EPIPE) if dir == Dir::ToProgram => return Ok(total),
+                _ => return Err(err),
+            }
+        }
+    }
+
+    /// Whether `src` has something to read (or its end) and `dst` room to
+    /// write (or an error to report), right now.
+    fn poll_now(src: RawFd, dst: RawFd) -> (bool, bool) {
+        let mut fds = [
+            libc::pollfd {
+                fd: src,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: dst,
+                events: libc::POLLOUT,
+                revents: 0,
+            },
+        ];
+        // SAFETY: poll on two valid pollfd entries, zero timeout.
+        if unsafe { libc::poll(fds.as_mut_ptr(), 2, 0) } < 0 {
+            return (true, true); // retry the splice rather than stall
+        }
+        let bad = libc::POLLHUP | libc::POLLERR;
+        (
+            fds[0].revents & (libc::POLLIN | bad) != 0,
+            fds[1].revents & (libc::POLLOUT | bad) != 0,
+        )
+    }
 }
 
 /// `op`, failing with TimedOut if it takes longer than `idle`.

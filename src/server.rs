@@ -479,7 +479,7 @@ fn hand_off_tcp(
             let exited = async {
                 let _ = exited.await;
             };
-            if let Err(e) = relay::relay(stream, to_program, from_program, exited, idle).await {
+            if let Err(e) = relay::relay_tcp(stream, to_program, from_program, exited, idle).await {
                 info!(service = %service, %peer, pid, "relay ended: {e}");
             }
         });
