@@ -191,6 +191,11 @@ impl Lease {
     pub fn service(&self) -> &Arc<str> {
         self.gate.name()
     }
+
+    /// The source it counts against (IPv4-mapped peers as IPv4).
+    pub fn ip(&self) -> IpAddr {
+        self.ip
+    }
 }
 
 impl Drop for Lease {

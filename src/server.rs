@@ -452,17 +452,10 @@ fn hand_off_tcp(
             warn!(service = %svc.name, %peer, "cannot set socket options: {e}");
         }
         // Our copy of the socket closes when `launch` returns.
-        launch(
-            ctx,
-            active,
-            &env,
-            ChildStdio::Socket(sock),
-            Some(peer),
-            lease,
-        );
+        launch(ctx, active, &env, ChildStdio::Socket(sock), peer, lease);
         return;
     }
-    let Some(launched) = launch(ctx, active, &env, ChildStdio::Pipes, Some(peer), lease) else {
+    let Some(launched) = launch(ctx, active, &env, ChildStdio::Pipes, peer, lease) else {
         return;
     };
     let stream = match into_tokio(stream) {
@@ -510,7 +503,7 @@ fn launch(
     active: &Active,
     env: &[(String, String)],
     stdio: ChildStdio,
-    peer: Option<SocketAddr>,
+    peer: SocketAddr,
     lease: Lease,
 ) -> Option<os::Launched> {
     let svc = &active.svc;
@@ -525,10 +518,9 @@ fn launch(
         user: &svc.user,
         stderr: svc.stderr,
     };
-    let peer_text = peer.map_or_else(|| "-".to_string(), |p| p.to_string());
     match os::launch(&spec, stdio) {
         Ok(mut launched) => {
-            info!(service = %svc.name, port = svc.port, peer = %peer_text, pid = launched.id, "started");
+            info!(service = %svc.name, port = svc.port, %peer, pid = launched.id, "started");
             if let Some(stderr) = launched.stderr.take() {
                 tokio::spawn(log_stderr(svc.name.clone(), launched.id, stderr));
             }
@@ -536,14 +528,14 @@ fn launch(
                 launched.id,
                 Record {
                     lease,
-                    peer,
                     started: launched.started,
+                    peer_port: peer.port(),
                 },
             );
             Some(launched)
         }
         Err(e) => {
-            error!(service = %svc.name, peer = %peer_text, "{e}");
+            error!(service = %svc.name, %peer, "{e}");
             None
         }
     }
@@ -691,14 +683,7 @@ async fn wait_service(
         }
     };
     let env = connection_env(svc, Protocol::Udp, Some(peer), None);
-    let launched = launch(
-        ctx,
-        active,
-        &env,
-        ChildStdio::Socket(dup),
-        Some(peer),
-        lease,
-    );
+    let launched = launch(ctx, active, &env, ChildStdio::Socket(dup), peer, lease);
     match launched {
         Some(l) => {
             let exited = ctx.children().watch(l.id);
@@ -733,12 +718,9 @@ async fn reap(ctx: Arc<Ctx>, mut exits: os::Exits) {
         let Some(record) = ctx.children().remove(id, status.success()) else {
             continue;
         };
-        let peer = record
-            .peer
-            .map_or_else(|| "-".to_string(), |p| p.to_string());
         info!(
             service = %record.lease.service(),
-            %peer,
+            peer = %record.peer(),
             pid = id,
             status = %status,
             duration = %format_args!("{:.3}s", record.started.elapsed().as_secs_f64()),
