@@ -140,8 +140,10 @@ fn clone_exec(req: &Request) -> io::Result<u32> {
     };
 
     let mut stack = STACK.lock().unwrap_or_else(|p| p.into_inner());
-    if stack.is_empty() {
-        stack.resize(STACK_WORDS, 0);
+    if stack.capacity() == 0 {
+        // Reserved, never written by us: only the few pages the child
+        // touches become resident (zero-filling would make all 64 KiB so).
+        stack.reserve_exact(STACK_WORDS);
     }
     // SAFETY: the child runs `child_main` on its own stack and only makes
     // raw system calls on memory that outlives the vfork (`shared`, argv,
@@ -152,7 +154,10 @@ fn clone_exec(req: &Request) -> io::Result<u32> {
         let mut old: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-        let top = stack.as_mut_ptr().add(stack.len()).cast::<libc::c_void>();
+        let top = stack
+            .as_mut_ptr()
+            .add(stack.capacity())
+            .cast::<libc::c_void>();
         let pid = libc::clone(
             child_main,
             top,
