@@ -28,7 +28,8 @@ fn without_debug_lines_go_to_syslog_with_facility_and_severity() {
         }
     }
     let _cleanup = Cleanup;
-    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
 
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
