@@ -27,7 +27,7 @@ pub struct Children {
     records: Vec<(ChildId, Record)>,
     index: HashMap<ChildId, usize>,
     /// Who wants to know when a program ends (relays, UDP wait services).
-    waiters: HashMap<ChildId, oneshot::Sender<()>>,
+    waiters: HashMap<ChildId, oneshot::Sender<bool>>,
 }
 
 impl Children {
@@ -49,17 +49,17 @@ impl Children {
         self.records.push((id, record));
     }
 
-    /// Registers interest in `id`'s exit.
-    pub fn watch(&mut self, id: ChildId) -> oneshot::Receiver<()> {
+    /// Registers interest in `id`'s exit; the value says if it succeeded.
+    pub fn watch(&mut self, id: ChildId) -> oneshot::Receiver<bool> {
         let (tx, rx) = oneshot::channel();
         self.waiters.insert(id, tx);
         rx
     }
 
     /// Removes `id`, waking whoever waits for it.
-    pub fn remove(&mut self, id: ChildId) -> Option<Record> {
+    pub fn remove(&mut self, id: ChildId, success: bool) -> Option<Record> {
         if let Some(w) = self.waiters.remove(&id) {
-            let _ = w.send(());
+            let _ = w.send(success);
         }
         let at = self.index.remove(&id)?;
         let (_, record) = self.records.swap_remove(at);
@@ -102,16 +102,16 @@ mod tests {
         }
         assert_eq!(global.live(), 5);
         let mut w = c.watch(3);
-        assert!(c.remove(1).is_some());
-        assert!(c.remove(1).is_none());
+        assert!(c.remove(1, true).is_some());
+        assert!(c.remove(1, true).is_none());
         assert_eq!(w.try_recv(), Err(oneshot::error::TryRecvError::Empty));
-        assert!(c.remove(3).is_some());
-        assert_eq!(w.try_recv(), Ok(()));
+        assert!(c.remove(3, false).is_some());
+        assert_eq!(w.try_recv(), Ok(false));
         let mut left: Vec<_> = c.ids().collect();
         left.sort();
         assert_eq!(left, [2, 4, 5]);
         for id in [5, 2, 4] {
-            assert!(c.remove(id).is_some(), "{id}");
+            assert!(c.remove(id, true).is_some(), "{id}");
         }
         assert_eq!(c.len(), 0);
         assert_eq!(global.live(), 0);

@@ -31,31 +31,30 @@ where
         }
         Internal::Chargen => {
             // Writes until the client goes; its input is read and dropped so
-            // that a client which sends does not stall us.
+            // that a client which sends does not stall us. A block's write
+            // is never abandoned half-way for that input: dropping it would
+            // cut a line short and skip the rest of the block.
             let mut line = 0usize;
             let mut block = Vec::with_capacity(CHARGEN_LINE * 64);
             let mut sink = [0u8; 1024];
+            let mut input_open = true;
             loop {
                 block.clear();
                 for _ in 0..64 {
                     block.extend_from_slice(&chargen_line(line));
                     line += 1;
                 }
-                tokio::select! {
-                    r = timed(idle, tx.write_all(&block)) => r?,
-                    r = rx.read(&mut sink) => {
-                        if r? == 0 {
-                            // Half-closed input: keep writing until the
-                            // write fails, as RFC 864 says.
-                            loop {
-                                block.clear();
-                                for _ in 0..64 {
-                                    block.extend_from_slice(&chargen_line(line));
-                                    line += 1;
-                                }
-                                timed(idle, tx.write_all(&block)).await?;
-                            }
+                let write = timed(idle, tx.write_all(&block));
+                tokio::pin!(write);
+                loop {
+                    tokio::select! {
+                        r = &mut write => {
+                            r?;
+                            break;
                         }
+                        // Half-closed input: keep writing until the write
+                        // fails, as RFC 864 says.
+                        r = rx.read(&mut sink), if input_open => input_open = r? != 0,
                     }
                 }
             }

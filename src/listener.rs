@@ -10,8 +10,57 @@ use crate::config::Protocol;
 
 /// A bound socket, registered with the runtime.
 pub enum Bound {
-    Tcp(tokio::net::TcpListener),
+    Tcp(Acceptor),
     Udp(tokio::net::UdpSocket),
+}
+
+/// A TCP listener whose accepted connections come out as plain blocking
+/// sockets, ready to be handed to a program. On Unix the listener is
+/// watched for readiness only, so a connection for `direct` handoff never
+/// touches the event loop (no register/deregister, no flag flipping).
+pub struct Acceptor {
+    #[cfg(unix)]
+    inner: tokio::io::unix::AsyncFd<std::net::TcpListener>,
+    #[cfg(windows)]
+    inner: tokio::net::TcpListener,
+}
+
+impl Acceptor {
+    fn new(listener: std::net::TcpListener) -> io::Result<Acceptor> {
+        // SAFETY: the listener owns its descriptor and keeps it, unreplaced
+        // and open, for as long as the AsyncFd holds it.
+        #[cfg(unix)]
+        let inner = unsafe { tokio::io::unix::AsyncFd::register(listener)? };
+        #[cfg(windows)]
+        let inner = tokio::net::TcpListener::from_std(listener)?;
+        Ok(Acceptor { inner })
+    }
+
+    /// The next connection, as a blocking, close-on-exec socket.
+    pub async fn accept(&self) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+        #[cfg(unix)]
+        loop {
+            let mut ready = self.inner.readable().await?;
+            // std's accept is accept4(SOCK_CLOEXEC): blocking on Linux.
+            if let Ok(result) = ready.try_io(|l| l.get_ref().accept()) {
+                return result;
+            }
+        }
+        #[cfg(windows)]
+        {
+            let (stream, peer) = self.inner.accept().await?;
+            let stream = stream.into_std()?;
+            stream.set_nonblocking(false)?;
+            Ok((stream, peer))
+        }
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        #[cfg(unix)]
+        return self.inner.get_ref().local_addr();
+        #[cfg(windows)]
+        return self.inner.local_addr();
+    }
 }
 
 /// Backlog for TCP listeners: bursts of connects must not be refused.
@@ -38,7 +87,7 @@ pub fn bind(protocol: Protocol, addr: SocketAddr) -> io::Result<Bound> {
     Ok(match protocol {
         Protocol::Tcp => {
             sock.listen(BACKLOG)?;
-            Bound::Tcp(tokio::net::TcpListener::from_std(sock.into())?)
+            Bound::Tcp(Acceptor::new(sock.into())?)
         }
         Protocol::Udp => Bound::Udp(tokio::net::UdpSocket::from_std(sock.into())?),
     })

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt as _;
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
@@ -19,7 +19,7 @@ use tracing::{error, info, warn};
 use crate::admission::{Gate, Global, Lease, Refusal, RefusalLog};
 use crate::children::{Children, Record};
 use crate::config::{self, Config, Handoff, Program, Protocol, RunAs, Secret, Service};
-use crate::listener::{self, Bound};
+use crate::listener::{self, Acceptor, Bound};
 use crate::os::{self, ChildStdio, Control, HostStatus, LaunchSpec, ServiceHost};
 use crate::{internal, relay};
 
@@ -277,6 +277,9 @@ impl Server {
                 }
             }
         }
+        // Past the last failure: from here on the new config is served, and
+        // its lines (the first "listening on" included) are in its format.
+        crate::logging::set_format(config.globals.log_format);
         for (key, listening) in &self.listeners {
             if let Some(active) = wanted.get(key) {
                 listening.active.send_replace(Arc::clone(active));
@@ -287,7 +290,6 @@ impl Server {
             self.start_listener(key, b, active);
         }
         self.ctx.global.set_max(config.globals.max_connections);
-        crate::logging::set_format(config.globals.log_format);
         self.gates = gates;
         self.services = self.gates.len();
         Ok(())
@@ -362,7 +364,7 @@ fn warn_ignored_passwords(config: &Config) {
 }
 
 /// accept → check → hand off, for one TCP listener.
-async fn accept_tcp(listener: TcpListener, active: watch::Receiver<Arc<Active>>, ctx: Arc<Ctx>) {
+async fn accept_tcp(listener: Acceptor, active: watch::Receiver<Arc<Active>>, ctx: Arc<Ctx>) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -395,6 +397,13 @@ async fn accept_tcp(listener: TcpListener, active: watch::Receiver<Arc<Active>>,
         match &active.svc.program {
             Program::Internal(kind) => {
                 let (kind, idle) = (*kind, active.timeout);
+                let stream = match into_tokio(stream) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        warn!(service = %active.svc.name, %peer, "cannot serve the connection: {e}");
+                        continue;
+                    }
+                };
                 tokio::spawn(async move {
                     let started = Instant::now();
                     let result = internal::serve_stream(kind, stream, idle).await;
@@ -416,7 +425,7 @@ async fn accept_tcp(listener: TcpListener, active: watch::Receiver<Arc<Active>>,
 fn hand_off_tcp(
     ctx: &Arc<Ctx>,
     active: &Active,
-    stream: TcpStream,
+    stream: std::net::TcpStream,
     peer: SocketAddr,
     lease: Lease,
 ) {
@@ -424,13 +433,7 @@ fn hand_off_tcp(
     let local = stream.local_addr().ok();
     let env = connection_env(svc, Protocol::Tcp, Some(peer), local);
     if active.handoff == Handoff::Direct {
-        let sock = match stream.into_std() {
-            Ok(s) => socket2::Socket::from(s),
-            Err(e) => {
-                warn!(service = %svc.name, %peer, "cannot take over the connection: {e}");
-                return;
-            }
-        };
+        let sock = socket2::Socket::from(stream);
         if let Err(e) = direct_socket_options(&sock, active) {
             warn!(service = %svc.name, %peer, "cannot set socket options: {e}");
         }
@@ -448,6 +451,13 @@ fn hand_off_tcp(
     let Some(launched) = launch(ctx, active, &env, ChildStdio::Pipes, Some(peer), lease) else {
         return;
     };
+    let stream = match into_tokio(stream) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(service = %svc.name, %peer, "cannot relay the connection: {e}");
+            return;
+        }
+    };
     if let Some((to_program, from_program)) = launched.pipes {
         let exited = ctx.children().watch(launched.id);
         let (idle, service, pid) = (active.timeout, svc.name.clone(), launched.id);
@@ -460,6 +470,12 @@ fn hand_off_tcp(
             }
         });
     }
+}
+
+/// A connection wininetd serves itself (relay, internal service).
+fn into_tokio(stream: std::net::TcpStream) -> std::io::Result<TcpStream> {
+    stream.set_nonblocking(true)?;
+    TcpStream::from_std(stream)
 }
 
 /// SO_RCVTIMEO/SO_SNDTIMEO and SO_LINGER for a socket a program will own.
@@ -638,6 +654,9 @@ async fn serve_udp(sock: UdpSocket, active: watch::Receiver<Arc<Active>>, ctx: A
     }
 }
 
+/// The least time between two starts of a `wait` program that fails.
+const WAIT_RETRY_PAUSE: Duration = Duration::from_secs(1);
+
 /// Runs a `wait` service's program on the socket and does not watch the
 /// socket again until the program has exited.
 async fn wait_service(
@@ -669,7 +688,18 @@ async fn wait_service(
     match launched {
         Some(l) => {
             let exited = ctx.children().watch(l.id);
-            let _ = exited.await;
+            let success = exited.await.unwrap_or(false);
+            // A program that fails at once without reading its datagram
+            // would be restarted in a tight loop: at most once a second.
+            let ran = l.started.elapsed();
+            if !success && ran < WAIT_RETRY_PAUSE {
+                warn!(
+                    service = %svc.name,
+                    "program failed after {} ms; watching the socket again in a second",
+                    ran.as_millis()
+                );
+                tokio::time::sleep(WAIT_RETRY_PAUSE - ran).await;
+            }
         }
         None => {
             // The program cannot start: drop the datagram rather than spin.
@@ -686,7 +716,7 @@ async fn wait_service(
 async fn reap(ctx: Arc<Ctx>, mut exits: os::Exits) {
     loop {
         let (id, status) = exits.next().await;
-        let Some(record) = ctx.children().remove(id) else {
+        let Some(record) = ctx.children().remove(id, status.success()) else {
             continue;
         };
         let peer = record

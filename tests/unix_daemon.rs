@@ -494,3 +494,28 @@ fn accept_out_of_descriptors_backs_off_instead_of_spinning() {
     s.shutdown(Shutdown::Write).unwrap();
     assert_eq!(read_all(&mut s), b"back");
 }
+
+#[test]
+fn started_with_closed_stdin_and_stdout_it_still_serves_byte_exact() {
+    // Without care, the listener or a connection would take fd 0 or 1 and
+    // be clobbered when a program's stdio is set up.
+    let port = free_port();
+    let _d = Daemon::start_with(
+        "w.conf",
+        &classic(&[format!("{port} none /bin/cat")]),
+        &[],
+        |c| {
+            // SAFETY: close(2) is async-signal-safe.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(c, || {
+                    libc::close(0);
+                    libc::close(1);
+                    Ok(())
+                });
+            }
+        },
+    );
+    let data = pattern(1 << 20, 21);
+    assert!(stream_through(port, data.clone()) == data);
+    assert!(stream_through(port, data.clone()) == data);
+}

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -32,6 +32,18 @@ pub fn free_ports(n: usize) -> Vec<u16> {
         .iter()
         .map(|l| l.local_addr().unwrap().port())
         .collect()
+}
+
+/// A port free for both TCP and UDP on 127.0.0.1 a moment ago.
+pub fn free_port_tcp_udp() -> u16 {
+    for _ in 0..50 {
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free for both TCP and UDP");
 }
 
 /// A running daemon; killed (by its PID) when dropped.
@@ -149,6 +161,36 @@ impl Daemon {
     pub fn alive(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
+
+    /// The daemon's child processes now (Linux; `None` where unknown).
+    pub fn children(&self) -> Option<Vec<u32>> {
+        let pid = self.pid();
+        let text = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+        Some(
+            text.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect(),
+        )
+    }
+
+    /// The log lines that contain `needle`.
+    pub fn lines_with(&self, needle: &str) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// How many programs the daemon has started so far (text log).
+    pub fn started(&self) -> usize {
+        self.lines_with(" started ").len()
+    }
+
+    /// Whether any log line names the client at `peer` (as `peer=ADDR`).
+    pub fn mentions_peer(&self, peer: SocketAddr) -> bool {
+        self.log().contains(&format!("peer={peer} "))
+    }
 }
 
 impl Drop for Daemon {
@@ -165,6 +207,88 @@ pub fn connect(port: u16) -> TcpStream {
     let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     s
+}
+
+/// Connects to `addr` with a bounded wait for each read.
+pub fn connect_to(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s
+}
+
+/// Connects to [::1]:port.
+pub fn connect6(port: u16) -> TcpStream {
+    connect_to(SocketAddr::new(
+        IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        port,
+    ))
+}
+
+/// Connects to 127.0.0.1:port from `source` (any 127/8 address: Linux
+/// routes the whole block to `lo`), so access rules can tell clients apart.
+pub fn connect_from(source: &str, port: u16) -> TcpStream {
+    let source: IpAddr = source.parse().unwrap();
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&SocketAddr::new(source, 0).into()).unwrap();
+    let to = SocketAddr::from(([127, 0, 0, 1], port));
+    sock.connect_timeout(&to.into(), Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("connect from {source} to {to}: {e}"));
+    let s = TcpStream::from(sock);
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s
+}
+
+/// Sends `input` on `s`, half-closes, and reads until EOF (or reset).
+pub fn exchange_on(mut s: TcpStream, input: &[u8]) -> Vec<u8> {
+    // A refused connection may be gone before the write: that is an answer.
+    let _ = s.write_all(input);
+    let _ = s.shutdown(Shutdown::Write);
+    read_all(&mut s)
+}
+
+/// Asserts that the daemon closes `s` without a byte, within `limit`.
+pub fn assert_closed_at_once(mut s: TcpStream, limit: Duration) {
+    s.set_read_timeout(Some(limit)).unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Ok(n) => panic!("a refused connection got {n} bytes"),
+        Err(e) => panic!(
+            "a refused connection was not closed within {:?}: {e}",
+            started.elapsed()
+        ),
+    }
+}
+
+/// Sends one datagram to `to` from a fresh socket and waits up to `wait`
+/// for one reply; `None` if none came.
+pub fn udp_request(to: SocketAddr, data: &[u8], wait: Duration) -> Option<Vec<u8>> {
+    let local: SocketAddr = if to.is_ipv4() {
+        "127.0.0.1:0".parse().unwrap()
+    } else {
+        "[::1]:0".parse().unwrap()
+    };
+    let s = UdpSocket::bind(local).unwrap();
+    s.connect(to).unwrap();
+    s.set_read_timeout(Some(wait)).unwrap();
+    s.send(data).unwrap();
+    let mut buf = vec![0u8; 65_536];
+    match s.recv(&mut buf) {
+        Ok(n) => Some(buf[..n].to_vec()),
+        Err(_) => None,
+    }
+}
+
+/// Polls `check` every 20 ms until it holds; panics with `what` after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Sends `input`, half-closes, and reads until EOF.

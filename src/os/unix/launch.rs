@@ -4,13 +4,16 @@ use std::collections::VecDeque;
 use std::ffi::CString;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Command, ExitStatus, Stdio};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use nix::unistd::{Gid, Uid, User};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
+use super::spawn::{Creds, Request, spawn};
 use crate::config::{RunAs, StderrMode};
 use crate::os::{ChildStdio, LaunchError, LaunchSpec, Launched};
 
@@ -20,68 +23,85 @@ pub type PipeReader = tokio::net::unix::pipe::Receiver;
 /// Starts the program of `spec` with `stdio` as its standard handles.
 ///
 /// The program gets its own process group, default signal handling, and no
-/// descriptor but 0, 1 and 2 (everything of ours is close-on-exec).
+/// descriptor but 0, 1 and 2.
 pub fn launch(spec: &LaunchSpec<'_>, stdio: ChildStdio) -> Result<Launched, LaunchError> {
     let argv = spec
         .command
         .argv()
         .map_err(|e| LaunchError::Spawn(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
-    let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..]).process_group(0);
-    for (k, v) in spec.env {
-        cmd.env(k, v);
-    }
-    if let Some(dir) = spec.working_directory {
-        cmd.current_dir(dir);
-    }
-    if let RunAs::User { name, .. } = spec.user {
-        switch_user(&mut cmd, name)?;
+    let mut extra: Vec<(&str, &str)> = spec
+        .env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let user = match spec.user {
+        RunAs::User { name, .. } => Some(resolve_user(name)?),
+        RunAs::Daemon => None,
+    };
+    if let Some(u) = &user {
+        extra.extend([
+            ("HOME", u.home.as_str()),
+            ("USER", u.name.as_str()),
+            ("LOGNAME", u.name.as_str()),
+            ("SHELL", u.shell.as_str()),
+        ]);
     }
 
-    let mut stderr_reader = None;
     let mut pipes = None;
-    let out = match stdio {
+    let mut stderr_reader = None;
+    let (input, output) = match stdio {
         ChildStdio::Socket(sock) => {
             // The socket must be blocking for the program (`cat` fails with
             // EAGAIN otherwise); the flag is shared with every duplicate.
             sock.set_nonblocking(false).map_err(LaunchError::Spawn)?;
             let fd = OwnedFd::from(sock);
-            cmd.stdin(dup(&fd)?);
-            fd
+            (dup(&fd)?, fd)
         }
         ChildStdio::Pipes => {
             let (in_r, in_w) = pipe()?;
             let (out_r, out_w) = pipe()?;
-            cmd.stdin(in_r);
             pipes = Some((
                 PipeWriter::from_owned_fd(in_w).map_err(LaunchError::Spawn)?,
                 PipeReader::from_owned_fd(out_r).map_err(LaunchError::Spawn)?,
             ));
-            out_w
+            (in_r, out_w)
         }
     };
-    match spec.stderr {
-        StderrMode::Socket => {
-            cmd.stderr(dup(&out)?);
-        }
-        StderrMode::Null => {
-            cmd.stderr(Stdio::null());
-        }
+    let errors = match spec.stderr {
+        StderrMode::Socket => dup(&output)?,
+        StderrMode::Null => dev_null()?,
         StderrMode::Log => {
             let (r, w) = pipe()?;
-            cmd.stderr(w);
             stderr_reader = Some(PipeReader::from_owned_fd(r).map_err(LaunchError::Spawn)?);
+            w
         }
-    }
-    cmd.stdout(out);
+    };
 
-    let child = cmd
-        .spawn()
+    let nul = |what: &str| {
+        LaunchError::Spawn(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{what} contains a NUL byte"),
+        ))
+    };
+    let request = Request {
+        argv: argv
+            .iter()
+            .map(|a| CString::new(a.as_bytes()).map_err(|_| nul("the command line")))
+            .collect::<Result<_, _>>()?,
+        envp: environment(&extra).map_err(|_| nul("the environment"))?,
+        cwd: spec
+            .working_directory
+            .map(|d| CString::new(d.as_os_str().as_bytes()).map_err(|_| nul("working_directory")))
+            .transpose()?,
+        creds: user.and_then(|u| u.creds),
+        stdio: [input, output, errors],
+    };
+    let pid = spawn(&request)
         .map_err(|e| LaunchError::Spawn(io::Error::new(e.kind(), format!("{}: {e}", argv[0]))))?;
-    // `cmd` (dropped here) held our copies of the child's ends; the child
-    // itself is reaped by [`Exits`], never waited on per connection.
+    // `request` (dropped here) held our copies of the child's ends; the
+    // child itself is reaped by [`Exits`], never waited on per connection.
     Ok(Launched {
-        id: child.id(),
+        id: pid,
         started: Instant::now(),
         pipes,
         stderr: stderr_reader,
@@ -97,46 +117,109 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), LaunchError> {
         .map_err(|e| LaunchError::Spawn(io::Error::from(e)))
 }
 
-/// Makes the child run as `name`: groups, gid, uid, and the variables a
-/// login would set. Looked up per connection, so a user added later works.
-fn switch_user(cmd: &mut Command, name: &str) -> Result<(), LaunchError> {
+/// /dev/null, opened once and duplicated for each program that wants it.
+fn dev_null() -> Result<OwnedFd, LaunchError> {
+    static NULL: OnceLock<io::Result<OwnedFd>> = OnceLock::new();
+    match NULL.get_or_init(|| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .map(OwnedFd::from)
+    }) {
+        Ok(fd) => dup(fd),
+        Err(e) => Err(LaunchError::Spawn(io::Error::new(
+            e.kind(),
+            format!("/dev/null: {e}"),
+        ))),
+    }
+}
+
+/// The daemon's environment with `extra` set on top, as `KEY=value`
+/// strings. The daemon's own part is captured once: it does not change.
+fn environment(extra: &[(&str, &str)]) -> Result<Vec<CString>, std::ffi::NulError> {
+    static BASE: OnceLock<Vec<(Vec<u8>, CString)>> = OnceLock::new();
+    let base = BASE.get_or_init(|| {
+        std::env::vars_os()
+            .filter_map(|(k, v)| {
+                let mut kv = k.as_bytes().to_vec();
+                kv.push(b'=');
+                kv.extend_from_slice(v.as_bytes());
+                Some((k.as_bytes().to_vec(), CString::new(kv).ok()?))
+            })
+            .collect()
+    });
+    let mut env: Vec<CString> = base
+        .iter()
+        .filter(|(k, _)| !extra.iter().any(|(e, _)| e.as_bytes() == k.as_slice()))
+        .map(|(_, kv)| kv.clone())
+        .collect();
+    for (i, (k, v)) in extra.iter().enumerate() {
+        // A later setting of the same variable wins.
+        if extra[i + 1..].iter().any(|(later, _)| later == k) {
+            continue;
+        }
+        env.push(CString::new(format!("{k}={v}"))?);
+    }
+    Ok(env)
+}
+
+/// A configured account, looked up per connection so that a user added
+/// later works.
+struct Account {
+    name: String,
+    home: String,
+    shell: String,
+    /// `None` when the account is the daemon's own: nothing to switch.
+    creds: Option<Creds>,
+}
+
+fn resolve_user(name: &str) -> Result<Account, LaunchError> {
     let user = User::from_name(name)
         .map_err(|e| LaunchError::User(format!("cannot look up user {name:?}: {e}")))?
         .ok_or_else(|| LaunchError::User(format!("unknown user {name:?}")))?;
-    cmd.env("HOME", &user.dir)
-        .env("USER", &user.name)
-        .env("LOGNAME", &user.name)
-        .env("SHELL", &user.shell);
-    if user.uid == Uid::effective() {
-        return Ok(());
-    }
-    let cname =
-        CString::new(name).map_err(|_| LaunchError::User(format!("bad user name {name:?}")))?;
-    let groups: Vec<libc::gid_t> = nix::unistd::getgrouplist(&cname, user.gid)
-        .map_err(|e| LaunchError::User(format!("cannot read the groups of {name:?}: {e}")))?
-        .into_iter()
-        .map(Gid::as_raw)
-        .collect();
-    let (uid, gid) = (user.uid.as_raw(), user.gid.as_raw());
-    // SAFETY: only async-signal-safe system calls run between fork and exec;
-    // the group list was computed before the fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setgroups(groups.len() as _, groups.as_ptr()) != 0
-                || libc::setgid(gid) != 0
-                || libc::setuid(uid) != 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    Ok(())
+    let creds = if user.uid == Uid::effective() {
+        None
+    } else {
+        let cname =
+            CString::new(name).map_err(|_| LaunchError::User(format!("bad user name {name:?}")))?;
+        let groups = nix::unistd::getgrouplist(&cname, user.gid)
+            .map_err(|e| LaunchError::User(format!("cannot read the groups of {name:?}: {e}")))?
+            .into_iter()
+            .map(Gid::as_raw)
+            .collect();
+        Some(Creds {
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+            groups,
+        })
+    };
+    Ok(Account {
+        name: user.name,
+        home: user.dir.to_string_lossy().into_owned(),
+        shell: user.shell.to_string_lossy().into_owned(),
+        creds,
+    })
 }
 
-/// Marks every descriptor we inherited beyond 0, 1 and 2 close-on-exec, so
-/// that whatever started us cannot leak a descriptor into a program.
+/// Makes sure 0, 1 and 2 are open (so no socket or pipe of ours can take
+/// those numbers and be clobbered when a program's stdio is set up), and
+/// marks every descriptor we inherited beyond them close-on-exec, so that
+/// whatever started us cannot leak a descriptor into a program.
 pub fn init_process() {
+    for fd in 0..=2 {
+        // SAFETY: F_GETFD only queries; /dev/null is opened without
+        // O_CLOEXEC on purpose, to fill the missing standard descriptor.
+        unsafe {
+            if libc::fcntl(fd, libc::F_GETFD) == -1 {
+                let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+                if null >= 0 && null != fd {
+                    libc::dup2(null, fd);
+                    libc::close(null);
+                }
+            }
+        }
+    }
     // SAFETY: close_range only changes descriptor flags.
     #[cfg(target_os = "linux")]
     if unsafe { libc::close_range(3, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC as _) } == 0 {
