@@ -97,7 +97,15 @@ pub fn launch(spec: &LaunchSpec<'_>, stdio: ChildStdio) -> Result<Launched, Laun
     };
     let mut env_block = match &token {
         None => env::block(std::env::vars_os(), spec.env),
-        Some(t) => env::block(user_environment(t).map_err(LaunchError::Spawn)?, spec.env),
+        Some(t) => {
+            let vars = user_environment(t).map_err(|e| {
+                LaunchError::User(format!(
+                    "cannot read the environment of user {:?}: {e}; nothing runs",
+                    user_name(spec.user)
+                ))
+            })?;
+            env::block(vars, spec.env)
+        }
     };
 
     // The program's ends (inheritable, closed here once it has started)
@@ -136,7 +144,13 @@ pub fn launch(spec: &LaunchSpec<'_>, stdio: ChildStdio) -> Result<Launched, Laun
         cwd_w.as_deref(),
         [stdin.raw(), stdout.raw(), stderr.raw()],
     )
-    .map_err(|e| LaunchError::Spawn(io::Error::new(e.kind(), format!("{cmdline}: {e}"))))?;
+    .map_err(|e| {
+        let what = match spec.user {
+            RunAs::Daemon => format!("{cmdline}: {e}"),
+            user => format!("{cmdline} (as user {:?}): {e}", user_name(user)),
+        };
+        LaunchError::Spawn(io::Error::new(e.kind(), what))
+    })?;
     // Our copies of the program's ends go now, so EOF reaches it (and us)
     // when the other side closes.
     drop((stdin, stdout, stderr));
@@ -163,6 +177,13 @@ pub fn launch(spec: &LaunchSpec<'_>, stdio: ChildStdio) -> Result<Launched, Laun
         pipes,
         stderr: stderr_reader,
     })
+}
+
+fn user_name(user: &RunAs) -> &str {
+    match user {
+        RunAs::Daemon => "none",
+        RunAs::User { name, .. } => name,
+    }
 }
 
 fn spawn_err(kind: io::ErrorKind, msg: &str) -> LaunchError {
