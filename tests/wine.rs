@@ -399,6 +399,26 @@ fn service_install_start_serve_reload_stop_remove() {
     let o = run(&[exe, "--install", "--cfgfile", &cfg_w, "--timeout", "30"]);
     assert!(o.status.success(), "install: {}", text(&o));
     assert!(text(&o).contains("--service --cfgfile"), "{}", text(&o));
+    // What --install stored: the launch arguments, automatic start, the
+    // dependencies, and the Event Log source with our exe as message file.
+    let key = run(&[
+        "reg",
+        "query",
+        r"HKLM\SYSTEM\CurrentControlSet\Services\wininetd",
+    ]);
+    let key = text(&key);
+    let image = format!("--service --cfgfile {cfg_w} --timeout 30");
+    assert!(key.contains(&image), "{key}");
+    assert!(key.contains("Start    REG_DWORD    0x2"), "{key}");
+    assert!(key.contains(r"Tcpip\0Afd"), "{key}");
+    let source = r"HKLM\SYSTEM\CurrentControlSet\Services\EventLog\Application\wininetd";
+    let src = text(&run(&["reg", "query", source]));
+    assert!(
+        src.contains("EventMessageFile") && src.contains("wininetd.exe"),
+        "{src}"
+    );
+    assert!(src.contains("TypesSupported    REG_DWORD    0x7"), "{src}");
+
     let again = run(&[exe, "--install", "--cfgfile", &cfg_w]);
     assert!(!again.status.success());
     assert!(
@@ -438,7 +458,79 @@ fn service_install_start_serve_reload_stop_remove() {
     let o = run(&[exe, "--remove"]);
     assert!(o.status.success(), "remove: {}", text(&o));
     wait_refused(p3, Duration::from_secs(30));
+    assert!(
+        !run(&["reg", "query", source]).status.success(),
+        "source deregistered"
+    );
     let o = run(&[exe, "--remove"]);
     assert!(!o.status.success());
     assert!(text(&o).contains("not installed"), "{}", text(&o));
+}
+
+/// One request/response on an open connection.
+fn round_trip(s: &mut TcpStream, msg: &[u8]) -> Vec<u8> {
+    s.write_all(msg).unwrap();
+    let mut buf = vec![0u8; msg.len()];
+    s.read_exact(&mut buf).unwrap();
+    buf
+}
+
+/// inetd's rule: stopping the service leaves running programs alone (a
+/// `direct` program keeps its socket and goes on serving); `--kill-on-stop`
+/// (here as a start parameter) ends them through their Job objects.
+#[test]
+#[ignore = "needs Wine and the Windows build; run by scripts/test.sh"]
+fn service_stop_leaves_programs_running_unless_kill_on_stop() {
+    let _one = SCM.lock().unwrap_or_else(|p| p.into_inner());
+    let exe = exe();
+    let exe = exe.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = dir.path().join("svc.conf");
+    std::fs::write(&cfg, format!("{port} none {}\n", example("stdio_echo"))).unwrap();
+    let _ = run(&[exe, "--remove"]);
+    let _cleanup = Uninstall;
+    let o = run(&[
+        exe,
+        "--install",
+        "--cfgfile",
+        &win_path(&cfg),
+        "--handoff",
+        "direct",
+    ]);
+    assert!(o.status.success(), "install: {}", text(&o));
+
+    let o = run(&["sc", "start", "wininetd"]);
+    assert!(o.status.success(), "sc start: {}", text(&o));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut kept = loop {
+        if let Ok(s) = TcpStream::connect(("127.0.0.1", port)) {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "not served");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    kept.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    assert_eq!(round_trip(&mut kept, b"before"), b"before");
+    assert!(run(&["sc", "stop", "wininetd"]).status.success());
+    wait_refused(port, Duration::from_secs(30));
+    assert_eq!(
+        round_trip(&mut kept, b"after stop"),
+        b"after stop",
+        "the program runs on"
+    );
+    kept.shutdown(Shutdown::Write).unwrap();
+    assert!(read_all(&mut kept).is_empty());
+
+    let o = run(&["sc", "start", "wininetd", "--kill-on-stop"]);
+    assert!(o.status.success(), "sc start --kill-on-stop: {}", text(&o));
+    wait_served(port, b"", Duration::from_secs(60));
+    let mut doomed = connect(port);
+    assert_eq!(round_trip(&mut doomed, b"ping"), b"ping");
+    assert!(run(&["sc", "stop", "wininetd"]).status.success());
+    let started = Instant::now();
+    assert!(read_all(&mut doomed).is_empty(), "the program was ended");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(run(&[exe, "--remove"]).status.success());
 }

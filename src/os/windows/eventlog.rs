@@ -252,6 +252,35 @@ mod tests {
         );
     }
 
+    /// build.rs links the message table into every target: message 1 is
+    /// "%1", so Event Viewer renders an entry as its text alone.
+    #[test]
+    fn the_message_table_renders_an_entry_as_its_text() {
+        use windows_sys::Win32::System::Diagnostics::Debug::{
+            FORMAT_MESSAGE_ARGUMENT_ARRAY, FORMAT_MESSAGE_FROM_HMODULE, FormatMessageW,
+        };
+        use windows_sys::Win32::System::LibraryLoader::GetModuleHandleW;
+        let arg = wide("listening on tcp 0.0.0.0:7").unwrap();
+        let args = [arg.as_ptr() as usize];
+        let mut buf = [0u16; 256];
+        // SAFETY: our own module; one string argument; `buf` is writable
+        // for its length.
+        let n = unsafe {
+            FormatMessageW(
+                FORMAT_MESSAGE_FROM_HMODULE | FORMAT_MESSAGE_ARGUMENT_ARRAY,
+                GetModuleHandleW(std::ptr::null()) as *const _,
+                EVENT_ID,
+                0x409,
+                buf.as_mut_ptr(),
+                buf.len() as u32,
+                args.as_ptr() as *const _,
+            )
+        };
+        assert!(n > 0, "message {EVENT_ID}: {}", io::Error::last_os_error());
+        let text = String::from_utf16(&buf[..n as usize]).unwrap();
+        assert_eq!(text.trim_end(), "listening on tcp 0.0.0.0:7");
+    }
+
     #[test]
     fn an_entry_is_the_line_without_its_break() {
         let w = entry_text(b"cannot listen on tcp 0.0.0.0:7\r\n");
