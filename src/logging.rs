@@ -83,6 +83,7 @@ pub fn init(sink: Sink) {
             {
                 let layer = tracing_subscriber::fmt::layer()
                     .with_writer(crate::os::EventLog::new())
+                    .with_ansi(false)
                     .event_format(Switch::new(false));
                 let _ = registry.with(layer).try_init();
                 return;

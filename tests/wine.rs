@@ -309,6 +309,41 @@ fn stderr_log_mode_turns_program_stderr_into_log_lines() {
     d.wait_log("stderr: to-log", Duration::from_secs(10));
 }
 
+/// Without `--debug` (as a service) lines go to the Event Log. Wine stores
+/// nothing, but its ReportEventW stub echoes each string on the `eventlog`
+/// debug channel at the entry's level, so the entries can be read there.
+#[test]
+#[ignore = "needs Wine and the Windows build; run by scripts/test.sh"]
+fn without_debug_a_config_error_is_an_event_log_error_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.conf");
+    std::fs::write(&cfg, "# fine\n80x none cmd.exe\n").unwrap();
+    let o = wine(&[exe().to_str().unwrap(), "--cfgfile", &win_path(&cfg)])
+        .env("WINEDEBUG", "-all,err+eventlog")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let entries: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("err:eventlog:ReportEventW"))
+        .collect();
+    assert!(
+        entries
+            .iter()
+            .any(|l| l.contains(r#"bad.conf:2: port \"80x\""#)),
+        "{err}"
+    );
+    assert!(
+        entries.iter().any(|l| l.contains("wininetd did not start")),
+        "{err}"
+    );
+    assert!(
+        !err.contains('\u{1b}') && !err.contains(r"\001b"),
+        "no colour codes: {err}"
+    );
+}
+
 /// Wine's LogonUserW "succeeds" for any user and password but hands back
 /// a token that is no handle, so under Wine a USER service must refuse
 /// every connection: the program never runs as the service account, and
@@ -363,6 +398,39 @@ fn wait_refused(port: u16, limit: Duration) {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// A startup error as the SCM sees it: STOPPED, ERROR_SERVICE_SPECIFIC_ERROR
+/// (1066) and our exit code (1 = invalid config).
+#[test]
+#[ignore = "needs Wine and the Windows build; run by scripts/test.sh"]
+fn a_service_with_a_bad_config_stops_with_a_service_specific_exit_code() {
+    let _one = SCM.lock().unwrap_or_else(|p| p.into_inner());
+    let exe = exe();
+    let exe = exe.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.conf");
+    std::fs::write(&cfg, "80x none cmd.exe\n").unwrap();
+    let _ = run(&[exe, "--remove"]);
+    let _cleanup = Uninstall;
+    assert!(
+        run(&[exe, "--install", "--cfgfile", &win_path(&cfg)])
+            .status
+            .success()
+    );
+    let _ = run(&["sc", "start", "wininetd"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let q = loop {
+        let q = text(&run(&["sc", "query", "wininetd"]));
+        if q.contains("STOPPED") {
+            break q;
+        }
+        assert!(Instant::now() < deadline, "not stopped: {q}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(q.contains("WIN32_EXIT_CODE    : 1066"), "{q}");
+    assert!(q.contains("SERVICE_EXIT_CODE  : 1 "), "{q}");
+    assert!(run(&[exe, "--remove"]).status.success());
 }
 
 /// Removes the service if a failed run left it behind.

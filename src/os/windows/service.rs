@@ -124,7 +124,8 @@ pub fn run_as_service(_cli: &Cli) -> ExitCode {
         Ok(()) => ExitCode::from(*EXIT.lock().unwrap_or_else(|p| p.into_inner())),
         Err(e) => {
             eprintln!(
-                "wininetd: --service is for the service manager only (use --debug in a console): {e}"
+                "wininetd: {} (--service is for the service manager; use --debug in a console)",
+                scm_error("cannot connect to the service manager", &e)
             );
             ExitCode::from(server::EXIT_RUNTIME as u8)
         }
@@ -236,6 +237,7 @@ fn scm_error(what: &str, e: &windows_service::Error) -> String {
         Some(1060) => "the service wininetd is not installed".into(),
         Some(1072) => "the service wininetd is marked for deletion; close the Services console (or reboot) and retry".into(),
         Some(1062) => "the service wininetd is not running".into(),
+        Some(1063) => "this process was not started by the service manager (Windows error 1063)".into(),
         Some(c) => format!("Windows error {c}"),
         None => e.to_string(),
     };
