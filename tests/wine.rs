@@ -218,6 +218,31 @@ fn direct_echo_of_one_mib_each_way_is_byte_exact_with_half_close() {
     echo_mib("direct");
 }
 
+/// `--timeout` in `pipe` mode: the relay ends a session whose client stays
+/// silent that long. (In `direct` mode it is SO_RCVTIMEO on the program's
+/// socket; Wine does not apply that to a program's ReadFile, so that half
+/// is not tested here.)
+#[test]
+#[ignore = "needs Wine and the Windows build; run by scripts/test.sh"]
+fn timeout_drops_a_silent_client_in_pipe_mode() {
+    let port = free_port();
+    let echo = example("stdio_echo");
+    let _d = Daemon::start(
+        "w.conf",
+        &format!("{port} none {echo}\n"),
+        &["--handoff", "pipe", "--timeout", "2"],
+    );
+    let mut s = connect(port);
+    assert_eq!(round_trip(&mut s, b"awake"), b"awake");
+    let silent = Instant::now();
+    assert!(read_all(&mut s).is_empty());
+    let waited = silent.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(15),
+        "closed after {waited:?}"
+    );
+}
+
 #[test]
 #[ignore = "needs Wine and the Windows build; run by scripts/test.sh"]
 fn cmd_echo_output_and_client_address_reach_the_client() {
