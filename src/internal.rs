@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::config::Internal;
+use crate::relay::with_idle;
 
 /// Serves one TCP session of `kind`; `idle` bounds each read and write.
 pub async fn serve_stream<S>(kind: Internal, stream: S, idle: Option<Duration>) -> io::Result<()>
@@ -18,16 +19,16 @@ where
         Internal::Echo => {
             let mut buf = vec![0u8; 16 * 1024];
             loop {
-                let n = timed(idle, rx.read(&mut buf)).await?;
+                let n = with_idle(idle, rx.read(&mut buf)).await?;
                 if n == 0 {
                     break;
                 }
-                timed(idle, tx.write_all(&buf[..n])).await?;
+                with_idle(idle, tx.write_all(&buf[..n])).await?;
             }
         }
         Internal::Discard => {
             let mut buf = vec![0u8; 16 * 1024];
-            while timed(idle, rx.read(&mut buf)).await? != 0 {}
+            while with_idle(idle, rx.read(&mut buf)).await? != 0 {}
         }
         Internal::Chargen => {
             // Writes until the client goes; its input is read and dropped so
@@ -44,7 +45,7 @@ where
                     block.extend_from_slice(&chargen_line(line));
                     line += 1;
                 }
-                let write = timed(idle, tx.write_all(&block));
+                let write = with_idle(idle, tx.write_all(&block));
                 tokio::pin!(write);
                 loop {
                     tokio::select! {
@@ -164,18 +165,6 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let y = yoe + era * 400 + i64::from(m <= 2);
     (y, m, d)
-}
-
-async fn timed<T>(
-    idle: Option<Duration>,
-    op: impl std::future::Future<Output = io::Result<T>>,
-) -> io::Result<T> {
-    match idle {
-        None => op.await,
-        Some(d) => tokio::time::timeout(d, op)
-            .await
-            .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "client timed out"))),
-    }
 }
 
 #[cfg(test)]

@@ -102,7 +102,8 @@ where
     })
 }
 
-async fn with_idle<T>(
+/// `op`, failing with TimedOut if it takes longer than `idle`.
+pub async fn with_idle<T>(
     idle: Option<Duration>,
     op: impl Future<Output = io::Result<T>>,
 ) -> io::Result<T> {
