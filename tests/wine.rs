@@ -218,6 +218,41 @@ fn direct_echo_of_one_mib_each_way_is_byte_exact_with_half_close() {
     echo_mib("direct");
 }
 
+/// `--debug`: Ctrl-C (Wine turns SIGINT into CTRL_C_EVENT) stops the
+/// daemon with exit code 0, leaving a running `direct` program serving.
+#[test]
+#[ignore = "needs Wine and the Windows build; run by scripts/test.sh"]
+fn ctrl_c_stops_the_console_daemon_and_leaves_programs_running() {
+    let port = free_port();
+    let echo = example("stdio_echo");
+    let mut d = Daemon::start(
+        "w.conf",
+        &format!("{port} none {echo}\n"),
+        &["--handoff", "direct"],
+    );
+    let mut s = connect(port);
+    assert_eq!(round_trip(&mut s, b"before"), b"before");
+    d.wait_log("started", Duration::from_secs(10));
+    let pid = nix::unistd::Pid::from_raw(d.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let status = d.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{}", d.log());
+    assert!(
+        d.log().contains("stopped; 1 program(s) left running"),
+        "{}",
+        d.log()
+    );
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "no longer listening"
+    );
+    assert_eq!(
+        round_trip(&mut s, b"after"),
+        b"after",
+        "the program serves on"
+    );
+}
+
 /// `--timeout` in `pipe` mode: the relay ends a session whose client stays
 /// silent that long. (In `direct` mode it is SO_RCVTIMEO on the program's
 /// socket; Wine does not apply that to a program's ReadFile, so that half
