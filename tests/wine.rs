@@ -427,6 +427,28 @@ fn a_user_service_never_falls_back_to_the_service_account() {
     assert!(d.alive());
 }
 
+/// `USER:@FILE`: the password is read from FILE at each connection; an
+/// unreadable file refuses the connection, naming the user and the file.
+#[test]
+#[ignore = "needs Wine and the Windows build; run by scripts/test.sh"]
+fn a_password_file_that_cannot_be_read_refuses_the_connection() {
+    let port = free_port();
+    let d = Daemon::start(
+        "w.conf",
+        &format!("{port} davide:@C:\\no\\such\\secret.txt cmd.exe /c echo ran\n"),
+        &[],
+    );
+    let mut s = connect(port);
+    s.shutdown(Shutdown::Write).unwrap();
+    assert!(read_all(&mut s).is_empty(), "nothing ran");
+    let log = d.wait_log("secret.txt", Duration::from_secs(20));
+    assert!(
+        log.contains("cannot read the password of user \"davide\""),
+        "{log}"
+    );
+    assert!(!log.contains("started"), "{log}");
+}
+
 /// The SCM tests share the one service name of the prefix.
 static SCM: Mutex<()> = Mutex::new(());
 
