@@ -1,0 +1,199 @@
+//! `hold`: open N connections and keep them open. On each one a byte is sent
+//! and read back, so the super-server has surely started its child. Then
+//! readiness is signalled, the server's VmRSS is read, and the connections
+//! are held until stdin closes or the hold time passes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::rate::{Fail, Failures};
+use crate::server::ServerProbe;
+
+pub struct HoldOpts {
+    pub target: SocketAddr,
+    pub n: usize,
+    pub connect_concurrency: usize,
+    pub hold: Duration,
+    pub watch_stdin: bool,
+    pub ready_file: Option<PathBuf>,
+    pub conn_timeout: Duration,
+    pub max_time: Duration,
+}
+
+async fn open_one(target: SocketAddr, byte: u8, timeout: Duration) -> Result<TcpStream, Fail> {
+    let work = async {
+        let mut s = TcpStream::connect(target).await.map_err(|e| Fail {
+            kind: "connect",
+            msg: format!("connect: {e}"),
+        })?;
+        s.write_all(&[byte]).await.map_err(|e| Fail {
+            kind: "write",
+            msg: format!("write: {e}"),
+        })?;
+        let mut b = [0u8; 1];
+        match s.read(&mut b).await {
+            Ok(1) if b[0] == byte => Ok(s),
+            Ok(1) => Err(Fail {
+                kind: "mismatch",
+                msg: format!("mismatch: sent {byte:#04x}, got {:#04x}", b[0]),
+            }),
+            Ok(_) => Err(Fail {
+                kind: "short",
+                msg: "short: EOF before the echoed byte".into(),
+            }),
+            Err(e) => Err(Fail {
+                kind: "read",
+                msg: format!("read: {e}"),
+            }),
+        }
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err(Fail {
+            kind: "timeout",
+            msg: format!("timeout: no echo within {timeout:?}"),
+        }),
+    }
+}
+
+/// Resolves when stdin reaches EOF (or cannot be read). A plain thread does
+/// the blocking read so the runtime never waits for it at shutdown.
+fn stdin_closed() -> tokio::sync::oneshot::Receiver<()> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut buf = [0u8; 4096];
+        let mut stdin = std::io::stdin();
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        let _ = tx.send(());
+    });
+    rx
+}
+
+pub async fn run(opts: HoldOpts, probe: ServerProbe) -> (Map<String, Value>, String, bool) {
+    let start = Instant::now();
+    let deadline = start + opts.max_time;
+    let before = probe.sample();
+
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..opts.connect_concurrency.clamp(1, opts.n.max(1)) {
+        let next = Arc::clone(&next);
+        let (target, n, timeout) = (opts.target, opts.n, opts.conn_timeout);
+        set.spawn(async move {
+            let mut held = Vec::new();
+            let mut failures = Failures::default();
+            loop {
+                if Instant::now() >= deadline {
+                    break;
+                }
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                match open_one(target, b'a' + (i % 26) as u8, timeout).await {
+                    Ok(s) => held.push(s),
+                    Err(f) => failures.add(f),
+                }
+            }
+            (held, failures)
+        });
+    }
+    let mut held: Vec<TcpStream> = Vec::with_capacity(opts.n);
+    let mut failures = Failures::default();
+    while let Some(res) = set.join_next().await {
+        match res {
+            Ok((h, f)) => {
+                held.extend(h);
+                failures.merge(f);
+            }
+            Err(e) => failures.add(Fail {
+                kind: "worker",
+                msg: format!("worker task failed: {e}"),
+            }),
+        }
+    }
+    let open_time = start.elapsed();
+    let opened = held.len();
+
+    eprintln!("hold: READY {opened} connections held");
+    if let Some(path) = &opts.ready_file
+        && let Err(e) = std::fs::write(path, format!("{opened}\n"))
+    {
+        failures.add(Fail {
+            kind: "ready-file",
+            msg: format!("ready-file {}: {e}", path.display()),
+        });
+    }
+    let during = probe.sample_after_settle().await;
+
+    let hold_start = Instant::now();
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    let hold_for = opts.hold.min(remaining);
+    let stdin_rx = opts.watch_stdin.then(stdin_closed);
+    let ended_by = tokio::select! {
+        _ = tokio::time::sleep(hold_for) => "time",
+        _ = async {
+            match stdin_rx {
+                Some(rx) => { let _ = rx.await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => "stdin",
+    };
+    let held_s = hold_start.elapsed().as_secs_f64();
+    drop(held);
+    let after = probe.sample_after_settle().await;
+
+    let mut m = Map::new();
+    m.insert("target".into(), json!(opts.target.to_string()));
+    m.insert("n".into(), json!(opts.n));
+    m.insert("opened".into(), json!(opened));
+    let missing = (opts.n - opened) as u64;
+    m.insert("failures".into(), json!(missing));
+    m.insert("failure_detail".into(), failures.to_json());
+    m.insert("open_s".into(), json!(open_time.as_secs_f64()));
+    m.insert("held_s".into(), json!(held_s));
+    m.insert("hold_ended_by".into(), json!(ended_by));
+    probe.insert_rss(&mut m, "server_rss_kib_before", &before);
+    probe.insert_rss(&mut m, "server_rss_kib_during", &during);
+    probe.insert_rss(&mut m, "server_rss_kib_after_close", &after);
+    if let Some(pid) = probe.pid {
+        m.insert("server_pid".into(), json!(pid));
+    }
+    let growth = match (before.rss_kib, during.rss_kib) {
+        (Some(b), Some(d)) if opened > 0 => Some((d as f64 - b as f64) * 1024.0 / opened as f64),
+        _ => None,
+    };
+    if let Some(g) = growth {
+        m.insert("rss_growth_bytes_per_conn".into(), json!(g));
+    }
+
+    let mut human = format!(
+        "hold {}: {opened}/{} opened in {:.1} s, held {held_s:.1} s (ended by {ended_by})",
+        opts.target,
+        opts.n,
+        open_time.as_secs_f64()
+    );
+    if let (Some(b), Some(d)) = (before.rss_kib, during.rss_kib) {
+        human += &format!(", server VmRSS {b} KiB before, {d} KiB during");
+        if let Some(g) = growth {
+            human += &format!(" ({g:.0} B/conn)");
+        }
+    }
+    for s in &failures.samples {
+        human += &format!("\n  failure: {s}");
+    }
+    (m, human, missing == 0 && failures.total() == 0)
+}
