@@ -10,7 +10,9 @@ use crate::config::Handoff;
 /// connection to a configured port runs a program with the connection as
 /// its standard input, output and error.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "wininetd", version, about, long_about = None)]
+// args_override_self: a later option wins, so SCM start parameters can
+// follow the service's launch arguments.
+#[command(name = "wininetd", version, about, long_about = None, args_override_self = true)]
 pub struct Cli {
     /// The config file; `.toml` selects the extended format.
     #[arg(long, value_name = "FILE", default_value_os_t = default_config())]

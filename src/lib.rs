@@ -101,7 +101,7 @@ fn run(cli: &cli::Cli) -> ExitCode {
     os::init_process();
     #[cfg(windows)]
     if cli.service {
-        return os::run_as_service(server::Options::from(cli));
+        return os::run_as_service(cli);
     }
     logging::init(if cli.debug {
         logging::Sink::Console

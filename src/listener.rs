@@ -4,7 +4,7 @@
 use std::io;
 use std::net::SocketAddr;
 
-use socket2::{Domain, Socket, Type};
+use socket2::{Domain, Type};
 
 use crate::config::Protocol;
 
@@ -74,7 +74,7 @@ pub fn bind(protocol: Protocol, addr: SocketAddr) -> io::Result<Bound> {
         Protocol::Tcp => Type::STREAM,
         Protocol::Udp => Type::DGRAM,
     };
-    let sock = Socket::new(Domain::for_address(addr), ty, None)?;
+    let sock = crate::os::new_socket(Domain::for_address(addr), ty)?;
     // Unix: rebinding right after a restart must work despite TIME_WAIT.
     // (On Windows SO_REUSEADDR would let another process steal the port.)
     #[cfg(unix)]

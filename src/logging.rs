@@ -3,14 +3,20 @@
 //! line format once the config is read, so the sink is set up first and
 //! config errors are logged like everything else.
 
-use std::io::{self, IsTerminal, Write};
+#[cfg(unix)]
+use std::io::Write;
+use std::io::{self, IsTerminal};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use tracing::{Event, Level, Subscriber};
+#[cfg(unix)]
+use tracing::Level;
+use tracing::{Event, Subscriber};
 use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::fmt::FmtContext;
+#[cfg(unix)]
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::format::{self, FormatEvent, FormatFields, Writer};
 use tracing_subscriber::fmt::time::SystemTime;
-use tracing_subscriber::fmt::{FmtContext, MakeWriter};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -77,6 +83,7 @@ pub fn init(sink: Sink) {
             {
                 let layer = tracing_subscriber::fmt::layer()
                     .with_writer(crate::os::EventLog::new())
+                    .with_ansi(false)
                     .event_format(Switch::new(false));
                 let _ = registry.with(layer).try_init();
                 return;

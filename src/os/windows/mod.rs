@@ -1,2 +1,14 @@
-//! Windows: CreateProcessW on a connection, the SCM, the Event Log.
-//! (Being written: the Windows build does not compile yet.)
+//! Windows: CreateProcessW on a connection (or on pipes wininetd relays),
+//! the SCM, the Event Log.
+
+mod env;
+mod eventlog;
+mod launch;
+mod logon;
+mod service;
+
+pub use eventlog::EventLog;
+pub use launch::{
+    Exits, PipeReader, PipeWriter, check_users, init_process, launch, new_socket, terminate,
+};
+pub use service::{Host, install, reload, remove, run_as_service};

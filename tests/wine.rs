@@ -1,0 +1,686 @@
+//! The Windows build under Wine, driven from Linux over loopback.
+//!
+//! `scripts/test.sh` builds `wininetd.exe` and the `stdio_echo` example for
+//! x86_64-pc-windows-gnu, sets WININETD_WINE_EXE and the Wine variables
+//! (scripts/windows-env.sh), starts a persistent wineserver, and runs
+//! `cargo test --test wine -- --ignored`.
+#![cfg(unix)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{pattern, read_all};
+
+/// The Windows exe under test.
+fn exe() -> PathBuf {
+    PathBuf::from(
+        std::env::var_os("WININETD_WINE_EXE")
+            .expect("WININETD_WINE_EXE: the wininetd.exe to test (scripts/test.sh sets it)"),
+    )
+}
+
+/// A Windows example built next to the exe (`examples/NAME.exe`).
+fn example(name: &str) -> String {
+    let p = exe()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(format!("{name}.exe"));
+    assert!(
+        p.exists(),
+        "{} missing: build the examples for Windows",
+        p.display()
+    );
+    win_path(&p)
+}
+
+/// A Linux path as Wine's Z: drive shows it.
+fn win_path(p: &Path) -> String {
+    format!("Z:{}", p.display()).replace('/', "\\")
+}
+
+/// A port below the ephemeral range (Wine's own sockets collide there),
+/// free a moment ago; distinct per call within this process.
+fn free_port() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = (std::process::id() % 600) as u16 * 20;
+    for _ in 0..2_000 {
+        let p = 20_000 + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000;
+        if TcpListener::bind(("0.0.0.0", p)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no free port below 32000");
+}
+
+fn wine(args: &[&str]) -> Command {
+    let mut c = Command::new("wine");
+    c.args(args).stdin(Stdio::null());
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    wine(args).output().expect("run wine")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// `wininetd.exe --debug --cfgfile FILE ARGS` under Wine; killed (by its
+/// PID) when dropped.
+struct Daemon {
+    child: Child,
+    _dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn spawn(name: &str, config: &str, args: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join(name);
+        std::fs::write(&cfg, config).unwrap();
+        let log = dir.path().join("daemon.log");
+        let exe = exe();
+        let cfg = win_path(&cfg);
+        let mut all = vec![exe.to_str().unwrap(), "--debug", "--cfgfile", &cfg];
+        all.extend_from_slice(args);
+        let child = wine(&all)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start wine");
+        Daemon {
+            child,
+            _dir: dir,
+            log,
+        }
+    }
+
+    fn start(name: &str, config: &str, args: &[&str]) -> Daemon {
+        let d = Daemon::spawn(name, config, args);
+        d.wait_log("serving", Duration::from_secs(60));
+        d
+    }
+
+    fn log(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
+    }
+
+    fn wait_log(&self, needle: &str, limit: Duration) -> String {
+        self.wait_log_count(needle, 1, limit)
+    }
+
+    fn wait_log_count(&self, needle: &str, n: usize, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let log = self.log();
+            if log.matches(needle).count() >= n {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} x{n} not logged within {limit:?}; log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "did not exit within {limit:?}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn connect(port: u16) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s
+}
+
+/// Sends `data` from a thread while reading the echo here, then
+/// half-closes; returns what came back before EOF.
+fn stream_through(port: u16, data: Vec<u8>) -> Vec<u8> {
+    let s = connect(port);
+    let mut w = s.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        for chunk in data.chunks(64 * 1024) {
+            w.write_all(chunk).unwrap();
+        }
+        w.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut r = s;
+    let mut out = Vec::new();
+    r.read_to_end(&mut out).unwrap();
+    sender.join().unwrap();
+    out
+}
+
+fn echo_mib(handoff: &str) {
+    let port = free_port();
+    let echo = example("stdio_echo");
+    let d = Daemon::start(
+        "w.conf",
+        &format!("{port} none {echo}\n"),
+        &["--handoff", handoff],
+    );
+    let data = pattern(1 << 20, 11);
+    let back = stream_through(port, data.clone());
+    assert_eq!(back.len(), data.len(), "bytes echoed ({handoff})");
+    assert!(back == data, "echo differs from what was sent ({handoff})");
+    // The client's half-close reached the program as EOF: it exited 0.
+    d.wait_log("status=exit code: 0", Duration::from_secs(30));
+}
+
+#[test]
+#[ignore = "needs Wine and the Windows build; run by scripts/test.sh"]
+fn pipe_echo_of_one_mib_each_way_is_byte_exact_with_half_close() {
+    echo_mib("pipe");
+}
+
+#[test]
+#[ignore = "needs Wine and the Windows build; run by scripts/test.sh"]
+fn direct_echo_of_one_mib_each_way_is_byte_exact_with_half_close() {
+    echo_mib("direct");
+}
+
+/// `--debug`: Ctrl-C (Wine turns SIGINT into CTRL_C_EVENT) stops the
+/// daemon with exit code 0, leaving a running `direct` program serving.
+#[test]
+#[ignore = "needs Wine and the Windows build; run by scripts/test.sh"]
+fn ctrl_c_stops_the_console_daemon_and_leaves_programs_running() {
+    let port = free_port();
+    let echo = example("stdio_echo");
+    let mut d = Daemon::start(
+        "w.conf",
+        &format!("{port} none {echo}\n"),
+        &["--handoff", "direct"],
+    );
+    let mut s = connect(port);
+    assert_eq!(round_trip(&mut s, b"before"), b"before");
+    d.wait_log("started", Duration::from_secs(10));
+    let pid = nix::unistd::Pid::from_raw(d.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let status = d.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{}", d.log());
+    assert!(
+        d.log().contains("stopped; 1 program(s) left running"),
+        "{}",
+        d.log()
+    );
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "no longer listening"
+    );
+    assert_eq!(
+        round_trip(&mut s, b"after"),
+        b"after",
+        "the program serves on"
+    );
+}
+
+/// `--timeout` in `pipe` mode: the relay ends a session whose client stays
+/// silent that long. (In `direct` mode it is SO_RCVTIMEO on the program's
+/// socket; Wine does not apply that to a program's ReadFile, so that half
+/// is not tested here.)
+#[test]
+#[ignore = "needs Wine and the Windows build; run by scripts/test.sh"]
+fn timeout_drops_a_silent_client_in_pipe_mode() {
+    let port = free_port();
+    let echo = example("stdio_echo");
+    let _d = Daemon::start(
+        "w.conf",
+        &format!("{port} none {echo}\n"),
+        &["--handoff", "pipe", "--timeout", "2"],
+    );
+    let mut s = connect(port);
+    assert_eq!(round_trip(&mut s, b"awake"), b"awake");
+    let silent = Instant::now();
+    assert!(read_all(&mut s).is_empty());
+    let waited = silent.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(15),
+        "closed after {waited:?}"
+    );
+}
+
+#[test]
+#[ignore = "needs Wine and the Windows build; run by scripts/test.sh"]
+fn cmd_echo_output_and_client_address_reach_the_client() {
+    let [a, b] = [free_port(), free_port()];
+    let _d = Daemon::start(
+        "w.conf",
+        &format!(
+            "{a} none cmd.exe /c echo hello from cmd\n\
+             {b} none cmd.exe /c echo %CLIENT_IP% %CLIENT_PORT% %TCPLOCALPORT% %PROTO%\n"
+        ),
+        &[],
+    );
+    let mut s = connect(a);
+    s.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(
+        String::from_utf8(read_all(&mut s)).unwrap(),
+        "hello from cmd\r\n"
+    );
+
+    let mut s = connect(b);
+    let me = s.local_addr().unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(
+        String::from_utf8(read_all(&mut s)).unwrap(),
+        format!("127.0.0.1 {} {b} TCP\r\n", me.port())
+    );
+}
+
+#[test]
+#[ignore = "needs Wine and the Windows build; run by scripts/test.sh"]
+fn a_missing_program_closes_the_connection_and_the_daemon_goes_on() {
+    let [bad, good] = [free_port(), free_port()];
+    let mut d = Daemon::start(
+        "w.conf",
+        &format!("{bad} none C:\\no\\such\\program.exe\n{good} none cmd.exe /c echo still here\n"),
+        &[],
+    );
+    let mut s = connect(bad);
+    let started = Instant::now();
+    assert!(
+        read_all(&mut s).is_empty(),
+        "nothing comes from a missing program"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "closed at once"
+    );
+    // ERROR_FILE_NOT_FOUND, by code: Wine's message text differs from Windows'.
+    let log = d.wait_log("program.exe", Duration::from_secs(10));
+    assert!(log.contains("os error 2"), "{log}");
+    let mut s = connect(good);
+    s.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_all(&mut s), b"still here\r\n");
+    assert!(d.alive());
+}
+
+#[test]
+#[ignore = "needs Wine and the Windows build; run by scripts/test.sh"]
+fn a_config_error_stops_startup_with_the_file_and_line() {
+    let port = free_port();
+    let mut d = Daemon::spawn(
+        "bad.conf",
+        &format!("# ok\n{port} none cmd.exe /c echo\n80x none cmd.exe\n"),
+        &[],
+    );
+    let status = d.wait_exit(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(1), "exit code 1: invalid config");
+    let log = d.log();
+    assert!(log.contains("bad.conf:3:"), "{log}");
+    assert!(!log.contains("serving"), "{log}");
+}
+
+#[test]
+#[ignore = "needs Wine and the Windows build; run by scripts/test.sh"]
+fn stderr_log_mode_turns_program_stderr_into_log_lines() {
+    let port = free_port();
+    let d = Daemon::start(
+        "w.toml",
+        &format!(
+            "[[service]]\nport = {port}\nbind = [\"127.0.0.1\"]\nstderr = \"log\"\n\
+             command = 'cmd.exe /c echo to-client& echo to-log 1>&2'\n"
+        ),
+        &[],
+    );
+    let mut s = connect(port);
+    s.shutdown(Shutdown::Write).unwrap();
+    let out = String::from_utf8(read_all(&mut s)).unwrap();
+    assert_eq!(out, "to-client\r\n", "stderr is not sent to the client");
+    d.wait_log("stderr: to-log", Duration::from_secs(10));
+}
+
+/// Without `--debug` (as a service) lines go to the Event Log. Wine stores
+/// nothing, but its ReportEventW stub echoes each string on the `eventlog`
+/// debug channel at the entry's level, so the entries can be read there.
+#[test]
+#[ignore = "needs Wine and the Windows build; run by scripts/test.sh"]
+fn without_debug_a_config_error_is_an_event_log_error_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.conf");
+    std::fs::write(&cfg, "# fine\n80x none cmd.exe\n").unwrap();
+    let o = wine(&[exe().to_str().unwrap(), "--cfgfile", &win_path(&cfg)])
+        .env("WINEDEBUG", "-all,err+eventlog")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let entries: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("err:eventlog:ReportEventW"))
+        .collect();
+    assert!(
+        entries
+            .iter()
+            .any(|l| l.contains(r#"bad.conf:2: port \"80x\""#)),
+        "{err}"
+    );
+    assert!(
+        entries.iter().any(|l| l.contains("wininetd did not start")),
+        "{err}"
+    );
+    assert!(
+        !err.contains('\u{1b}') && !err.contains(r"\001b"),
+        "no colour codes: {err}"
+    );
+}
+
+/// Wine's LogonUserW "succeeds" for any user and password but hands back
+/// a token that is no handle, so under Wine a USER service must refuse
+/// every connection: the program never runs as the service account, and
+/// the log names the user, never the password. (A logon that Windows
+/// refuses is covered by the unit test of its message.)
+#[test]
+#[ignore = "needs Wine and the Windows build; run by scripts/test.sh"]
+fn a_user_service_never_falls_back_to_the_service_account() {
+    let port = free_port();
+    let mut d = Daemon::start(
+        "w.conf",
+        &format!("{port} davide:DamnYou42 cmd.exe /c echo as the service account\n"),
+        &[],
+    );
+    let mut s = connect(port);
+    s.shutdown(Shutdown::Write).unwrap();
+    assert!(read_all(&mut s).is_empty(), "nothing ran");
+    let log = d.wait_log("\"davide\"", Duration::from_secs(20));
+    assert!(!log.contains("DamnYou42"), "{log}");
+    assert!(!log.contains("started"), "{log}");
+    assert!(d.alive());
+}
+
+/// `USER:@FILE`: the password is read from FILE at each connection; an
+/// unreadable file refuses the connection, naming the user and the file.
+#[test]
+#[ignore = "needs Wine and the Windows build; run by scripts/test.sh"]
+fn a_password_file_that_cannot_be_read_refuses_the_connection() {
+    let port = free_port();
+    let d = Daemon::start(
+        "w.conf",
+        &format!("{port} davide:@C:\\no\\such\\secret.txt cmd.exe /c echo ran\n"),
+        &[],
+    );
+    let mut s = connect(port);
+    s.shutdown(Shutdown::Write).unwrap();
+    assert!(read_all(&mut s).is_empty(), "nothing ran");
+    let log = d.wait_log("secret.txt", Duration::from_secs(20));
+    assert!(
+        log.contains("cannot read the password of user \"davide\""),
+        "{log}"
+    );
+    assert!(!log.contains("started"), "{log}");
+}
+
+/// The SCM tests share the one service name of the prefix.
+static SCM: Mutex<()> = Mutex::new(());
+
+/// Polls until `port` serves `expect` (the service needs a moment).
+fn wait_served(port: u16, expect: &[u8], limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let _ = s.shutdown(Shutdown::Write);
+            if read_all(&mut s) == expect {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "port {port} not served within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn wait_refused(port: u16, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "port {port} still served after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A startup error as the SCM sees it: STOPPED, ERROR_SERVICE_SPECIFIC_ERROR
+/// (1066) and our exit code (1 = invalid config).
+#[test]
+#[ignore = "needs Wine and the Windows build; run by scripts/test.sh"]
+fn a_service_with_a_bad_config_stops_with_a_service_specific_exit_code() {
+    let _one = SCM.lock().unwrap_or_else(|p| p.into_inner());
+    let exe = exe();
+    let exe = exe.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.conf");
+    std::fs::write(&cfg, "80x none cmd.exe\n").unwrap();
+    let _ = run(&[exe, "--remove"]);
+    let _cleanup = Uninstall;
+    assert!(
+        run(&[exe, "--install", "--cfgfile", &win_path(&cfg)])
+            .status
+            .success()
+    );
+    let _ = run(&["sc", "start", "wininetd"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let q = loop {
+        let q = text(&run(&["sc", "query", "wininetd"]));
+        if q.contains("STOPPED") {
+            break q;
+        }
+        assert!(Instant::now() < deadline, "not stopped: {q}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(q.contains("WIN32_EXIT_CODE    : 1066"), "{q}");
+    assert!(q.contains("SERVICE_EXIT_CODE  : 1 "), "{q}");
+    assert!(run(&[exe, "--remove"]).status.success());
+}
+
+/// Removes the service if a failed run left it behind.
+struct Uninstall;
+
+impl Drop for Uninstall {
+    fn drop(&mut self) {
+        let _ = run(&[exe().to_str().unwrap(), "--remove"]);
+    }
+}
+
+/// Needs a persistent wineserver (`wineserver -p`), as scripts/test.sh
+/// runs: without one Wine ends services a second or two after `sc start`.
+#[test]
+#[ignore = "needs Wine and the Windows build; run by scripts/test.sh"]
+fn service_install_start_serve_reload_stop_remove() {
+    let _one = SCM.lock().unwrap_or_else(|p| p.into_inner());
+    let exe = exe();
+    let exe = exe.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let [p1, p2, p3] = [free_port(), free_port(), free_port()];
+    let cfg = dir.path().join("svc.conf");
+    std::fs::write(&cfg, format!("{p1} none cmd.exe /c echo service one\n")).unwrap();
+    let other = dir.path().join("other.conf");
+    std::fs::write(
+        &other,
+        format!("{p3} none cmd.exe /c echo start parameter\n"),
+    )
+    .unwrap();
+    let (cfg_w, other_w) = (win_path(&cfg), win_path(&other));
+
+    let _ = run(&[exe, "--remove"]);
+    let _cleanup = Uninstall;
+    let o = run(&[exe, "--install", "--cfgfile", &cfg_w, "--timeout", "30"]);
+    assert!(o.status.success(), "install: {}", text(&o));
+    assert!(text(&o).contains("--service --cfgfile"), "{}", text(&o));
+    // What --install stored: the launch arguments, automatic start, the
+    // dependencies, and the Event Log source with our exe as message file.
+    let key = run(&[
+        "reg",
+        "query",
+        r"HKLM\SYSTEM\CurrentControlSet\Services\wininetd",
+    ]);
+    let key = text(&key);
+    let image = format!("--service --cfgfile {cfg_w} --timeout 30");
+    assert!(key.contains(&image), "{key}");
+    assert!(key.contains("Start    REG_DWORD    0x2"), "{key}");
+    assert!(key.contains(r"Tcpip\0Afd"), "{key}");
+    let source = r"HKLM\SYSTEM\CurrentControlSet\Services\EventLog\Application\wininetd";
+    let src = text(&run(&["reg", "query", source]));
+    assert!(
+        src.contains("EventMessageFile") && src.contains("wininetd.exe"),
+        "{src}"
+    );
+    assert!(src.contains("TypesSupported    REG_DWORD    0x7"), "{src}");
+
+    let again = run(&[exe, "--install", "--cfgfile", &cfg_w]);
+    assert!(!again.status.success());
+    assert!(
+        text(&again).contains("already installed"),
+        "{}",
+        text(&again)
+    );
+
+    let o = run(&["sc", "start", "wininetd"]);
+    assert!(o.status.success(), "sc start: {}", text(&o));
+    wait_served(p1, b"service one\r\n", Duration::from_secs(60));
+
+    // PARAMCHANGE (`--reload`) re-reads the config: a new port appears.
+    std::fs::write(
+        &cfg,
+        format!("{p1} none cmd.exe /c echo service one\n{p2} none cmd.exe /c echo reloaded\n"),
+    )
+    .unwrap();
+    let o = run(&[exe, "--reload"]);
+    assert!(o.status.success(), "reload: {}", text(&o));
+    wait_served(p2, b"reloaded\r\n", Duration::from_secs(30));
+
+    let o = run(&["sc", "stop", "wininetd"]);
+    assert!(o.status.success(), "sc stop: {}", text(&o));
+    wait_refused(p1, Duration::from_secs(30));
+
+    // Start parameters override the stored launch arguments.
+    let o = run(&["sc", "start", "wininetd", "--cfgfile", &other_w]);
+    assert!(o.status.success(), "sc start with parameters: {}", text(&o));
+    wait_served(p3, b"start parameter\r\n", Duration::from_secs(60));
+    assert!(
+        TcpStream::connect(("127.0.0.1", p1)).is_err(),
+        "the stored config is not served"
+    );
+
+    // --remove stops the running service, then deletes it.
+    let o = run(&[exe, "--remove"]);
+    assert!(o.status.success(), "remove: {}", text(&o));
+    wait_refused(p3, Duration::from_secs(30));
+    assert!(
+        !run(&["reg", "query", source]).status.success(),
+        "source deregistered"
+    );
+    let o = run(&[exe, "--remove"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("not installed"), "{}", text(&o));
+}
+
+/// One request/response on an open connection.
+fn round_trip(s: &mut TcpStream, msg: &[u8]) -> Vec<u8> {
+    s.write_all(msg).unwrap();
+    let mut buf = vec![0u8; msg.len()];
+    s.read_exact(&mut buf).unwrap();
+    buf
+}
+
+/// inetd's rule: stopping the service leaves running programs alone (a
+/// `direct` program keeps its socket and goes on serving); `--kill-on-stop`
+/// (here as a start parameter) ends them through their Job objects.
+#[test]
+#[ignore = "needs Wine and the Windows build; run by scripts/test.sh"]
+fn service_stop_leaves_programs_running_unless_kill_on_stop() {
+    let _one = SCM.lock().unwrap_or_else(|p| p.into_inner());
+    let exe = exe();
+    let exe = exe.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = dir.path().join("svc.conf");
+    std::fs::write(&cfg, format!("{port} none {}\n", example("stdio_echo"))).unwrap();
+    let _ = run(&[exe, "--remove"]);
+    let _cleanup = Uninstall;
+    let o = run(&[
+        exe,
+        "--install",
+        "--cfgfile",
+        &win_path(&cfg),
+        "--handoff",
+        "direct",
+    ]);
+    assert!(o.status.success(), "install: {}", text(&o));
+
+    let o = run(&["sc", "start", "wininetd"]);
+    assert!(o.status.success(), "sc start: {}", text(&o));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut kept = loop {
+        if let Ok(s) = TcpStream::connect(("127.0.0.1", port)) {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "not served");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    kept.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    assert_eq!(round_trip(&mut kept, b"before"), b"before");
+    assert!(run(&["sc", "stop", "wininetd"]).status.success());
+    wait_refused(port, Duration::from_secs(30));
+    assert_eq!(
+        round_trip(&mut kept, b"after stop"),
+        b"after stop",
+        "the program runs on"
+    );
+    kept.shutdown(Shutdown::Write).unwrap();
+    assert!(read_all(&mut kept).is_empty());
+
+    let o = run(&["sc", "start", "wininetd", "--kill-on-stop"]);
+    assert!(o.status.success(), "sc start --kill-on-stop: {}", text(&o));
+    wait_served(port, b"", Duration::from_secs(60));
+    let mut doomed = connect(port);
+    assert_eq!(round_trip(&mut doomed, b"ping"), b"ping");
+    assert!(run(&["sc", "stop", "wininetd"]).status.success());
+    let started = Instant::now();
+    assert!(read_all(&mut doomed).is_empty(), "the program was ended");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(run(&[exe, "--remove"]).status.success());
+}
