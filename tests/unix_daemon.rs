@@ -519,3 +519,31 @@ fn started_with_closed_stdin_and_stdout_it_still_serves_byte_exact() {
     assert!(stream_through(port, data.clone()) == data);
     assert!(stream_through(port, data.clone()) == data);
 }
+
+#[test]
+fn a_restart_rebinds_at_once_despite_time_wait_connections() {
+    // The program closes first, so the server side of each connection
+    // lingers in TIME_WAIT; without SO_REUSEADDR the next bind fails.
+    let port = free_port();
+    let config = classic(&[format!("{port} none /bin/echo hi")]);
+    let mut d = Daemon::start("w.conf", &config, &[]);
+    for _ in 0..3 {
+        // Read to EOF before closing our side: the server's FIN comes first.
+        let mut s = connect(port);
+        assert_eq!(read_all(&mut s), b"hi\n");
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let time_wait = tcp
+        .lines()
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1].ends_with(&format!(":{port:04X}")) && f[3] == "06"
+        })
+        .count();
+    assert!(time_wait > 0, "expected server-side TIME_WAIT entries");
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    let _again = Daemon::start("w.conf", &config, &[]);
+    assert_eq!(exchange(port, b""), b"hi\n");
+}

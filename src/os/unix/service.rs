@@ -146,41 +146,49 @@ fn systemctl(args: &[&str]) -> Result<(), String> {
 pub fn install(args: &[String]) -> Result<String, String> {
     let exe: PathBuf =
         std::env::current_exe().map_err(|e| format!("cannot find the wininetd executable: {e}"))?;
-    if Path::new(UNIT_PATH).exists() {
+    install_at(Path::new(UNIT_PATH), &exe, args, systemd_runs())
+}
+
+fn install_at(unit: &Path, exe: &Path, args: &[String], systemd: bool) -> Result<String, String> {
+    let shown = unit.display();
+    if unit.exists() {
         return Err(format!(
-            "{UNIT_PATH} already exists: run `wininetd --remove` first"
+            "{shown} already exists: run `wininetd --remove` first"
         ));
     }
-    std::fs::write(UNIT_PATH, unit_text(&exe, args))
-        .map_err(|e| format!("cannot write {UNIT_PATH}: {e} (are you root?)"))?;
-    if systemd_runs() {
+    std::fs::write(unit, unit_text(exe, args))
+        .map_err(|e| format!("cannot write {shown}: {e} (are you root?)"))?;
+    if systemd {
         systemctl(&["daemon-reload"])?;
         systemctl(&["enable", "wininetd.service"])?;
         Ok(format!(
-            "installed and enabled {UNIT_PATH}; start it with `systemctl start wininetd`"
+            "installed and enabled {shown}; start it with `systemctl start wininetd`"
         ))
     } else {
         Ok(format!(
-            "wrote {UNIT_PATH}; systemd is not running here, so it was not enabled"
+            "wrote {shown}; systemd is not running here, so it was not enabled"
         ))
     }
 }
 
 /// `--remove`: stops and disables the unit where systemd runs, then deletes it.
 pub fn remove() -> Result<String, String> {
-    if !Path::new(UNIT_PATH).exists() {
-        return Err(format!(
-            "{UNIT_PATH} does not exist: wininetd is not installed"
-        ));
+    remove_at(Path::new(UNIT_PATH), systemd_runs())
+}
+
+fn remove_at(unit: &Path, systemd: bool) -> Result<String, String> {
+    let shown = unit.display();
+    if !unit.exists() {
+        return Err(format!("{shown} does not exist: wininetd is not installed"));
     }
-    if systemd_runs() {
+    if systemd {
         systemctl(&["disable", "--now", "wininetd.service"])?;
     }
-    std::fs::remove_file(UNIT_PATH).map_err(|e| format!("cannot delete {UNIT_PATH}: {e}"))?;
-    if systemd_runs() {
+    std::fs::remove_file(unit).map_err(|e| format!("cannot delete {shown}: {e}"))?;
+    if systemd {
         systemctl(&["daemon-reload"])?;
     }
-    Ok(format!("removed {UNIT_PATH}"))
+    Ok(format!("removed {shown}"))
 }
 
 /// `--reload`: asks the installed service to re-read its config.
@@ -209,6 +217,26 @@ mod tests {
             "\nExecStart=/usr/local/bin/wininetd --cfgfile \"/etc/my inetd.conf\" --timeout 30\n"
         ));
         assert!(unit.contains("\nWantedBy=multi-user.target\n"));
+    }
+
+    #[test]
+    fn install_writes_the_unit_once_and_remove_deletes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let unit = dir.path().join("wininetd.service");
+        let exe = Path::new("/usr/local/bin/wininetd");
+        let args = ["--cfgfile".to_string(), "/etc/w.conf".to_string()];
+        let msg = install_at(&unit, exe, &args, false).unwrap();
+        assert!(msg.contains("not enabled"), "{msg}");
+        assert_eq!(
+            std::fs::read_to_string(&unit).unwrap(),
+            unit_text(exe, &args)
+        );
+        let again = install_at(&unit, exe, &args, false).unwrap_err();
+        assert!(again.contains("already exists"), "{again}");
+        remove_at(&unit, false).unwrap();
+        assert!(!unit.exists());
+        let gone = remove_at(&unit, false).unwrap_err();
+        assert!(gone.contains("not installed"), "{gone}");
     }
 
     #[test]
