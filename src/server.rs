@@ -79,7 +79,7 @@ pub async fn serve<H: ServiceHost>(opts: Options, host: &mut H) -> Result<(), St
     info!(
         "wininetd {} serving {} service(s) from {}",
         env!("CARGO_PKG_VERSION"),
-        server.services,
+        server.gates.len(),
         server.opts.cfgfile.display()
     );
     host.status(HostStatus::Ready);
@@ -134,8 +134,8 @@ struct Server {
     opts: Options,
     ctx: Arc<Ctx>,
     listeners: HashMap<Key, Listening>,
+    /// The served services' counters, by name.
     gates: HashMap<String, Arc<Gate>>,
-    services: usize,
 }
 
 impl Server {
@@ -150,7 +150,6 @@ impl Server {
             }),
             listeners: HashMap::new(),
             gates: HashMap::new(),
-            services: 0,
         }
     }
 
@@ -171,7 +170,7 @@ impl Server {
                 );
             }
             Ok(config) => match self.apply(config) {
-                Ok(()) => info!("reloaded: serving {} service(s)", self.services),
+                Ok(()) => info!("reloaded: serving {} service(s)", self.gates.len()),
                 Err((_, message)) => {
                     error!("{message}");
                     error!("reload rejected; still serving the previous config");
@@ -192,10 +191,12 @@ impl Server {
         // What should listen, and with which settings.
         let mut gates = HashMap::new();
         let mut wanted: HashMap<Key, Arc<Active>> = HashMap::new();
+        // Kept services' new rules, applied only once nothing can fail.
+        let mut rule_updates = Vec::new();
         for svc in config.services {
             let gate = match self.gates.get(&svc.name) {
                 Some(g) => {
-                    g.update(svc.access.clone(), svc.limits.clone());
+                    rule_updates.push((Arc::clone(g), svc.access.clone(), svc.limits.clone()));
                     Arc::clone(g)
                 }
                 None => Gate::new(
@@ -280,6 +281,9 @@ impl Server {
         // Past the last failure: from here on the new config is served, and
         // its lines (the first "listening on" included) are in its format.
         crate::logging::set_format(config.globals.log_format);
+        for (gate, access, limits) in rule_updates {
+            gate.update(access, limits);
+        }
         for (key, listening) in &self.listeners {
             if let Some(active) = wanted.get(key) {
                 listening.active.send_replace(Arc::clone(active));
@@ -291,7 +295,6 @@ impl Server {
         }
         self.ctx.global.set_max(config.globals.max_connections);
         self.gates = gates;
-        self.services = self.gates.len();
         Ok(())
     }
 

@@ -793,3 +793,26 @@ fn under_a_steady_flood_programs_are_reaped_and_nothing_is_refused() {
     assert_eq!(failed, 0, "log:\n{}", d.log());
     assert!(!d.log().contains("refused"));
 }
+
+#[test]
+fn a_reload_rejected_for_a_busy_port_leaves_every_rule_as_it_was() {
+    let port = free_port();
+    let blocker = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = blocker.local_addr().unwrap().port();
+    let before = service(port, "command = [\"/bin/cat\"]");
+    let d = Daemon::start("x.toml", &before, &[]);
+    assert_eq!(exchange(port, b"one"), b"one");
+    // Valid config, but its new port cannot be bound: rejected whole,
+    // including the deny rule it would have added to the kept service.
+    let after = format!(
+        "{}{}",
+        service(port, "command = [\"/bin/cat\"]\ndeny = [\"127.0.0.1\"]"),
+        service(busy, "command = [\"/bin/cat\"]")
+    );
+    let log = d.reload(&after, "reload rejected");
+    assert!(
+        log.contains(&format!("cannot listen on tcp 127.0.0.1:{busy}")),
+        "{log}"
+    );
+    assert_eq!(exchange(port, b"two"), b"two", "the old rules still apply");
+}
