@@ -74,6 +74,7 @@ pub async fn serve<H: ServiceHost>(opts: Options, host: &mut H) -> Result<(), St
     let mut server = Server::new(opts, &config);
     server
         .apply(config)
+        .await
         .map_err(|(code, message)| StartError { code, message })?;
     tokio::spawn(reap(Arc::clone(&server.ctx), exits));
     info!(
@@ -87,7 +88,7 @@ pub async fn serve<H: ServiceHost>(opts: Options, host: &mut H) -> Result<(), St
         match host.next().await {
             Control::Reload => {
                 host.status(HostStatus::Reloading);
-                server.reload();
+                server.reload().await;
                 host.status(HostStatus::Ready);
             }
             Control::Stop => {
@@ -156,7 +157,7 @@ impl Server {
     /// SIGHUP / PARAMCHANGE: a config with any error is rejected whole and
     /// the running one stays; otherwise it is applied without closing any
     /// listener whose (protocol, address, port) is unchanged.
-    fn reload(&mut self) {
+    async fn reload(&mut self) {
         info!("reloading {}", self.opts.cfgfile.display());
         match config::load(&self.opts.cfgfile) {
             Err(errors) => {
@@ -169,7 +170,7 @@ impl Server {
                     self.opts.cfgfile.display()
                 );
             }
-            Ok(config) => match self.apply(config) {
+            Ok(config) => match self.apply(config).await {
                 Ok(()) => info!("reloaded: serving {} service(s)", self.gates.len()),
                 Err((_, message)) => {
                     error!("{message}");
@@ -180,7 +181,7 @@ impl Server {
     }
 
     /// Makes `config` the served one. On error nothing has changed.
-    fn apply(&mut self, config: Config) -> Result<(), (u32, String)> {
+    async fn apply(&mut self, config: Config) -> Result<(), (u32, String)> {
         let users = config.services.iter().filter_map(|s| match &s.user {
             RunAs::User { name, .. } => Some(name.as_str()),
             RunAs::Daemon => None,
@@ -254,9 +255,12 @@ impl Server {
             .collect();
         let mut dropped = Vec::new();
         for key in removed {
-            if let Some(l) = self.listeners.remove(&key) {
-                l.task.abort();
-                dropped.push((key, l));
+            if let Some(Listening { active, mut task }) = self.listeners.remove(&key) {
+                task.abort();
+                // The socket closes when the task is gone: wait for that,
+                // so the port is free for a listener of this config.
+                let _ = (&mut task).await;
+                dropped.push((key, active));
             }
         }
         for key in deferred {
@@ -266,8 +270,8 @@ impl Server {
                     // Roll back: the old listeners come back, the new go.
                     let message = bind_error(&key, &wanted[&key], &e);
                     drop(bound);
-                    for (k, l) in dropped {
-                        let active = l.active.borrow().clone();
+                    for (k, sender) in dropped {
+                        let active = sender.borrow().clone();
                         if let Ok(b) = listener::bind(k.0, k.1) {
                             self.start_listener(k, b, active);
                         } else {

@@ -816,3 +816,18 @@ fn a_reload_rejected_for_a_busy_port_leaves_every_rule_as_it_was() {
     );
     assert_eq!(exchange(port, b"two"), b"two", "the old rules still apply");
 }
+
+#[test]
+fn a_reload_can_narrow_a_wildcard_listener_to_one_address_on_the_same_port() {
+    let port = free_port();
+    let wide =
+        format!("[[service]]\nport = {port}\nbind = [\"0.0.0.0\"]\ncommand = [\"/bin/cat\"]\n");
+    let d = Daemon::start("x.toml", &wide, &[]);
+    assert_eq!(exchange(port, b"wide"), b"wide");
+    // 127.0.0.1:PORT can only be bound once 0.0.0.0:PORT is closed.
+    let narrow = service(port, "command = [\"/bin/echo\", \"narrow\"]");
+    let log = d.reload(&narrow, "reload");
+    assert!(!log.contains("reload rejected"), "{log}");
+    d.wait_log("reloaded", LOG_WAIT);
+    assert_eq!(exchange(port, b""), b"narrow\n");
+}
