@@ -74,11 +74,8 @@ pub fn bind(protocol: Protocol, addr: SocketAddr) -> io::Result<Bound> {
         Protocol::Tcp => Type::STREAM,
         Protocol::Udp => Type::DGRAM,
     };
+    // The platform's own address-reuse rule comes with the socket.
     let sock = crate::os::new_socket(Domain::for_address(addr), ty)?;
-    // Unix: rebinding right after a restart must work despite TIME_WAIT.
-    // (On Windows SO_REUSEADDR would let another process steal the port.)
-    #[cfg(unix)]
-    sock.set_reuse_address(true)?;
     if addr.is_ipv6() {
         sock.set_only_v6(true)?;
     }

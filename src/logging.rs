@@ -50,54 +50,49 @@ fn level() -> LevelFilter {
 /// Installs the global subscriber. Call once, before anything logs.
 pub fn init(sink: Sink) {
     let registry = tracing_subscriber::registry().with(level());
-    match sink {
-        Sink::Console => {
-            let layer = tracing_subscriber::fmt::layer()
-                .with_writer(io::stderr)
-                .with_ansi(io::stderr().is_terminal())
-                .event_format(Switch::new(true));
-            let _ = registry.with(layer).try_init();
-        }
-        Sink::Daemon => {
-            #[cfg(unix)]
-            {
-                // systemd sets JOURNAL_STREAM when stderr is the journal.
-                if std::env::var_os("JOURNAL_STREAM").is_some()
-                    && let Ok(j) = tracing_journald::layer()
-                {
-                    let _ = registry
-                        .with(j.with_syslog_identifier("wininetd".into()))
-                        .try_init();
-                    return;
-                }
-                if let Some(syslog) = Syslog::connect() {
-                    let layer = tracing_subscriber::fmt::layer()
-                        .with_writer(syslog)
-                        .with_ansi(false)
-                        .event_format(Switch::new(false));
-                    let _ = registry.with(layer).try_init();
-                    return;
-                }
-            }
-            #[cfg(windows)]
-            {
-                let layer = tracing_subscriber::fmt::layer()
-                    .with_writer(crate::os::EventLog::new())
-                    .with_ansi(false)
-                    .event_format(Switch::new(false));
-                let _ = registry.with(layer).try_init();
-                return;
-            }
-            #[allow(unreachable_code)]
-            {
-                let layer = tracing_subscriber::fmt::layer()
-                    .with_writer(io::stderr)
-                    .with_ansi(false)
-                    .event_format(Switch::new(true));
-                let _ = registry.with(layer).try_init();
-            }
-        }
+    if sink == Sink::Console {
+        let _ = registry
+            .with(lines(io::stderr, io::stderr().is_terminal(), true))
+            .try_init();
+        return;
     }
+    #[cfg(unix)]
+    {
+        // systemd sets JOURNAL_STREAM when stderr is the journal.
+        if std::env::var_os("JOURNAL_STREAM").is_some()
+            && let Ok(j) = tracing_journald::layer()
+        {
+            let _ = registry
+                .with(j.with_syslog_identifier("wininetd".into()))
+                .try_init();
+            return;
+        }
+        if let Some(syslog) = Syslog::connect() {
+            let _ = registry.with(lines(syslog, false, false)).try_init();
+            return;
+        }
+        // No journal and no syslog: stderr, for whatever collects it.
+        let _ = registry.with(lines(io::stderr, false, true)).try_init();
+    }
+    #[cfg(windows)]
+    {
+        let _ = registry
+            .with(lines(crate::os::EventLog::new(), false, false))
+            .try_init();
+    }
+}
+
+/// A line-per-event layer writing to `writer`; `timed` adds timestamps
+/// (the journal, syslog and the Event Log stamp lines themselves).
+fn lines<S, W>(writer: W, ansi: bool, timed: bool) -> impl tracing_subscriber::Layer<S>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_ansi(ansi)
+        .event_format(Switch::new(timed))
 }
 
 /// Text or JSON, chosen per line from [`set_format`].

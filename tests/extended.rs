@@ -299,15 +299,12 @@ allow = ["::1"]
 #[test]
 fn the_default_bind_is_every_interface_of_both_families() {
     // Checked with --check: a test must not listen beyond loopback.
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_file(
-        dir.path(),
+    let out = check(
         "x.toml",
         b"[[service]]\nname = \"dflt\"\nport = 7001\ncommand = [\"/bin/cat\"]\n",
     );
-    let out = run_cli(&["--check", "--cfgfile", cfg.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(0));
-    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.code, Some(0));
+    let stdout = out.stdout;
     assert!(
         stdout.contains("dflt\ttcp 0.0.0.0:7001,[::]:7001\t"),
         "{stdout}"
@@ -316,15 +313,12 @@ fn the_default_bind_is_every_interface_of_both_families() {
 
 #[test]
 fn a_udp_program_without_wait_is_a_check_error_that_says_why() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_file(
-        dir.path(),
+    let out = check(
         "x.toml",
         b"[[service]]\nport = 7001\nprotocol = \"udp\"\nwait = false\ncommand = [\"/bin/cat\"]\n",
     );
-    let out = run_cli(&["--check", "--cfgfile", cfg.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.code, Some(1));
+    let stderr = out.stderr;
     assert!(
         stderr.contains("x.toml:4: a UDP service's program gets the bound socket"),
         "{stderr}"
@@ -340,12 +334,9 @@ fn an_unknown_key_is_reported_with_its_line_and_nothing_starts() {
     );
     let want =
         "x.toml:5: unknown key `max_instance` in [[service]] (did you mean `max_instances`?)";
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_file(dir.path(), "x.toml", config.as_bytes());
-    let out = run_cli(&["--check", "--cfgfile", cfg.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(stderr.contains(want), "{stderr}");
+    let out = check("x.toml", config.as_bytes());
+    assert_eq!(out.code, Some(1));
+    assert!(out.stderr.contains(want), "{}", out.stderr);
 
     let mut d = Daemon::spawn("x.toml", &config, &[], |_| {});
     assert_eq!(d.wait_exit(LOG_WAIT).code(), Some(1));

@@ -235,15 +235,12 @@ fn a_bad_config_on_sighup_keeps_the_old_one() {
 
 #[test]
 fn check_lists_services_or_every_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let good = write_file(
-        dir.path(),
+    let out = check(
         "good.conf",
         b"# x\n7001 none /bin/cat\n7002 bob:hunter2 /usr/bin/id\n",
     );
-    let out = run_cli(&["--check", "--cfgfile", good.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(0));
-    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.code, Some(0));
+    let stdout = out.stdout;
     assert!(stdout.contains("OK, 2 service(s)"), "{stdout}");
     assert!(
         stdout.contains("tcp/7001\ttcp 0.0.0.0:7001\tuser none\t/bin/cat"),
@@ -255,14 +252,12 @@ fn check_lists_services_or_every_error() {
         "the password must not be listed"
     );
 
-    let bad = write_file(
-        dir.path(),
+    let out = check(
         "bad.conf",
         b"0 none /bin/cat\n# fine\n7001 none\n7002 none /bin/cat\n7002 none /bin/cat\n",
     );
-    let out = run_cli(&["--check", "--cfgfile", bad.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.code, Some(1));
+    let stderr = out.stderr;
     assert!(
         stderr.contains("bad.conf:1: port 0 is out of range"),
         "{stderr}"
@@ -279,15 +274,9 @@ fn check_lists_services_or_every_error() {
 
 #[test]
 fn duplicate_ports_are_reported_by_check() {
-    let dir = tempfile::tempdir().unwrap();
-    let bad = write_file(
-        dir.path(),
-        "dup.conf",
-        b"7002 none /bin/cat\n7002 none /bin/cat\n",
-    );
-    let out = run_cli(&["--check", "--cfgfile", bad.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8(out.stderr).unwrap();
+    let out = check("dup.conf", b"7002 none /bin/cat\n7002 none /bin/cat\n");
+    assert_eq!(out.code, Some(1));
+    let stderr = out.stderr;
     assert!(
         stderr.contains("dup.conf:2: tcp port 7002 on 0.0.0.0 is already configured at"),
         "{stderr}"

@@ -344,6 +344,26 @@ pub fn stream_through(port: u16, data: Vec<u8>) -> Vec<u8> {
     out
 }
 
+/// What `wininetd --check` said of a config.
+pub struct Checked {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Writes `text` to a file called `name` in a fresh directory and runs
+/// `wininetd --check` on it.
+pub fn check(name: &str, text: &[u8]) -> Checked {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_file(dir.path(), name, text);
+    let out = run_cli(&["--check", "--cfgfile", cfg.to_str().unwrap()]);
+    Checked {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 /// Runs `wininetd ARGS` to completion (for --check and friends).
 pub fn run_cli(args: &[&str]) -> std::process::Output {
     Command::new(BIN).args(args).output().unwrap()

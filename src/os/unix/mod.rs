@@ -7,7 +7,10 @@ mod spawn;
 pub use launch::{Exits, PipeReader, PipeWriter, check_users, init_process, launch, terminate};
 pub use service::{Host, install, reload, remove, unit_text};
 
-/// A socket for a listener (close-on-exec, socket2's default).
+/// A socket for a listener: close-on-exec (socket2's default), and
+/// SO_REUSEADDR so a restart rebinds at once despite TIME_WAIT connections.
 pub fn new_socket(domain: socket2::Domain, ty: socket2::Type) -> std::io::Result<socket2::Socket> {
-    socket2::Socket::new(domain, ty, None)
+    let sock = socket2::Socket::new(domain, ty, None)?;
+    sock.set_reuse_address(true)?;
+    Ok(sock)
 }
