@@ -20,6 +20,15 @@ pub struct Record {
     pub peer_port: u16,
 }
 
+/// How a watched program ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    Succeeded,
+    Failed,
+    /// Its process was created but the program could not be exec'd.
+    NotStarted,
+}
+
 impl Record {
     pub fn peer(&self) -> SocketAddr {
         SocketAddr::new(self.lease.ip(), self.peer_port)
@@ -36,7 +45,7 @@ pub struct Children {
     pids: Vec<ChildId>,
     records: Vec<Record>,
     /// Who wants to know when a program ends (relays, UDP wait services).
-    waiters: HashMap<ChildId, oneshot::Sender<bool>>,
+    waiters: HashMap<ChildId, oneshot::Sender<Ended>>,
 }
 
 impl Children {
@@ -63,17 +72,17 @@ impl Children {
         }
     }
 
-    /// Registers interest in `id`'s exit; the value says if it succeeded.
-    pub fn watch(&mut self, id: ChildId) -> oneshot::Receiver<bool> {
+    /// Registers interest in `id`'s exit.
+    pub fn watch(&mut self, id: ChildId) -> oneshot::Receiver<Ended> {
         let (tx, rx) = oneshot::channel();
         self.waiters.insert(id, tx);
         rx
     }
 
     /// Removes `id`, waking whoever waits for it.
-    pub fn remove(&mut self, id: ChildId, success: bool) -> Option<Record> {
+    pub fn remove(&mut self, id: ChildId, how: Ended) -> Option<Record> {
         if let Some(w) = self.waiters.remove(&id) {
-            let _ = w.send(success);
+            let _ = w.send(how);
         }
         let at = self.position(id)?;
         self.pids.swap_remove(at);
@@ -113,16 +122,16 @@ mod tests {
         }
         assert_eq!(global.live(), 5);
         let mut w = c.watch(3);
-        assert!(c.remove(1, true).is_some());
-        assert!(c.remove(1, true).is_none());
+        assert!(c.remove(1, Ended::Succeeded).is_some());
+        assert!(c.remove(1, Ended::Succeeded).is_none());
         assert_eq!(w.try_recv(), Err(oneshot::error::TryRecvError::Empty));
-        assert!(c.remove(3, false).is_some());
-        assert_eq!(w.try_recv(), Ok(false));
+        assert!(c.remove(3, Ended::NotStarted).is_some());
+        assert_eq!(w.try_recv(), Ok(Ended::NotStarted));
         let mut left: Vec<_> = c.ids().collect();
         left.sort();
         assert_eq!(left, [2, 4, 5]);
         for id in [5, 2, 4] {
-            assert!(c.remove(id, true).is_some(), "{id}");
+            assert!(c.remove(id, Ended::Failed).is_some(), "{id}");
         }
         assert_eq!(c.len(), 0);
         assert_eq!(global.live(), 0);

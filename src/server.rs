@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use crate::admission::{Gate, Global, Lease, Refusal, RefusalLog};
-use crate::children::{Children, Record};
+use crate::children::{Children, Ended, Record};
 use crate::config::{self, Config, Handoff, Program, Protocol, RunAs, Secret, Service};
 use crate::listener::{self, Acceptor, Bound};
 use crate::os::{self, ChildStdio, Control, HostStatus, LaunchSpec, ServiceHost};
@@ -691,14 +691,14 @@ async fn wait_service(
     };
     let env = connection_env(svc, Protocol::Udp, Some(peer), None);
     let launched = launch(ctx, active, &env, ChildStdio::Socket(dup), peer, lease);
-    match launched {
+    let ran = match launched {
         Some(l) => {
             let exited = ctx.children().watch(l.id);
-            let success = exited.await.unwrap_or(false);
+            let how = exited.await.unwrap_or(Ended::Failed);
             // A program that fails at once without reading its datagram
             // would be restarted in a tight loop: at most once a second.
             let ran = l.started.elapsed();
-            if !success && ran < WAIT_RETRY_PAUSE {
+            if how == Ended::Failed && ran < WAIT_RETRY_PAUSE {
                 warn!(
                     service = %svc.name,
                     "program failed after {} ms; watching the socket again in a second",
@@ -706,32 +706,43 @@ async fn wait_service(
                 );
                 tokio::time::sleep(WAIT_RETRY_PAUSE - ran).await;
             }
+            how != Ended::NotStarted
         }
-        None => {
-            // The program cannot start: drop the datagram rather than spin.
-            let _ = sock.try_recv_from(buf);
-        }
-    }
+        None => false,
+    };
     // The program had the socket in blocking mode; the flag is shared.
     if let Err(e) = socket2::SockRef::from(sock).set_nonblocking(true) {
         error!(service = %svc.name, "cannot restore the socket: {e}");
+    }
+    if !ran {
+        // The program cannot start: drop the datagram rather than spin.
+        let _ = sock.try_recv_from(buf);
     }
 }
 
 /// Logs each program's end and gives its slot back.
 async fn reap(ctx: Arc<Ctx>, mut exits: os::Exits) {
     loop {
-        let (id, status) = exits.next().await;
-        let Some(record) = ctx.children().remove(id, status.success()) else {
+        let (id, result) = exits.next().await;
+        let how = match &result {
+            Ok(status) if status.success() => Ended::Succeeded,
+            Ok(_) => Ended::Failed,
+            Err(_) => Ended::NotStarted,
+        };
+        let Some(record) = ctx.children().remove(id, how) else {
             continue;
         };
-        info!(
-            service = %record.lease.service(),
-            peer = %record.peer(),
-            pid = id,
-            status = %status,
-            duration = %format_args!("{:.3}s", record.started.elapsed().as_secs_f64()),
-            "ended"
-        );
+        let (service, peer) = (record.lease.service(), record.peer());
+        match result {
+            Ok(status) => info!(
+                %service,
+                %peer,
+                pid = id,
+                %status,
+                duration = %format_args!("{:.3}s", record.started.elapsed().as_secs_f64()),
+                "ended"
+            ),
+            Err(e) => error!(%service, %peer, pid = id, "cannot start the program: {e}"),
+        }
     }
 }

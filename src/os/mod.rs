@@ -57,6 +57,10 @@ pub struct Launched {
 /// A platform's process id.
 pub type ChildId = u32;
 
+/// How a program ended ([`Exits::next`]): its status, or why it never got
+/// to run (an exec that failed after the process was created).
+pub type Exit = (ChildId, Result<std::process::ExitStatus, std::io::Error>);
+
 /// Why a program could not be started. Its text never holds a password.
 #[derive(Debug)]
 pub enum LaunchError {

@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::ffi::CString;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
@@ -13,9 +13,9 @@ use std::time::Instant;
 use nix::unistd::{Gid, Uid, User};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
-use super::spawn::{Creds, Request, spawn};
+use super::spawn::{Creds, Request, spawn, start_error};
 use crate::config::{RunAs, StderrMode};
-use crate::os::{ChildStdio, LaunchError, LaunchSpec, Launched};
+use crate::os::{ChildStdio, Exit, LaunchError, LaunchSpec, Launched};
 
 pub type PipeWriter = tokio::net::unix::pipe::Sender;
 pub type PipeReader = tokio::net::unix::pipe::Receiver;
@@ -49,13 +49,14 @@ pub fn launch(spec: &LaunchSpec<'_>, stdio: ChildStdio) -> Result<Launched, Laun
 
     let mut pipes = None;
     let mut stderr_reader = None;
-    let (input, output) = match stdio {
+    // The program's descriptors, ours until it has them: a socket serves
+    // as stdin, stdout and (usually) stderr without being duplicated.
+    let (input, output): (OwnedFd, Option<OwnedFd>) = match stdio {
         ChildStdio::Socket(sock) => {
             // The socket must be blocking for the program (`cat` fails with
             // EAGAIN otherwise); the flag is shared with every duplicate.
             sock.set_nonblocking(false).map_err(LaunchError::Spawn)?;
-            let fd = OwnedFd::from(sock);
-            (dup(&fd)?, fd)
+            (OwnedFd::from(sock), None)
         }
         ChildStdio::Pipes => {
             let (in_r, in_w) = pipe()?;
@@ -66,17 +67,22 @@ pub fn launch(spec: &LaunchSpec<'_>, stdio: ChildStdio) -> Result<Launched, Laun
                 PipeWriter::from_owned_fd(in_w).map_err(LaunchError::Spawn)?,
                 PipeReader::from_owned_fd(out_r).map_err(LaunchError::Spawn)?,
             ));
-            (in_r, out_w)
+            (in_r, Some(out_w))
         }
     };
-    let errors = match spec.stderr {
-        StderrMode::Socket => dup(&output)?,
-        StderrMode::Null => dev_null()?,
+    let output = output.as_ref().unwrap_or(&input);
+    let stderr_pipe = match spec.stderr {
         StderrMode::Log => {
             let (r, w) = pipe()?;
             stderr_reader = Some(PipeReader::from_owned_fd(r).map_err(LaunchError::Spawn)?);
-            w
+            Some(w)
         }
+        StderrMode::Socket | StderrMode::Null => None,
+    };
+    let errors = match spec.stderr {
+        StderrMode::Socket => output.as_fd(),
+        StderrMode::Null => dev_null()?,
+        StderrMode::Log => stderr_pipe.as_ref().unwrap_or(output).as_fd(),
     };
 
     let nul = |what: &str| {
@@ -96,22 +102,18 @@ pub fn launch(spec: &LaunchSpec<'_>, stdio: ChildStdio) -> Result<Launched, Laun
             .map(|d| CString::new(d.as_os_str().as_bytes()).map_err(|_| nul("working_directory")))
             .transpose()?,
         creds: user.and_then(|u| u.creds),
-        stdio: [input, output, errors],
+        stdio: [input.as_fd(), output.as_fd(), errors],
     };
-    let pid = spawn(&request)
+    let pid = spawn(request)
         .map_err(|e| LaunchError::Spawn(io::Error::new(e.kind(), format!("{}: {e}", argv[0]))))?;
-    // `request` (dropped here) held our copies of the child's ends; the
-    // child itself is reaped by [`Exits`], never waited on per connection.
+    // Our copies of the child's ends close on return; the child itself is
+    // reaped by [`Exits`], never waited on per connection.
     Ok(Launched {
         id: pid,
         started: Instant::now(),
         pipes,
         stderr: stderr_reader,
     })
-}
-
-fn dup(fd: &OwnedFd) -> Result<OwnedFd, LaunchError> {
-    fd.try_clone().map_err(LaunchError::Spawn)
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), LaunchError> {
@@ -131,8 +133,8 @@ fn widen(_pipe: &OwnedFd) {
     }
 }
 
-/// /dev/null, opened once and duplicated for each program that wants it.
-fn dev_null() -> Result<OwnedFd, LaunchError> {
+/// /dev/null, opened once and given to each program that wants it.
+fn dev_null() -> Result<BorrowedFd<'static>, LaunchError> {
     static NULL: OnceLock<io::Result<OwnedFd>> = OnceLock::new();
     match NULL.get_or_init(|| {
         std::fs::OpenOptions::new()
@@ -141,7 +143,7 @@ fn dev_null() -> Result<OwnedFd, LaunchError> {
             .open("/dev/null")
             .map(OwnedFd::from)
     }) {
-        Ok(fd) => dup(fd),
+        Ok(fd) => Ok(fd.as_fd()),
         Err(e) => Err(LaunchError::Spawn(io::Error::new(
             e.kind(),
             format!("/dev/null: {e}"),
@@ -298,15 +300,15 @@ impl Exits {
         })
     }
 
-    /// The next program that ended, with its status.
-    pub async fn next(&mut self) -> (u32, ExitStatus) {
+    /// The next program that ended, with its status (or, when its exec
+    /// failed, why).
+    pub async fn next(&mut self) -> Exit {
         loop {
-            if let Some(e) = self.ready.pop_front() {
-                return e;
+            if self.ready.is_empty() {
+                self.collect();
             }
-            self.collect();
-            if let Some(e) = self.ready.pop_front() {
-                return e;
+            if let Some((pid, status)) = self.ready.pop_front() {
+                return (pid, start_error(pid).map_or(Ok(status), Err));
             }
             self.sigchld.recv().await;
         }

@@ -1,17 +1,20 @@
 //! The fork/exec itself, from a fully prepared request.
 //!
-//! On Linux wininetd clones with `CLONE_VM | CLONE_VFORK` on a reused stack
-//! and execs with prebuilt argv/envp: no allocation, no mmap and no lock in
-//! the child, and less than two thirds of the parent CPU that
-//! `std::process::Command` costs per spawn (measured 34 vs 56 µs). Other
-//! Unix systems use `std::process::Command` with the same request.
+//! On Linux x86-64 wininetd clones with `CLONE_VM | CLONE_CHILD_CLEARTID`
+//! on a stack of its own pool and execs with prebuilt argv/envp: no copy of
+//! the address space, no allocation or lock in the child, and no wait for
+//! the exec either (vfork would block the one thread that accepts until the
+//! program's loader has started). The kernel zeroes a word in the slot when
+//! the child has exec'd or exited, which is when the slot may be reused; a
+//! failed exec leaves its errno there for [`start_error`]. Other Unix
+//! systems (and other architectures) use `std::process::Command`.
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::BorrowedFd;
 
 /// Everything the child needs, computed in the parent.
-pub struct Request {
+pub struct Request<'a> {
     /// argv; `argv[0]` is also the program, looked up in PATH without '/'.
     pub argv: Vec<CString>,
     /// The complete environment, `KEY=value` each.
@@ -19,8 +22,8 @@ pub struct Request {
     pub cwd: Option<CString>,
     pub creds: Option<Creds>,
     /// What becomes fd 0, 1 and 2 (all >= 3 in our process, see
-    /// `init_process`).
-    pub stdio: [OwnedFd; 3],
+    /// `init_process`); the same descriptor may be given more than once.
+    pub stdio: [BorrowedFd<'a>; 3],
 }
 
 /// The identity to take before exec.
@@ -32,20 +35,33 @@ pub struct Creds {
 
 /// Starts the program; returns its pid. The program gets its own process
 /// group, default signal dispositions, an empty signal mask and exactly the
-/// descriptors 0, 1 and 2.
-#[cfg(target_os = "linux")]
-pub fn spawn(req: &Request) -> io::Result<u32> {
-    clone_exec(req)
+/// descriptors 0, 1 and 2. On the clone path an exec that fails shows as
+/// the child's exit (127), with the reason from [`start_error`].
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+pub fn spawn(req: Request<'_>) -> io::Result<u32> {
+    clone::spawn(req)
 }
 
-#[cfg(not(target_os = "linux"))]
-pub fn spawn(req: &Request) -> io::Result<u32> {
+#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+pub fn spawn(req: Request<'_>) -> io::Result<u32> {
     spawn_std(req)
 }
 
+/// Why the program of `pid` could not be exec'd, once it has exited; asked
+/// by the reaper for each exit (only the clone path learns this late).
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+pub fn start_error(pid: u32) -> Option<io::Error> {
+    clone::start_error(pid)
+}
+
+#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+pub fn start_error(_pid: u32) -> Option<io::Error> {
+    None
+}
+
 /// The portable path, also tested on Linux.
-#[cfg_attr(target_os = "linux", allow(dead_code))]
-pub fn spawn_std(req: &Request) -> io::Result<u32> {
+#[cfg_attr(all(target_os = "linux", target_arch = "x86_64"), allow(dead_code))]
+pub fn spawn_std(req: Request<'_>) -> io::Result<u32> {
     use std::ffi::OsStr;
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::process::CommandExt;
@@ -84,158 +100,377 @@ pub fn spawn_std(req: &Request) -> io::Result<u32> {
         }
     }
     let [a, b, c] = &req.stdio;
-    cmd.stdin(Stdio::from(a.try_clone()?))
-        .stdout(Stdio::from(b.try_clone()?))
-        .stderr(Stdio::from(c.try_clone()?));
+    cmd.stdin(Stdio::from(a.try_clone_to_owned()?))
+        .stdout(Stdio::from(b.try_clone_to_owned()?))
+        .stderr(Stdio::from(c.try_clone_to_owned()?));
     Ok(cmd.spawn()?.id())
 }
 
-/// What the cloned child reads (shared memory: `CLONE_VM`).
-#[cfg(target_os = "linux")]
-struct Shared {
-    argv: *const *const libc::c_char,
-    envp: *const *const libc::c_char,
-    cwd: *const libc::c_char,
-    creds: Option<(libc::uid_t, libc::gid_t, *const libc::gid_t, usize)>,
-    fds: [libc::c_int; 3],
-    /// Set by the child when it fails before exec.
-    errno: libc::c_int,
-}
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod clone {
+    use std::collections::VecDeque;
+    use std::ffi::{CStr, CString};
+    use std::io;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    use std::sync::atomic::{AtomicI32, Ordering};
+    use std::sync::{Mutex, OnceLock};
 
-#[cfg(target_os = "linux")]
-fn clone_exec(req: &Request) -> io::Result<u32> {
-    use std::sync::Mutex;
+    use libc::{c_char, c_int, c_long};
 
-    /// One child stack, reused: CLONE_VFORK returns only once the child
-    /// has exec'd or exited, so no two children ever share it.
-    static STACK: Mutex<Vec<u128>> = Mutex::new(Vec::new());
-    const STACK_WORDS: usize = 64 * 1024 / 16;
+    use super::Request;
 
-    let argv: Vec<*const libc::c_char> = req
-        .argv
-        .iter()
-        .map(|c| c.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
-    let envp: Vec<*const libc::c_char> = req
-        .envp
-        .iter()
-        .map(|c| c.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
-    let mut shared = Shared {
-        argv: argv.as_ptr(),
-        envp: envp.as_ptr(),
-        cwd: req.cwd.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
-        creds: req
-            .creds
-            .as_ref()
-            .map(|c| (c.uid, c.gid, c.groups.as_ptr(), c.groups.len())),
-        fds: [
-            req.stdio[0].as_raw_fd(),
-            req.stdio[1].as_raw_fd(),
-            req.stdio[2].as_raw_fd(),
-        ],
-        errno: 0,
-    };
+    /// Reserved per slot; only the pages the child touches become resident.
+    const STACK_BYTES: usize = 64 * 1024;
+    /// Failed execs whose slot was reused before the reaper asked.
+    const FAILED_KEPT: usize = 64;
+    const SHELL: &CStr = c"/bin/sh";
 
-    let mut stack = STACK.lock().unwrap_or_else(|p| p.into_inner());
-    if stack.capacity() == 0 {
-        // Reserved, never written by us: only the few pages the child
-        // touches become resident (zero-filling would make all 64 KiB so).
-        stack.reserve_exact(STACK_WORDS);
+    /// What the child reads: raw pointers into its slot, which the parent
+    /// leaves alone until the child has exec'd or exited.
+    #[derive(Clone, Copy)]
+    struct Plan {
+        /// `[/bin/sh, argv..., NULL]`: argv starts at index 1; a script
+        /// without `#!` runs as `/bin/sh path args` (execvp's rule).
+        shell_argv: *mut *const c_char,
+        envp: *const *const c_char,
+        candidates: *const *const c_char,
+        n_candidates: usize,
+        cwd: *const c_char,
+        creds: Option<(libc::uid_t, libc::gid_t, *const libc::gid_t, usize)>,
+        fds: [c_int; 3],
+        errno: *const AtomicI32,
     }
-    // SAFETY: the child runs `child_main` on its own stack and only makes
-    // raw system calls on memory that outlives the vfork (`shared`, argv,
-    // envp, the request); every signal is blocked around the clone so no
-    // handler of ours runs in the child before it resets dispositions.
-    let pid = unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-        let top = stack
-            .as_mut_ptr()
-            .add(stack.capacity())
-            .cast::<libc::c_void>();
-        let pid = libc::clone(
-            child_main,
-            top,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-            (&raw mut shared).cast(),
-        );
-        let clone_errno = io::Error::last_os_error();
-        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-        if pid < 0 {
-            return Err(clone_errno);
+
+    /// A child's stack and everything it reads, owned by that child from
+    /// clone until it has exec'd or exited.
+    struct Slot {
+        /// Nonzero while a child owns the slot; the kernel zeroes it when
+        /// that child execs or exits (`CLONE_CHILD_CLEARTID`).
+        busy: AtomicI32,
+        /// Set by the child when it fails before exec.
+        errno: AtomicI32,
+        pid: i32,
+        stack: Vec<u128>,
+        plan: Plan,
+        argv: Vec<CString>,
+        envp: Vec<CString>,
+        cwd: Option<CString>,
+        groups: Vec<libc::gid_t>,
+        candidates: Vec<CString>,
+        shell_argv: Vec<*const c_char>,
+        env_ptrs: Vec<*const c_char>,
+        candidate_ptrs: Vec<*const c_char>,
+    }
+
+    // SAFETY: the raw pointers point into the slot's own vectors (or static
+    // strings); the slot only moves between threads under the pool's lock.
+    unsafe impl Send for Slot {}
+
+    #[derive(Default)]
+    struct Pool {
+        /// Boxed so a slot never moves when the vector grows: a running
+        /// child reads it, and the kernel writes its `busy` word.
+        #[allow(clippy::vec_box)]
+        slots: Vec<Box<Slot>>,
+        /// (pid, errno, program) of failed execs moved out of reused slots.
+        failed: VecDeque<(i32, i32, CString)>,
+    }
+
+    static POOL: Mutex<Pool> = Mutex::new(Pool {
+        slots: Vec::new(),
+        failed: VecDeque::new(),
+    });
+
+    fn pool() -> std::sync::MutexGuard<'static, Pool> {
+        POOL.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Where execvp would look for `name`, from the daemon's PATH (which
+    /// does not change while it runs).
+    fn candidates(name: &CString) -> Vec<CString> {
+        static PATH: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
+        let bytes = name.as_bytes();
+        if bytes.contains(&b'/') {
+            return vec![name.clone()];
         }
-        pid
-    };
-    drop(stack);
-    if shared.errno != 0 {
-        // The child exited before exec; reap it here, it was never ours.
-        // SAFETY: waitpid on the pid we just created.
-        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
-        return Err(io::Error::from_raw_os_error(shared.errno));
+        let dirs = PATH.get_or_init(|| {
+            let path = std::env::var_os("PATH");
+            let path = path
+                .as_deref()
+                .map_or(&b"/bin:/usr/bin"[..], |p| p.as_bytes());
+            path.split(|&b| b == b':').map(<[u8]>::to_vec).collect()
+        });
+        dirs.iter()
+            .filter_map(|dir| {
+                let mut full = dir.clone();
+                if !full.is_empty() {
+                    full.push(b'/');
+                }
+                full.extend_from_slice(bytes);
+                CString::new(full).ok()
+            })
+            .collect()
     }
-    Ok(pid as u32)
-}
 
-/// The child between clone and exec: raw system calls only (glibc's
-/// set*id wrappers would signal the parent's threads; malloc could
-/// deadlock).
-#[cfg(target_os = "linux")]
-extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
-    // SAFETY: `arg` is the parent's `Shared`, alive until we exec or exit.
-    unsafe {
-        let s = &mut *arg.cast::<Shared>();
-        let fail = |s: &mut Shared| -> ! {
-            s.errno = *libc::__errno_location();
-            libc::_exit(127)
+    fn pointers(strings: &[CString], into: &mut Vec<*const c_char>) {
+        into.clear();
+        into.extend(strings.iter().map(|c| c.as_ptr()));
+        into.push(std::ptr::null());
+    }
+
+    pub fn spawn(req: Request<'_>) -> io::Result<u32> {
+        let mut pool = pool();
+        let free = pool
+            .slots
+            .iter()
+            .position(|s| s.busy.load(Ordering::Acquire) == 0);
+        let at = match free {
+            Some(at) => {
+                let slot = &mut pool.slots[at];
+                let errno = slot.errno.swap(0, Ordering::Relaxed);
+                if errno != 0 {
+                    let failed = (slot.pid, errno, slot.argv.swap_remove(0));
+                    if pool.failed.len() == FAILED_KEPT {
+                        pool.failed.pop_front();
+                    }
+                    pool.failed.push_back(failed);
+                }
+                at
+            }
+            None => {
+                pool.slots.push(Box::new(Slot {
+                    busy: AtomicI32::new(0),
+                    errno: AtomicI32::new(0),
+                    pid: 0,
+                    // Reserved, never written by us: only the few pages
+                    // the child touches become resident.
+                    stack: Vec::with_capacity(STACK_BYTES / 16),
+                    plan: Plan {
+                        shell_argv: std::ptr::null_mut(),
+                        envp: std::ptr::null(),
+                        candidates: std::ptr::null(),
+                        n_candidates: 0,
+                        cwd: std::ptr::null(),
+                        creds: None,
+                        fds: [-1; 3],
+                        errno: std::ptr::null(),
+                    },
+                    argv: Vec::new(),
+                    envp: Vec::new(),
+                    cwd: None,
+                    groups: Vec::new(),
+                    candidates: Vec::new(),
+                    shell_argv: Vec::new(),
+                    env_ptrs: Vec::new(),
+                    candidate_ptrs: Vec::new(),
+                }));
+                pool.slots.len() - 1
+            }
         };
-        // Handlers do not survive exec, but one must not run before it;
-        // ignored signals (Rust ignores SIGPIPE) would survive it.
-        let mut dfl: libc::sigaction = std::mem::zeroed();
-        dfl.sa_sigaction = libc::SIG_DFL;
-        for sig in 1..=64 {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::syscall(
-                    libc::SYS_rt_sigaction,
-                    sig,
-                    &dfl as *const libc::sigaction,
-                    std::ptr::null_mut::<libc::sigaction>(),
-                    8usize,
-                );
+        let slot = &mut *pool.slots[at];
+
+        slot.candidates = candidates(&req.argv[0]);
+        slot.argv = req.argv;
+        slot.envp = req.envp;
+        slot.cwd = req.cwd;
+        let ids = req.creds.map(|c| {
+            slot.groups = c.groups;
+            (c.uid, c.gid)
+        });
+        slot.shell_argv.clear();
+        slot.shell_argv.push(SHELL.as_ptr());
+        slot.shell_argv.extend(slot.argv.iter().map(|c| c.as_ptr()));
+        slot.shell_argv.push(std::ptr::null());
+        pointers(&slot.envp, &mut slot.env_ptrs);
+        pointers(&slot.candidates, &mut slot.candidate_ptrs);
+        slot.plan = Plan {
+            shell_argv: slot.shell_argv.as_mut_ptr(),
+            envp: slot.env_ptrs.as_ptr(),
+            candidates: slot.candidate_ptrs.as_ptr(),
+            n_candidates: slot.candidates.len(),
+            cwd: slot.cwd.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+            creds: ids.map(|(uid, gid)| (uid, gid, slot.groups.as_ptr(), slot.groups.len())),
+            fds: req.stdio.map(|fd| fd.as_raw_fd()),
+            errno: &slot.errno,
+        };
+        slot.busy.store(1, Ordering::Relaxed);
+
+        // SAFETY: the child runs `child_main` on the slot's stack and reads
+        // only the slot, which nobody writes until the kernel has zeroed
+        // `busy`; it makes raw system calls only (no errno: it shares our
+        // thread-local storage). Every signal is blocked around the clone so
+        // no handler of ours runs in the child before it resets them.
+        let pid = unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+            let top = slot
+                .stack
+                .as_mut_ptr()
+                .add(slot.stack.capacity())
+                .cast::<libc::c_void>();
+            let pid = libc::clone(
+                child_main,
+                top,
+                libc::CLONE_VM | libc::CLONE_CHILD_CLEARTID | libc::SIGCHLD,
+                (&raw mut slot.plan).cast(),
+                std::ptr::null_mut::<libc::pid_t>(),
+                std::ptr::null_mut::<libc::c_void>(),
+                slot.busy.as_ptr(),
+            );
+            let clone_errno = io::Error::last_os_error();
+            libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+            if pid < 0 {
+                slot.busy.store(0, Ordering::Relaxed);
+                return Err(clone_errno);
             }
-        }
-        if libc::syscall(libc::SYS_setpgid, 0, 0) != 0 {
-            fail(s);
-        }
-        if let Some((uid, gid, groups, n)) = s.creds
-            && (libc::syscall(libc::SYS_setgroups, n, groups) != 0
-                || libc::syscall(libc::SYS_setresgid, gid, gid, gid) != 0
-                || libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0)
-        {
-            fail(s);
-        }
-        if !s.cwd.is_null() && libc::syscall(libc::SYS_chdir, s.cwd) != 0 {
-            fail(s);
-        }
-        for (target, fd) in s.fds.into_iter().enumerate() {
-            if libc::syscall(libc::SYS_dup2, fd, target) < 0 {
-                fail(s);
+            pid
+        };
+        slot.pid = pid;
+        Ok(pid as u32)
+    }
+
+    /// `program: reason` for a child that exited because its exec failed.
+    pub fn start_error(pid: u32) -> Option<io::Error> {
+        let pid = pid as i32;
+        let mut pool = pool();
+        let from_slot = pool.slots.iter().find_map(|s| {
+            if s.pid != pid || s.busy.load(Ordering::Acquire) != 0 {
+                return None;
             }
+            let errno = s.errno.swap(0, Ordering::Relaxed);
+            (errno != 0).then(|| (errno, s.argv[0].clone()))
+        });
+        let (errno, program) = from_slot.or_else(|| {
+            let at = pool.failed.iter().position(|f| f.0 == pid)?;
+            pool.failed.remove(at).map(|(_, e, p)| (e, p))
+        })?;
+        let e = io::Error::from_raw_os_error(errno);
+        Some(io::Error::new(
+            e.kind(),
+            format!("{}: {e}", program.to_string_lossy()),
+        ))
+    }
+
+    /// A system call without libc's wrapper: the child must not write
+    /// `errno`, which lives in the parent thread's storage. Returns the
+    /// result or `-errno`.
+    unsafe fn sys(n: c_long, a: usize, b: usize, c: usize, d: usize) -> isize {
+        let ret: isize;
+        // SAFETY: the caller passes a valid system call and arguments.
+        unsafe {
+            std::arch::asm!(
+                "syscall",
+                inlateout("rax") n as isize => ret,
+                in("rdi") a,
+                in("rsi") b,
+                in("rdx") c,
+                in("r10") d,
+                lateout("rcx") _,
+                lateout("r11") _,
+                options(nostack),
+            );
         }
-        let empty: libc::sigset_t = std::mem::zeroed();
-        libc::syscall(
-            libc::SYS_rt_sigprocmask,
-            libc::SIG_SETMASK,
-            &empty as *const libc::sigset_t,
-            std::ptr::null_mut::<libc::sigset_t>(),
-            8usize,
-        );
-        libc::execvpe(*s.argv, s.argv, s.envp);
-        fail(s)
+        ret
+    }
+
+    /// The child between clone and exec.
+    extern "C" fn child_main(arg: *mut libc::c_void) -> c_int {
+        // SAFETY: `arg` is the slot's plan, alive and unchanged until we
+        // exec or exit; every pointer in it is into the slot.
+        unsafe {
+            let p = &*arg.cast::<Plan>();
+            let fail = |r: isize| -> ! {
+                (*p.errno).store(-r as i32, Ordering::Release);
+                loop {
+                    sys(libc::SYS_exit_group, 127, 0, 0, 0);
+                }
+            };
+            // Handlers do not survive exec, but one must not run before
+            // it; ignored signals (Rust ignores SIGPIPE) would survive it.
+            // struct kernel_sigaction: SIG_DFL, no flags, empty mask.
+            let dfl = [0u64; 4];
+            for sig in 1..=64 {
+                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                    sys(
+                        libc::SYS_rt_sigaction,
+                        sig as usize,
+                        dfl.as_ptr() as usize,
+                        0,
+                        8,
+                    );
+                }
+            }
+            let ok = |r: isize| if r < 0 { fail(r) } else { r };
+            ok(sys(libc::SYS_setpgid, 0, 0, 0, 0));
+            if let Some((uid, gid, groups, n)) = p.creds {
+                ok(sys(libc::SYS_setgroups, n, groups as usize, 0, 0));
+                ok(sys(
+                    libc::SYS_setresgid,
+                    gid as usize,
+                    gid as usize,
+                    gid as usize,
+                    0,
+                ));
+                ok(sys(
+                    libc::SYS_setresuid,
+                    uid as usize,
+                    uid as usize,
+                    uid as usize,
+                    0,
+                ));
+            }
+            if !p.cwd.is_null() {
+                ok(sys(libc::SYS_chdir, p.cwd as usize, 0, 0, 0));
+            }
+            for (target, fd) in p.fds.into_iter().enumerate() {
+                ok(sys(libc::SYS_dup2, fd as usize, target, 0, 0));
+            }
+            let empty = 0u64;
+            sys(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_SETMASK as usize,
+                &raw const empty as usize,
+                0,
+                8,
+            );
+
+            // execvp's search, with its rules for which errors go on.
+            let argv = p.shell_argv.add(1);
+            let envp = p.envp as usize;
+            let mut denied = false;
+            let mut last = -(libc::ENOENT as isize);
+            for i in 0..p.n_candidates {
+                let path = *p.candidates.add(i);
+                last = sys(libc::SYS_execve, path as usize, argv as usize, envp, 0);
+                match -last as c_int {
+                    libc::ENOEXEC => {
+                        *argv = path;
+                        fail(sys(
+                            libc::SYS_execve,
+                            SHELL.as_ptr() as usize,
+                            p.shell_argv as usize,
+                            envp,
+                            0,
+                        ));
+                    }
+                    libc::EACCES => denied = true,
+                    libc::ENOENT
+                    | libc::ENOTDIR
+                    | libc::ESTALE
+                    | libc::ENODEV
+                    | libc::ETIMEDOUT => {}
+                    _ => fail(last),
+                }
+            }
+            fail(if denied {
+                -(libc::EACCES as isize)
+            } else {
+                last
+            })
+        }
     }
 }
 
@@ -243,6 +478,9 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
 mod tests {
     use super::*;
     use std::io::Read;
+    use std::os::fd::{AsFd, OwnedFd};
+
+    type Spawner = fn(Request<'_>) -> io::Result<u32>;
 
     fn pipe() -> (OwnedFd, OwnedFd) {
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap()
@@ -253,7 +491,7 @@ mod tests {
     }
 
     /// Runs `sh -c script` with stdout to a pipe and returns what it wrote.
-    fn run(spawner: fn(&Request) -> io::Result<u32>, argv: &[&str]) -> String {
+    fn run(spawner: Spawner, argv: &[&str]) -> String {
         // As the daemon does: nothing inherited by the test may leak.
         crate::os::init_process();
         let (r, w) = pipe();
@@ -263,10 +501,10 @@ mod tests {
             envp: vec![cs("PATH=/usr/bin:/bin"), cs("GREETING=hi there")],
             cwd: Some(cs("/tmp")),
             creds: None,
-            stdio: [null.try_clone().unwrap(), w.try_clone().unwrap(), w],
+            stdio: [null.as_fd(), w.as_fd(), w.as_fd()],
         };
-        let pid = spawner(&req).unwrap();
-        drop(req);
+        let pid = spawner(req).unwrap();
+        drop(w);
         let mut out = String::new();
         std::fs::File::from(r).read_to_string(&mut out).unwrap();
         let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None);
@@ -320,7 +558,7 @@ mod tests {
     #[test]
     fn the_child_has_only_descriptors_0_1_2() {
         crate::os::init_process();
-        for spawner in [spawn, spawn_std] {
+        for spawner in [spawn as Spawner, spawn_std] {
             let (r, w) = pipe();
             let null: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
             let req = Request {
@@ -328,10 +566,10 @@ mod tests {
                 envp: vec![],
                 cwd: None,
                 creds: None,
-                stdio: [r, null.try_clone().unwrap(), null],
+                stdio: [r.as_fd(), null.as_fd(), null.as_fd()],
             };
-            let pid = spawner(&req).unwrap();
-            drop(req);
+            let pid = spawner(req).unwrap();
+            drop(r);
             // The shell ends up waiting on its stdin; look at it from
             // outside once the dynamic loader has closed its own files.
             let fds = |pid| -> Vec<String> {
@@ -358,23 +596,104 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_missing_program_is_an_error_not_a_child() {
-        let null: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
-        for spawner in [spawn, spawn_std] {
-            let req = Request {
-                argv: vec![cs("/nonexistent/prog")],
-                envp: vec![],
-                cwd: None,
-                creds: None,
-                stdio: [
-                    null.try_clone().unwrap(),
-                    null.try_clone().unwrap(),
-                    null.try_clone().unwrap(),
-                ],
-            };
-            let e = spawner(&req).unwrap_err();
-            assert_eq!(e.kind(), io::ErrorKind::NotFound);
+    fn no_stdio(null: &OwnedFd) -> [BorrowedFd<'_>; 3] {
+        [null.as_fd(), null.as_fd(), null.as_fd()]
+    }
+
+    fn request<'a>(argv: &[&str], stdio: [BorrowedFd<'a>; 3]) -> Request<'a> {
+        Request {
+            argv: argv.iter().map(|a| cs(a)).collect(),
+            envp: vec![],
+            cwd: None,
+            creds: None,
+            stdio,
         }
+    }
+
+    /// The exit code of `pid`, and why it could not exec, if it could not.
+    fn outcome(pid: u32) -> (i32, Option<io::Error>) {
+        let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None);
+        let Ok(nix::sys::wait::WaitStatus::Exited(_, code)) = status else {
+            panic!("{status:?}");
+        };
+        (code, start_error(pid))
+    }
+
+    #[test]
+    fn a_missing_program_is_an_error() {
+        let null: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+        let e = spawn_std(request(&["/nonexistent/prog"], no_stdio(&null))).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        // The clone path does not wait for the exec: the child reports it.
+        match spawn(request(&["/nonexistent/prog"], no_stdio(&null))) {
+            Err(e) => assert_eq!(e.kind(), io::ErrorKind::NotFound),
+            Ok(pid) => {
+                let (code, why) = outcome(pid);
+                assert_eq!(code, 127);
+                assert_eq!(why.map(|e| e.kind()), Some(io::ErrorKind::NotFound));
+                assert!(start_error(pid).is_none(), "reported once");
+            }
+        }
+        // Not found anywhere in PATH.
+        if let Ok(pid) = spawn(request(&["no-such-program-wininetd"], no_stdio(&null))) {
+            let (code, why) = outcome(pid);
+            assert_eq!(code, 127);
+            assert_eq!(why.map(|e| e.kind()), Some(io::ErrorKind::NotFound));
+        }
+    }
+
+    #[test]
+    fn a_file_without_exec_permission_is_refused_and_a_script_without_a_shebang_runs_in_sh() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("script");
+        std::fs::write(&script, "echo from-sh \"$1\"\n").unwrap();
+        let path = script.to_str().unwrap();
+        let null: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+        if let Ok(pid) = spawn(request(&[path], no_stdio(&null))) {
+            let (code, why) = outcome(pid);
+            assert_eq!(code, 127);
+            assert_eq!(why.map(|e| e.kind()), Some(io::ErrorKind::PermissionDenied));
+        }
+
+        // execvp's rule, kept by the clone path (std's Command lacks it).
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        if cfg!(all(target_os = "linux", target_arch = "x86_64")) {
+            assert_eq!(run(spawn, &[path, "arg one"]), "from-sh arg one\n");
+        }
+    }
+
+    #[test]
+    fn children_started_back_to_back_each_get_their_own_arguments() {
+        // No wait for exec between spawns: each child must keep reading
+        // its own slot while the next ones are being started.
+        crate::os::init_process();
+        let (r, w) = pipe();
+        let null: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+        let n = 200;
+        let pids: Vec<u32> = (0..n)
+            .map(|i| {
+                let arg = format!("child-{i}");
+                spawn(request(
+                    &["/bin/echo", &arg],
+                    [null.as_fd(), w.as_fd(), null.as_fd()],
+                ))
+                .unwrap()
+            })
+            .collect();
+        drop(w);
+        let mut out = String::new();
+        std::fs::File::from(r).read_to_string(&mut out).unwrap();
+        for pid in pids {
+            assert_eq!(outcome(pid).0, 0);
+        }
+        let mut got: Vec<&str> = out.lines().collect();
+        got.sort();
+        let mut want: Vec<String> = (0..n).map(|i| format!("child-{i}")).collect();
+        want.sort();
+        assert_eq!(got, want);
     }
 }

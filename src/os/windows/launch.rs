@@ -646,8 +646,9 @@ impl Exits {
         Ok(Exits { rx })
     }
 
-    /// The next program that ended, with its exit code.
-    pub async fn next(&mut self) -> (u32, ExitStatus) {
+    /// The next program that ended, with its exit code (CreateProcess
+    /// reports a program that cannot start at once, so never `Err`).
+    pub async fn next(&mut self) -> crate::os::Exit {
         loop {
             let Some(pid) = self.rx.recv().await else {
                 return std::future::pending().await;
@@ -662,7 +663,7 @@ impl Exits {
                 UnregisterWait(r.wait as HANDLE);
                 GetExitCodeProcess(r.process.as_raw_handle() as HANDLE, &mut code);
             }
-            return (pid, ExitStatus::from_raw(code));
+            return (pid, Ok(ExitStatus::from_raw(code)));
         }
     }
 }
