@@ -11,8 +11,8 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use nix::unistd::{Gid, Uid, User};
-use tokio::signal::unix::{Signal, SignalKind, signal};
 
+use super::signals::{Signals, block_taken};
 use super::spawn::{Creds, Request, spawn, start_error};
 use crate::config::{RunAs, StderrMode};
 use crate::os::{ChildStdio, Exit, LaunchError, LaunchSpec, Launched};
@@ -221,8 +221,10 @@ fn resolve_user(name: &str) -> Result<Account, LaunchError> {
 /// Makes sure 0, 1 and 2 are open (so no socket or pipe of ours can take
 /// those numbers and be clobbered when a program's stdio is set up), and
 /// marks every descriptor we inherited beyond them close-on-exec, so that
-/// whatever started us cannot leak a descriptor into a program.
+/// whatever started us cannot leak a descriptor into a program. Also blocks
+/// the signals read later by signalfd, before any thread exists.
 pub fn init_process() {
+    block_taken();
     for fd in 0..=2 {
         // SAFETY: F_GETFD only queries; /dev/null is opened without
         // O_CLOEXEC on purpose, to fill the missing standard descriptor.
@@ -288,14 +290,14 @@ pub fn check_users<'a>(users: impl Iterator<Item = &'a str>) -> Result<(), Strin
 /// One SIGCHLD stream and `waitpid(-1)`: no thread and no task per child, so
 /// memory does not grow with the number of sessions.
 pub struct Exits {
-    sigchld: Signal,
+    sigchld: Signals,
     ready: VecDeque<(u32, ExitStatus)>,
 }
 
 impl Exits {
     pub fn new() -> io::Result<Exits> {
         Ok(Exits {
-            sigchld: signal(SignalKind::child())?,
+            sigchld: Signals::new(&[nix::sys::signal::Signal::SIGCHLD])?,
             ready: VecDeque::new(),
         })
     }
@@ -310,7 +312,11 @@ impl Exits {
             if let Some((pid, status)) = self.ready.pop_front() {
                 return (pid, start_error(pid).map_or(Ok(status), Err));
             }
-            self.sigchld.recv().await;
+            if let Err(e) = self.sigchld.recv().await {
+                // Not expected; poll rather than never reap again.
+                tracing::error!("cannot read SIGCHLD: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
         }
     }
 

@@ -2,6 +2,7 @@
 
 mod launch;
 mod service;
+mod signals;
 mod spawn;
 
 pub use launch::{Exits, PipeReader, PipeWriter, check_users, init_process, launch, terminate};

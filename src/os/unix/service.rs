@@ -5,15 +5,15 @@ use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use tokio::signal::unix::{Signal, SignalKind, signal};
+use nix::sys::signal::Signal;
+
+use super::signals::Signals;
 
 use crate::os::{Control, HostStatus, ServiceHost};
 
 /// Signals in, sd_notify out.
 pub struct Host {
-    hup: Signal,
-    term: Signal,
-    int: Signal,
+    signals: Signals,
     notify: Option<(UnixDatagram, String)>,
 }
 
@@ -24,9 +24,7 @@ impl Host {
             _ => None,
         };
         Ok(Host {
-            hup: signal(SignalKind::hangup())?,
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
+            signals: Signals::new(&[Signal::SIGHUP, Signal::SIGTERM, Signal::SIGINT])?,
             notify,
         })
     }
@@ -35,10 +33,14 @@ impl Host {
 impl ServiceHost for Host {
     /// SIGHUP asks for a reload; SIGTERM and SIGINT for a stop.
     async fn next(&mut self) -> Control {
-        tokio::select! {
-            _ = self.hup.recv() => Control::Reload,
-            _ = self.term.recv() => Control::Stop,
-            _ = self.int.recv() => Control::Stop,
+        match self.signals.recv().await {
+            Ok(Signal::SIGHUP) => Control::Reload,
+            Ok(_) => Control::Stop,
+            Err(e) => {
+                // Not expected: without signals nobody could stop us.
+                tracing::error!("cannot read signals: {e}; stopping");
+                Control::Stop
+            }
         }
     }
 

@@ -84,20 +84,26 @@ pub fn spawn_std(req: Request<'_>) -> io::Result<u32> {
     if let Some(dir) = &req.cwd {
         cmd.current_dir(os(dir));
     }
-    if let Some(c) = &req.creds {
-        let (uid, gid, groups) = (c.uid, c.gid, c.groups.clone());
-        // SAFETY: only async-signal-safe system calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setgroups(groups.len() as _, groups.as_ptr()) != 0
-                    || libc::setgid(gid) != 0
-                    || libc::setuid(uid) != 0
-                {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+    let creds = req.creds.as_ref().map(|c| (c.uid, c.gid, c.groups.clone()));
+    // SAFETY: only async-signal-safe system calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // The daemon blocks the signals it reads by signalfd; std
+            // leaves the mask as it is.
+            let empty = nix::sys::signal::SigSet::empty();
+            let rc = libc::pthread_sigmask(libc::SIG_SETMASK, empty.as_ref(), std::ptr::null_mut());
+            if rc != 0 {
+                return Err(io::Error::from_raw_os_error(rc));
+            }
+            if let Some((uid, gid, groups)) = &creds
+                && (libc::setgroups(groups.len() as _, groups.as_ptr()) != 0
+                    || libc::setgid(*gid) != 0
+                    || libc::setuid(*uid) != 0)
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
     let [a, b, c] = &req.stdio;
     cmd.stdin(Stdio::from(a.try_clone_to_owned()?))
@@ -299,19 +305,15 @@ mod clone {
         // SAFETY: the child runs `child_main` on the slot's stack and reads
         // only the slot, which nobody writes until the kernel has zeroed
         // `busy`; it makes raw system calls only (no errno: it shares our
-        // thread-local storage). Every signal is blocked around the clone so
-        // no handler of ours runs in the child before it resets them.
+        // thread-local storage). No handler of ours can run in it before it
+        // resets dispositions: the daemon installs none (see `signals`).
         let pid = unsafe {
-            let mut all: libc::sigset_t = std::mem::zeroed();
-            let mut old: libc::sigset_t = std::mem::zeroed();
-            libc::sigfillset(&mut all);
-            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
             let top = slot
                 .stack
                 .as_mut_ptr()
                 .add(slot.stack.capacity())
                 .cast::<libc::c_void>();
-            let pid = libc::clone(
+            libc::clone(
                 child_main,
                 top,
                 libc::CLONE_VM | libc::CLONE_CHILD_CLEARTID | libc::SIGCHLD,
@@ -319,15 +321,12 @@ mod clone {
                 std::ptr::null_mut::<libc::pid_t>(),
                 std::ptr::null_mut::<libc::c_void>(),
                 slot.busy.as_ptr(),
-            );
-            let clone_errno = io::Error::last_os_error();
-            libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-            if pid < 0 {
-                slot.busy.store(0, Ordering::Relaxed);
-                return Err(clone_errno);
-            }
-            pid
+            )
         };
+        if pid < 0 {
+            slot.busy.store(0, Ordering::Relaxed);
+            return Err(io::Error::last_os_error());
+        }
         slot.pid = pid;
         Ok(pid as u32)
     }
@@ -533,14 +532,20 @@ mod tests {
 
     #[test]
     fn the_child_starts_with_no_signal_blocked_or_ignored() {
-        // Rust ignores SIGPIPE in this process, and whatever started us
-        // may have ignored more; the program must start clean.
+        // Rust ignores SIGPIPE in this process, whatever started us may
+        // have ignored more, and the daemon blocks the signals it reads by
+        // signalfd (`init_process`, called by `run`); the program must
+        // start clean.
         let masks = ["grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"];
+        crate::os::init_process();
+        let mine = nix::sys::signal::SigSet::thread_get_mask().unwrap();
+        assert!(!cfg!(target_os = "linux") || mine.contains(nix::sys::signal::Signal::SIGCHLD));
         assert_eq!(
             run(spawn, &masks),
             "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n"
         );
-        // The portable path resets SIGPIPE only (signal 13: bit 12 of SigIgn).
+        // The portable path resets the mask and SIGPIPE (signal 13: bit 12
+        // of SigIgn), not other ignored signals.
         let std_masks = run(spawn_std, &masks);
         let ign = std_masks
             .lines()
