@@ -1,7 +1,8 @@
 //! Starting a program on a connection, and reaping it, on Unix.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -152,8 +153,9 @@ fn dev_null() -> Result<BorrowedFd<'static>, LaunchError> {
 }
 
 /// The daemon's environment with `extra` set on top, as `KEY=value`
-/// strings. The daemon's own part is captured once: it does not change.
-fn environment(extra: &[(&str, &str)]) -> Result<Vec<CString>, std::ffi::NulError> {
+/// strings. The daemon's own part is captured once (it does not change)
+/// and borrowed by every program's.
+fn environment(extra: &[(&str, &str)]) -> Result<Vec<Cow<'static, CStr>>, std::ffi::NulError> {
     static BASE: OnceLock<Vec<(Vec<u8>, CString)>> = OnceLock::new();
     let base = BASE.get_or_init(|| {
         std::env::vars_os()
@@ -165,17 +167,18 @@ fn environment(extra: &[(&str, &str)]) -> Result<Vec<CString>, std::ffi::NulErro
             })
             .collect()
     });
-    let mut env: Vec<CString> = base
-        .iter()
-        .filter(|(k, _)| !extra.iter().any(|(e, _)| e.as_bytes() == k.as_slice()))
-        .map(|(_, kv)| kv.clone())
-        .collect();
+    let mut env: Vec<Cow<'static, CStr>> = Vec::with_capacity(base.len() + extra.len());
+    env.extend(
+        base.iter()
+            .filter(|(k, _)| !extra.iter().any(|(e, _)| e.as_bytes() == k.as_slice()))
+            .map(|(_, kv)| Cow::Borrowed(kv.as_c_str())),
+    );
     for (i, (k, v)) in extra.iter().enumerate() {
         // A later setting of the same variable wins.
         if extra[i + 1..].iter().any(|(later, _)| later == k) {
             continue;
         }
-        env.push(CString::new(format!("{k}={v}"))?);
+        env.push(Cow::Owned(CString::new(format!("{k}={v}"))?));
     }
     Ok(env)
 }

@@ -9,7 +9,8 @@
 //! failed exec leaves its errno there for [`start_error`]. Other Unix
 //! systems (and other architectures) use `std::process::Command`.
 
-use std::ffi::CString;
+use std::borrow::Cow;
+use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::BorrowedFd;
 
@@ -17,8 +18,9 @@ use std::os::fd::BorrowedFd;
 pub struct Request<'a> {
     /// argv; `argv[0]` is also the program, looked up in PATH without '/'.
     pub argv: Vec<CString>,
-    /// The complete environment, `KEY=value` each.
-    pub envp: Vec<CString>,
+    /// The complete environment, `KEY=value` each; the daemon's own
+    /// variables are borrowed, not copied for each program.
+    pub envp: Vec<Cow<'static, CStr>>,
     pub cwd: Option<CString>,
     pub creds: Option<Creds>,
     /// What becomes fd 0, 1 and 2 (all >= 3 in our process, see
@@ -73,7 +75,7 @@ pub fn spawn_std(req: Request<'_>) -> io::Result<u32> {
         .env_clear()
         .process_group(0);
     for kv in &req.envp {
-        let kv = kv.as_bytes();
+        let kv = kv.to_bytes();
         if let Some(eq) = kv.iter().position(|&b| b == b'=') {
             cmd.env(
                 OsStr::from_bytes(&kv[..eq]),
@@ -114,6 +116,7 @@ pub fn spawn_std(req: Request<'_>) -> io::Result<u32> {
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod clone {
+    use std::borrow::Cow;
     use std::collections::VecDeque;
     use std::ffi::{CStr, CString};
     use std::io;
@@ -160,7 +163,7 @@ mod clone {
         stack: Vec<u128>,
         plan: Plan,
         argv: Vec<CString>,
-        envp: Vec<CString>,
+        envp: Vec<Cow<'static, CStr>>,
         cwd: Option<CString>,
         groups: Vec<libc::gid_t>,
         candidates: Vec<CString>,
@@ -219,9 +222,9 @@ mod clone {
             .collect()
     }
 
-    fn pointers(strings: &[CString], into: &mut Vec<*const c_char>) {
+    fn pointers<S: AsRef<CStr>>(strings: &[S], into: &mut Vec<*const c_char>) {
         into.clear();
-        into.extend(strings.iter().map(|c| c.as_ptr()));
+        into.extend(strings.iter().map(|c| c.as_ref().as_ptr()));
         into.push(std::ptr::null());
     }
 
@@ -497,7 +500,10 @@ mod tests {
         let null: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
         let req = Request {
             argv: argv.iter().map(|a| cs(a)).collect(),
-            envp: vec![cs("PATH=/usr/bin:/bin"), cs("GREETING=hi there")],
+            envp: vec![
+                Cow::Owned(cs("PATH=/usr/bin:/bin")),
+                Cow::Borrowed(c"GREETING=hi there"),
+            ],
             cwd: Some(cs("/tmp")),
             creds: None,
             stdio: [null.as_fd(), w.as_fd(), w.as_fd()],
