@@ -752,6 +752,30 @@ fn a_udp_wait_program_that_fails_at_once_is_restarted_at_most_once_a_second() {
 }
 
 #[test]
+fn a_udp_wait_program_that_cannot_be_exec_d_drops_its_datagram_and_is_not_retried() {
+    use std::net::UdpSocket;
+    let port = free_port_tcp_udp();
+    let config = format!(
+        "[[service]]\nport = {port}\nbind = [\"127.0.0.1\"]\nprotocol = \"udp\"\nwait = true\ncommand = [\"/nonexistent/udp-program\"]\n"
+    );
+    let d = Daemon::start("x.toml", &config, &[]);
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.send_to(b"first", ("127.0.0.1", port)).unwrap();
+    let log = d.wait_log("cannot start the program", LOG_WAIT);
+    assert!(
+        log.contains("/nonexistent/udp-program: No such file or directory"),
+        "{log}"
+    );
+    // The datagram is gone: nothing starts again until another comes.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(d.started(), 1, "{}", d.log());
+    s.send_to(b"second", ("127.0.0.1", port)).unwrap();
+    d.wait_log_count("cannot start the program", 2, LOG_WAIT);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(d.started(), 2, "{}", d.log());
+}
+
+#[test]
 fn under_a_steady_flood_programs_are_reaped_and_nothing_is_refused() {
     // With a small max_connections, programs that ended but were not yet
     // reaped would soon fill it and get connections refused.
