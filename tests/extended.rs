@@ -730,17 +730,23 @@ allow = ["127.0.0.2"]
     );
 }
 
-#[test]
-fn a_udp_wait_program_that_fails_at_once_is_restarted_at_most_once_a_second() {
-    use std::net::UdpSocket;
+/// A daemon serving `program` as a UDP wait service on 127.0.0.1, and a
+/// socket that has sent it `datagram`.
+fn udp_wait_service(program: &str, datagram: &[u8]) -> (Daemon, u16, std::net::UdpSocket) {
     let port = free_port_tcp_udp();
-    // /bin/false never reads the datagram, so it stays readable.
     let config = format!(
-        "[[service]]\nport = {port}\nbind = [\"127.0.0.1\"]\nprotocol = \"udp\"\nwait = true\ncommand = [\"/bin/false\"]\n"
+        "[[service]]\nport = {port}\nbind = [\"127.0.0.1\"]\nprotocol = \"udp\"\nwait = true\ncommand = [\"{program}\"]\n"
     );
     let d = Daemon::start("x.toml", &config, &[]);
-    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.send_to(b"never read", ("127.0.0.1", port)).unwrap();
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.send_to(datagram, ("127.0.0.1", port)).unwrap();
+    (d, port, s)
+}
+
+#[test]
+fn a_udp_wait_program_that_fails_at_once_is_restarted_at_most_once_a_second() {
+    // /bin/false never reads the datagram, so it stays readable.
+    let (d, _, _s) = udp_wait_service("/bin/false", b"never read");
     d.wait_log_count("started", 2, LOG_WAIT);
     std::thread::sleep(Duration::from_secs(3));
     let starts = d.started();
@@ -753,14 +759,7 @@ fn a_udp_wait_program_that_fails_at_once_is_restarted_at_most_once_a_second() {
 
 #[test]
 fn a_udp_wait_program_that_cannot_be_exec_d_drops_its_datagram_and_is_not_retried() {
-    use std::net::UdpSocket;
-    let port = free_port_tcp_udp();
-    let config = format!(
-        "[[service]]\nport = {port}\nbind = [\"127.0.0.1\"]\nprotocol = \"udp\"\nwait = true\ncommand = [\"/nonexistent/udp-program\"]\n"
-    );
-    let d = Daemon::start("x.toml", &config, &[]);
-    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.send_to(b"first", ("127.0.0.1", port)).unwrap();
+    let (d, port, s) = udp_wait_service("/nonexistent/udp-program", b"first");
     let log = d.wait_log("cannot start the program", LOG_WAIT);
     assert!(
         log.contains("/nonexistent/udp-program: No such file or directory"),
