@@ -108,8 +108,10 @@ enum Reference {
     BestPeer,
     /// the peer with the best median of another metric (e.g. internal echo vs cat)
     BestPeerOf(&'static str),
-    /// another series of the subject (e.g. pipe mode vs direct)
-    Subject(&'static str),
+    /// another series of the subject (e.g. pipe mode vs direct): the one
+    /// measured next to it (server name + suffix) when there is one, else
+    /// the subject's own
+    Subject(&'static str, &'static str),
     None,
 }
 
@@ -264,7 +266,7 @@ fn rows() -> Vec<RowSpec> {
         RowSpec {
             subject_suffix: "-pipe",
             show_peers: false,
-            reference: Reference::Subject("stream.mb_per_s"),
+            reference: Reference::Subject("-direct", "stream.mb_per_s"),
             ..row(
                 "(f) stream, pipe handoff: MB/s (÷ direct)",
                 "stream.mb_per_s",
@@ -412,7 +414,9 @@ pub fn render(text: &str, subject: &str, peers: &[String]) -> String {
             Reference::BestPeerOf(m) => {
                 best_peer(&d, peers, m, spec.higher_better).map(|(n, s)| (n.to_string(), s))
             }
-            Reference::Subject(m) => get(subject, m).map(|s| (format!("{subject} direct"), s)),
+            Reference::Subject(suffix, m) => get(&format!("{subject}{suffix}"), m)
+                .map(|s| (format!("{subject} direct, measured alongside"), s))
+                .or_else(|| get(subject, m).map(|s| (format!("{subject} direct"), s))),
             Reference::None => None,
         };
         let ratio = match (subj, &reference) {
@@ -543,6 +547,40 @@ mod tests {
         assert!(rate_row.contains("| yes |"), "{rate_row}");
         // subject median with min–max
         assert!(rate_row.contains("| 1000 (900–1200) |"), "{rate_row}");
+    }
+
+    #[test]
+    fn pipe_is_judged_against_the_direct_stream_measured_alongside_it() {
+        let stream = |server: &str, r: u64, mbps: f64| {
+            line(server, r, "stream", &format!(r#""mb_per_s":{mbps}"#))
+        };
+        let mut l = Vec::new();
+        for (r, (own, paired, pipe)) in [
+            (1, (2000.0, 1000.0, 850.0)),
+            (2, (2000.0, 1200.0, 960.0)),
+            (3, (2000.0, 1100.0, 990.0)),
+        ] {
+            l.push(stream("wininetd", r, own));
+            l.push(stream("wininetd-direct", r, paired));
+            l.push(stream("wininetd-pipe", r, pipe));
+        }
+        let row = |text: &str| {
+            render(text, "wininetd", &["tcpserver".into()])
+                .lines()
+                .find(|l| l.starts_with("| (f) stream, pipe"))
+                .unwrap()
+                .to_string()
+        };
+        // Per round 0.85, 0.80, 0.90 against the paired series.
+        let paired = row(&l.join("\n"));
+        assert!(paired.contains("measured alongside: 1100"), "{paired}");
+        assert!(paired.contains("0.85× (0.80–0.90)"), "{paired}");
+        assert!(paired.contains("| yes |"), "{paired}");
+        // Without it, the subject's own stream series is the reference.
+        l.retain(|x| !x.contains("wininetd-direct"));
+        let own = row(&l.join("\n"));
+        assert!(own.contains("wininetd direct: 2000"), "{own}");
+        assert!(own.contains("| no |"), "{own}");
     }
 
     #[test]
