@@ -404,7 +404,7 @@ run_server_round() { # name round
     local t=127.0.0.1:$port
     alive "$name" || return 0
     # hold first: in round 1 its growth is measured on a fresh process
-    lg hold --target "$t" -n "$HOLD_N" --seconds 1 --ignore-stdin \
+    lg hold --target "$t" -n "$HOLD_N" --seconds 1 --ignore-stdin --warmup 16 \
         --server-pid "$pid" --server "$name" --round "$r"
     lg rate --target "$t" -n "$CONNS" -c "$CONC" --payload-size "$PAYLOAD" \
         --server-pid "$pid" --server "$name" --round "$r"

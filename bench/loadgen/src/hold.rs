@@ -25,6 +25,8 @@ pub struct HoldOpts {
     pub ready_file: Option<PathBuf>,
     pub conn_timeout: Duration,
     pub max_time: Duration,
+    /// Connections served and closed before the first VmRSS reading.
+    pub warmup: usize,
 }
 
 async fn open_one(target: SocketAddr, byte: u8, timeout: Duration) -> Result<TcpStream, Fail> {
@@ -85,6 +87,22 @@ fn stdin_closed() -> tokio::sync::oneshot::Receiver<()> {
 pub async fn run(opts: HoldOpts, probe: ServerProbe) -> (Map<String, Value>, String, bool) {
     let start = Instant::now();
     let deadline = start + opts.max_time;
+    let mut warmed = 0;
+    for i in 0..opts.warmup {
+        if Instant::now() >= deadline {
+            break;
+        }
+        if open_one(opts.target, i as u8, opts.conn_timeout)
+            .await
+            .is_ok()
+        {
+            warmed += 1;
+        }
+    }
+    if opts.warmup > 0 {
+        // Let those programs exit and be reaped before the reading.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     let before = probe.sample();
 
     let next = Arc::new(AtomicUsize::new(0));
@@ -159,6 +177,7 @@ pub async fn run(opts: HoldOpts, probe: ServerProbe) -> (Map<String, Value>, Str
     let mut m = Map::new();
     m.insert("target".into(), json!(opts.target.to_string()));
     m.insert("n".into(), json!(opts.n));
+    m.insert("warmup".into(), json!(warmed));
     m.insert("opened".into(), json!(opened));
     let missing = (opts.n - opened) as u64;
     m.insert("failures".into(), json!(missing));
@@ -196,4 +215,60 @@ pub async fn run(opts: HoldOpts, probe: ServerProbe) -> (Map<String, Value>, Str
         human += &format!("\n  failure: {s}");
     }
     (m, human, missing == 0 && failures.total() == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+
+    /// Echo server on loopback for `total` connections (one byte each, kept
+    /// open until the client closes); counts the connections it accepted.
+    fn echo_server(total: usize) -> (SocketAddr, Arc<AtomicUsize>) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        std::thread::spawn(move || {
+            for _ in 0..total {
+                let Ok((mut s, _)) = l.accept() else { break };
+                count.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    let mut b = [0u8; 1];
+                    while let Ok(1) = s.read(&mut b) {
+                        if s.write_all(&b).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    #[tokio::test]
+    async fn warmup_connections_are_served_before_the_held_ones_and_reported() {
+        let (target, accepted) = echo_server(8);
+        let opts = HoldOpts {
+            target,
+            n: 5,
+            connect_concurrency: 2,
+            hold: Duration::ZERO,
+            watch_stdin: false,
+            ready_file: None,
+            conn_timeout: Duration::from_secs(10),
+            max_time: Duration::from_secs(60),
+            warmup: 3,
+        };
+        let probe = ServerProbe {
+            pid: None,
+            settle: Duration::ZERO,
+        };
+        let (m, human, ok) = run(opts, probe).await;
+        assert!(ok, "{human}");
+        assert_eq!(m["warmup"], 3);
+        assert_eq!(m["opened"], 5);
+        assert_eq!(accepted.load(Ordering::SeqCst), 8);
+    }
 }

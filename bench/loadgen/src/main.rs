@@ -147,6 +147,11 @@ enum Cmd {
         max_seconds: u64,
         #[arg(long, default_value_t = 1, value_parser = RangedU64ValueParser::<usize>::new().range(1..=64))]
         threads: usize,
+        /// Connections served one after another (one byte echoed, then
+        /// closed) before VmRSS is first read, so first-use costs (code
+        /// faulted in, allocator arenas) do not count as per-connection growth
+        #[arg(long, default_value_t = 0, value_parser = RangedU64ValueParser::<usize>::new().range(0..=1000))]
+        warmup: usize,
         #[command(flatten)]
         watch: Watch,
         #[command(flatten)]
@@ -363,6 +368,7 @@ fn main() -> ExitCode {
             conn_timeout,
             max_seconds,
             threads,
+            warmup,
             watch,
             tags,
         } => {
@@ -382,6 +388,7 @@ fn main() -> ExitCode {
                 ready_file,
                 conn_timeout: Duration::from_secs(conn_timeout),
                 max_time: Duration::from_secs(max_seconds),
+                warmup,
             };
             let probe = server::ServerProbe {
                 pid: watch.server_pid,
