@@ -72,7 +72,7 @@ pub fn launch(spec: &LaunchSpec<'_>, stdio: ChildStdio) -> Result<Launched, Laun
         }
     };
     let output = output.as_ref().unwrap_or(&input);
-    let stderr_pipe = match spec.stderr {
+    let log_pipe = match spec.stderr {
         StderrMode::Log => {
             let (r, w) = pipe()?;
             stderr_reader = Some(PipeReader::from_owned_fd(r).map_err(LaunchError::Spawn)?);
@@ -80,10 +80,10 @@ pub fn launch(spec: &LaunchSpec<'_>, stdio: ChildStdio) -> Result<Launched, Laun
         }
         StderrMode::Socket | StderrMode::Null => None,
     };
-    let errors = match spec.stderr {
-        StderrMode::Socket => output.as_fd(),
-        StderrMode::Null => dev_null()?,
-        StderrMode::Log => stderr_pipe.as_ref().unwrap_or(output).as_fd(),
+    let errors = match (&log_pipe, spec.stderr) {
+        (Some(w), _) => w.as_fd(),
+        (None, StderrMode::Null) => dev_null()?,
+        (None, _) => output.as_fd(),
     };
 
     let nul = |what: &str| {

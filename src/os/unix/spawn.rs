@@ -70,7 +70,10 @@ pub fn spawn_std(req: Request<'_>) -> io::Result<u32> {
     use std::process::{Command, Stdio};
 
     let os = |c: &CString| OsStr::from_bytes(c.as_bytes()).to_owned();
-    let mut cmd = Command::new(os(&req.argv[0]));
+    let Some(program) = req.argv.first() else {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "no program"));
+    };
+    let mut cmd = Command::new(os(program));
     cmd.args(req.argv[1..].iter().map(os))
         .env_clear()
         .process_group(0);
@@ -291,6 +294,9 @@ mod clone {
         if bytes.contains(&b'/') {
             return vec![name.clone()];
         }
+        if bytes.is_empty() {
+            return Vec::new(); // execvp's ENOENT
+        }
         let dirs = PATH.get_or_init(|| {
             let path = std::env::var_os("PATH");
             let path = path
@@ -317,6 +323,9 @@ mod clone {
     }
 
     pub fn spawn(req: Request<'_>) -> io::Result<u32> {
+        if req.argv.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "no program"));
+        }
         let mut pool = pool();
         let mut free = pool.slots.iter().position(|s| is_free(s));
         if free.is_none() && pool.slots.len() >= max_starting() {
@@ -770,11 +779,22 @@ mod tests {
                 assert!(start_error(pid).is_none(), "reported once");
             }
         }
-        // Not found anywhere in PATH.
-        if let Ok(pid) = spawn(request(&["no-such-program-wininetd"], no_stdio(&null))) {
-            let (code, why) = outcome(pid);
-            assert_eq!(code, 127);
-            assert_eq!(why.map(|e| e.kind()), Some(io::ErrorKind::NotFound));
+        // Not found anywhere in PATH; an empty name is not looked up.
+        for name in ["no-such-program-wininetd", ""] {
+            if let Ok(pid) = spawn(request(&[name], no_stdio(&null))) {
+                let (code, why) = outcome(pid);
+                assert_eq!(code, 127);
+                assert_eq!(
+                    why.map(|e| e.kind()),
+                    Some(io::ErrorKind::NotFound),
+                    "{name:?}"
+                );
+            }
+        }
+        // No argv at all is refused, not a panic.
+        for spawner in [spawn as Spawner, spawn_std] {
+            let e = spawner(request(&[], no_stdio(&null))).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
         }
     }
 
