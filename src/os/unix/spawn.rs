@@ -3,8 +3,9 @@
 //! On Linux x86-64 wininetd clones with `CLONE_VM | CLONE_CHILD_CLEARTID`
 //! on a stack of its own pool and execs with prebuilt argv/envp: no copy of
 //! the address space, no allocation or lock in the child, and no wait for
-//! the exec either (vfork would block the one thread that accepts until the
-//! program's loader has started). The kernel zeroes a word in the slot when
+//! the exec (vfork would block the one thread that accepts until the
+//! program's loader has started) unless two children per CPU are still
+//! before theirs (see `max_starting`). The kernel zeroes a word in the slot when
 //! the child has exec'd or exited, which is when the slot may be reused; a
 //! failed exec leaves its errno there for [`start_error`]. Other Unix
 //! systems (and other architectures) use `std::process::Command`.
