@@ -208,8 +208,9 @@ mod clone {
     /// and starting more would only have them queue for the CPUs together
     /// and finish late together; waiting for the oldest instead keeps the
     /// other connections in the kernel's accept queue, first come first
-    /// served (loadgen rate 5000 x 16 on 2 CPUs: p99 17 -> 10 ms, same
-    /// conns/s), and bounds the slots' memory.
+    /// served (loadgen rate 5000 x 16 on 2 CPUs: p99 17-18 -> 10-12 ms, for
+    /// ~3 us more of our CPU per connection: we sleep more), and bounds the
+    /// slots' memory.
     fn max_starting() -> usize {
         static MAX: OnceLock<usize> = OnceLock::new();
         *MAX.get_or_init(|| {
