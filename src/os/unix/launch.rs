@@ -14,7 +14,7 @@ use std::time::Instant;
 use nix::unistd::{Gid, Uid, User};
 
 use super::signals::{Signals, block_taken};
-use super::spawn::{Creds, Request, spawn, start_error};
+use super::spawn::{Creds, Request, note_dispositions, spawn, start_error};
 use crate::config::{RunAs, StderrMode};
 use crate::os::{ChildStdio, Exit, LaunchError, LaunchSpec, Launched};
 
@@ -225,9 +225,11 @@ fn resolve_user(name: &str) -> Result<Account, LaunchError> {
 /// those numbers and be clobbered when a program's stdio is set up), and
 /// marks every descriptor we inherited beyond them close-on-exec, so that
 /// whatever started us cannot leak a descriptor into a program. Also blocks
-/// the signals read later by signalfd, before any thread exists.
+/// the signals read later by signalfd, before any thread exists, and notes
+/// which signals a program must have reset (the ignored ones).
 pub fn init_process() {
     block_taken();
+    note_dispositions();
     for fd in 0..=2 {
         // SAFETY: F_GETFD only queries; /dev/null is opened without
         // O_CLOEXEC on purpose, to fill the missing standard descriptor.

@@ -62,6 +62,15 @@ pub fn start_error(_pid: u32) -> Option<io::Error> {
     None
 }
 
+/// Records which signals the children must reset (see `init_process`).
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+pub fn note_dispositions() {
+    clone::note_dispositions()
+}
+
+#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+pub fn note_dispositions() {}
+
 /// The portable path, also tested on Linux.
 #[cfg_attr(all(target_os = "linux", target_arch = "x86_64"), allow(dead_code))]
 pub fn spawn_std(req: Request<'_>) -> io::Result<u32> {
@@ -126,7 +135,7 @@ mod clone {
     use std::io;
     use std::os::fd::AsRawFd;
     use std::os::unix::ffi::OsStrExt;
-    use std::sync::atomic::{AtomicI32, Ordering};
+    use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
     use std::sync::{Mutex, OnceLock};
 
     use libc::{c_char, c_int, c_long};
@@ -143,6 +152,29 @@ mod clone {
     const SLOT_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
     const SHELL: &CStr = c"/bin/sh";
 
+    /// The signals whose disposition is not SIG_DFL in this process (bit
+    /// n: signal n + 1), which a child must reset before exec; all of them
+    /// until [`note_dispositions`] has looked.
+    static NOT_DEFAULT: AtomicU64 = AtomicU64::new(u64::MAX);
+
+    /// Looks at every signal's disposition once (called at start, after
+    /// which the daemon changes none: it reads signals by signalfd), so a
+    /// child resets only those (usually SIGPIPE alone) instead of making 62
+    /// system calls before its exec.
+    pub fn note_dispositions() {
+        let mut set = 0u64;
+        for sig in 1..=64usize {
+            // struct kernel_sigaction; handler first.
+            let mut old = [0u64; 4];
+            // SAFETY: rt_sigaction with no new action only reads into `old`.
+            let r = unsafe { sys(libc::SYS_rt_sigaction, sig, 0, old.as_mut_ptr() as usize, 8) };
+            if r != 0 || old[0] != 0 {
+                set |= 1 << (sig - 1);
+            }
+        }
+        NOT_DEFAULT.store(set, Ordering::Relaxed);
+    }
+
     /// What the child reads: raw pointers into its slot, which the parent
     /// leaves alone until the child has exec'd or exited.
     #[derive(Clone, Copy)]
@@ -157,6 +189,8 @@ mod clone {
         creds: Option<(libc::uid_t, libc::gid_t, *const libc::gid_t, usize)>,
         fds: [c_int; 3],
         errno: *const AtomicI32,
+        /// Bit n set: signal n + 1 is not SIG_DFL here, so the child resets it.
+        to_reset: u64,
     }
 
     /// A child's stack and everything it reads, owned by that child from
@@ -237,6 +271,7 @@ mod clone {
                 creds: None,
                 fds: [-1; 3],
                 errno: std::ptr::null(),
+                to_reset: u64::MAX,
             },
             argv: Vec::new(),
             envp: Vec::new(),
@@ -379,6 +414,7 @@ mod clone {
             cwd: slot.cwd.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
             creds: ids.map(|(uid, gid)| (uid, gid, slot.groups.as_ptr(), slot.groups.len())),
             fds: req.stdio.map(|fd| fd.as_raw_fd()),
+            to_reset: NOT_DEFAULT.load(Ordering::Relaxed),
             errno: &slot.errno,
         };
         slot.busy.store(1, Ordering::Relaxed);
@@ -473,7 +509,10 @@ mod clone {
             // struct kernel_sigaction: SIG_DFL, no flags, empty mask.
             let dfl = [0u64; 4];
             for sig in 1..=64 {
-                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                if p.to_reset & (1 << (sig - 1)) != 0
+                    && sig != libc::SIGKILL
+                    && sig != libc::SIGSTOP
+                {
                     sys(
                         libc::SYS_rt_sigaction,
                         sig as usize,
@@ -679,6 +718,10 @@ mod tests {
         // signalfd (`init_process`, called by `run`); the program must
         // start clean.
         let masks = ["grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"];
+        // As nohup ignores SIGHUP: an ignored signal we inherited (the
+        // daemon notes these at start, in `init_process`).
+        // SAFETY: setting a disposition to SIG_IGN.
+        unsafe { libc::signal(libc::SIGUSR2, libc::SIG_IGN) };
         crate::os::init_process();
         let mine = nix::sys::signal::SigSet::thread_get_mask().unwrap();
         assert!(!cfg!(target_os = "linux") || mine.contains(nix::sys::signal::Signal::SIGCHLD));
