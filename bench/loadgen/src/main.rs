@@ -66,6 +66,15 @@ struct Watch {
     settle_ms: u64,
 }
 
+impl Watch {
+    fn probe(&self) -> server::ServerProbe {
+        server::ServerProbe {
+            pid: self.server_pid,
+            settle: Duration::from_millis(self.settle_ms),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// N short connections, C at a time: send a payload, half-close, verify
@@ -324,10 +333,7 @@ fn main() -> ExitCode {
                 conn_timeout: Duration::from_secs(conn_timeout),
                 max_time: Duration::from_secs(max_seconds),
             };
-            let probe = server::ServerProbe {
-                pid: watch.server_pid,
-                settle: Duration::from_millis(watch.settle_ms),
-            };
+            let probe = watch.probe();
             let (mut m, human, ok) = rt.block_on(rate::run(opts, probe));
             m.insert("threads".into(), json!(threads));
             emit("rate", &tags, m, &human, ok)
@@ -351,10 +357,7 @@ fn main() -> ExitCode {
                 io_timeout: Duration::from_secs(io_timeout),
                 max_time: Duration::from_secs(max_seconds),
             };
-            let probe = server::ServerProbe {
-                pid: watch.server_pid,
-                settle: Duration::from_millis(watch.settle_ms),
-            };
+            let probe = watch.probe();
             let (m, human, ok) = stream::run(opts, probe);
             emit("stream", &tags, m, &human, ok)
         }
@@ -390,10 +393,7 @@ fn main() -> ExitCode {
                 max_time: Duration::from_secs(max_seconds),
                 warmup,
             };
-            let probe = server::ServerProbe {
-                pid: watch.server_pid,
-                settle: Duration::from_millis(watch.settle_ms),
-            };
+            let probe = watch.probe();
             let (m, human, ok) = rt.block_on(hold::run(opts, probe));
             emit("hold", &tags, m, &human, ok)
         }

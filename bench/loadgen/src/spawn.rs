@@ -64,7 +64,11 @@ fn spawn_once(program: &PathBuf, payload: &[u8], fork: bool) -> Result<(), Fail>
         Ok(out)
     })();
     let status = child.wait().map_err(|e| fail("wait", e))?;
-    let out = io?;
+    check_echo(&io?, payload, status)
+}
+
+/// The child must have echoed exactly `payload` and exited with success.
+fn check_echo(out: &[u8], payload: &[u8], status: std::process::ExitStatus) -> Result<(), Fail> {
     if out != payload {
         return Err(Fail {
             kind: "mismatch",
@@ -121,24 +125,7 @@ async fn spawn_once_async(program: &PathBuf, payload: &[u8], fork: bool) -> Resu
     }
     .await;
     let status = child.wait().await.map_err(|e| fail("wait", e))?;
-    let out = io?;
-    if out != payload {
-        return Err(Fail {
-            kind: "mismatch",
-            msg: format!(
-                "mismatch: got {} bytes, not the {} sent",
-                out.len(),
-                payload.len()
-            ),
-        });
-    }
-    if !status.success() {
-        return Err(Fail {
-            kind: "status",
-            msg: format!("status: {status}"),
-        });
-    }
-    Ok(())
+    check_echo(&io?, payload, status)
 }
 
 fn run_async(

@@ -220,7 +220,6 @@ mod clone {
     // strings); the slot only moves between threads under the pool's lock.
     unsafe impl Send for Slot {}
 
-    #[derive(Default)]
     struct Pool {
         /// Boxed so a slot never moves when the vector grows: a running
         /// child reads it, and the kernel writes its `busy` word.
