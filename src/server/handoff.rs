@@ -1,0 +1,116 @@
+//! Handing a connection to a program: its environment, the launch, and
+//! the record the reaper will find.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::AsyncReadExt as _;
+use tracing::{error, info};
+
+use super::{Active, Ctx};
+use crate::admission::Lease;
+use crate::children::Record;
+use crate::config::{self, Program, Protocol, Service};
+use crate::os::{self, ChildStdio, LaunchSpec};
+
+/// Launches the program and records it for the reaper; logs either way.
+pub(super) fn launch(
+    ctx: &Arc<Ctx>,
+    active: &Active,
+    env: &[(String, String)],
+    stdio: ChildStdio,
+    peer: SocketAddr,
+    lease: Lease,
+) -> Option<os::Launched> {
+    let svc = &active.svc;
+    let Program::Command(command) = &svc.program else {
+        return None;
+    };
+    let spec = LaunchSpec {
+        service: &svc.name,
+        command,
+        env,
+        working_directory: svc.working_directory.as_deref(),
+        user: &svc.user,
+        stderr: svc.stderr,
+    };
+    match os::launch(&spec, stdio) {
+        Ok(mut launched) => {
+            info!(service = %svc.name, port = svc.port, %peer, pid = launched.id, "started");
+            if let Some(stderr) = launched.stderr.take() {
+                tokio::spawn(log_stderr(svc.name.clone(), launched.id, stderr));
+            }
+            ctx.children().insert(
+                launched.id,
+                Record {
+                    lease,
+                    started: launched.started,
+                    peer_port: peer.port(),
+                },
+            );
+            Some(launched)
+        }
+        Err(e) => {
+            error!(service = %svc.name, %peer, "{e}");
+            None
+        }
+    }
+}
+
+/// `stderr = "log"`: each line the program writes becomes a log line.
+async fn log_stderr(service: String, pid: os::ChildId, stderr: os::PipeReader) {
+    use tokio::io::AsyncBufReadExt;
+    const MAX_LINE: usize = 4096;
+    let mut reader = tokio::io::BufReader::new(stderr);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let mut limited = (&mut reader).take(MAX_LINE as u64);
+        match limited.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&line);
+                info!(service = %service, pid, "stderr: {}", text.trim_end());
+            }
+        }
+    }
+}
+/// The variables a program gets on top of the daemon's environment: the
+/// service's `env`, then WinInetd's CLIENT_IP/CLIENT_PORT, the UCSPI
+/// (tcpserver) names and systemd's REMOTE_ADDR/REMOTE_PORT.
+pub(super) fn connection_env(
+    svc: &Service,
+    protocol: Protocol,
+    peer: Option<SocketAddr>,
+    local: Option<SocketAddr>,
+) -> Vec<(String, String)> {
+    let mut env = svc.env.clone();
+    env.push((
+        "PROTO".into(),
+        match protocol {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        }
+        .into(),
+    ));
+    if let Some(p) = peer {
+        let ip = config::canonical_ip(p.ip()).to_string();
+        let port = p.port().to_string();
+        env.push(("CLIENT_IP".into(), ip.clone()));
+        env.push(("CLIENT_PORT".into(), port.clone()));
+        env.push(("REMOTE_ADDR".into(), ip.clone()));
+        env.push(("REMOTE_PORT".into(), port.clone()));
+        if protocol == Protocol::Tcp {
+            env.push(("TCPREMOTEIP".into(), ip));
+            env.push(("TCPREMOTEPORT".into(), port));
+        }
+    }
+    if let (Some(l), Protocol::Tcp) = (local, protocol) {
+        env.push((
+            "TCPLOCALIP".into(),
+            config::canonical_ip(l.ip()).to_string(),
+        ));
+        env.push(("TCPLOCALPORT".into(), l.port().to_string()));
+    }
+    env
+}

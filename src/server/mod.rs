@@ -1,0 +1,223 @@
+//! The core loop: **accept** a connection, **check** it against the
+//! service's rules, **hand it off** to a program (or an internal service),
+//! and **reap** the program when it ends. Reload and stop come from the
+//! service host. Nothing here is specific to Unix or Windows: launching a
+//! program and talking to the service manager go through [`crate::os`].
+//!
+//! - `tcp`: accept → check → hand off, per TCP listener;
+//! - `udp`: datagrams for internal services, and `wait` services;
+//! - `handoff`: a program's environment, its launch and its record;
+//! - `reload`: the reload transaction (bind first, apply or change nothing);
+//! - here: startup, stop, and the reaper.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+use crate::admission::{Gate, Global, Refusal, RefusalLog};
+use crate::children::{Children, Ended};
+use crate::config::{self, Config, Handoff, Protocol, Service};
+use crate::os::{self, Control, HostStatus, ServiceHost};
+
+mod handoff;
+mod reload;
+mod tcp;
+mod udp;
+
+/// Settings from the command line, which win over the config's globals.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub cfgfile: PathBuf,
+    pub timeout: Option<u32>,
+    pub linger_timeout: Option<u32>,
+    pub handoff: Option<Handoff>,
+    pub kill_on_stop: bool,
+}
+
+impl From<&crate::cli::Cli> for Options {
+    fn from(c: &crate::cli::Cli) -> Options {
+        Options {
+            cfgfile: c.cfgfile.clone(),
+            timeout: c.timeout,
+            linger_timeout: c.linger_timeout,
+            handoff: c.handoff,
+            kill_on_stop: c.kill_on_stop,
+        }
+    }
+}
+
+/// Why the daemon could not start; `code` becomes the exit code (and the
+/// Windows service-specific exit code).
+#[derive(Debug)]
+pub struct StartError {
+    pub code: u32,
+    pub message: String,
+}
+
+/// Exit codes: 1 = the config is invalid, 2 = a port cannot be bound,
+/// 3 = configured users cannot be switched to, 4 = the runtime failed.
+pub const EXIT_CONFIG: u32 = 1;
+pub const EXIT_BIND: u32 = 2;
+pub const EXIT_USERS: u32 = 3;
+pub const EXIT_RUNTIME: u32 = 4;
+
+/// Loads the config, binds every listener, reports READY, then serves until
+/// the host asks to stop. Errors before READY are returned, not logged.
+pub async fn serve<H: ServiceHost>(opts: Options, host: &mut H) -> Result<(), StartError> {
+    let config = config::load(&opts.cfgfile).map_err(|e| StartError {
+        code: EXIT_CONFIG,
+        message: e.to_string(),
+    })?;
+    let exits = os::Exits::new().map_err(|e| StartError {
+        code: EXIT_RUNTIME,
+        message: format!("cannot watch child processes: {e}"),
+    })?;
+    let mut server = Server::new(opts, &config);
+    server
+        .apply(config)
+        .await
+        .map_err(|(code, message)| StartError { code, message })?;
+    tokio::spawn(reap(Arc::clone(&server.ctx), exits));
+    info!(
+        "wininetd {} serving {} service(s) from {}",
+        env!("CARGO_PKG_VERSION"),
+        server.gates.len(),
+        server.opts.cfgfile.display()
+    );
+    host.status(HostStatus::Ready);
+    loop {
+        match host.next().await {
+            Control::Reload => {
+                host.status(HostStatus::Reloading);
+                server.reload().await;
+                host.status(HostStatus::Ready);
+            }
+            Control::Stop => {
+                host.status(HostStatus::Stopping);
+                server.stop();
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Identifies a listening socket across reloads.
+type Key = (Protocol, SocketAddr);
+
+/// A service as it is served now: the config plus what follows from it.
+#[derive(Debug)]
+struct Active {
+    svc: Service,
+    gate: Arc<Gate>,
+    handoff: Handoff,
+    timeout: Option<Duration>,
+    linger: Option<Duration>,
+}
+
+struct Listening {
+    active: watch::Sender<Arc<Active>>,
+    task: JoinHandle<()>,
+}
+
+/// What every listener and the reaper share.
+struct Ctx {
+    global: Arc<Global>,
+    children: Mutex<Children>,
+    refusals: Mutex<RefusalLog>,
+}
+
+impl Ctx {
+    fn children(&self) -> MutexGuard<'_, Children> {
+        self.children.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+struct Server {
+    opts: Options,
+    ctx: Arc<Ctx>,
+    listeners: HashMap<Key, Listening>,
+    /// The served services' counters, by name.
+    gates: HashMap<String, Arc<Gate>>,
+}
+
+impl Server {
+    fn new(opts: Options, first: &Config) -> Server {
+        let max = first.globals.max_connections;
+        Server {
+            opts,
+            ctx: Arc::new(Ctx {
+                global: Global::new(max),
+                children: Mutex::new(Children::with_capacity(max.min(65_536) as usize)),
+                refusals: Mutex::new(RefusalLog::default()),
+            }),
+            listeners: HashMap::new(),
+            gates: HashMap::new(),
+        }
+    }
+
+    /// Stops listening. Running programs are left to finish, as inetd does,
+    /// unless `--kill-on-stop` was given.
+    fn stop(&mut self) {
+        for (_, l) in self.listeners.drain() {
+            l.task.abort();
+        }
+        let children = self.ctx.children();
+        if self.opts.kill_on_stop {
+            for id in children.ids() {
+                os::terminate(id);
+            }
+            info!("stopped; ended {} running program(s)", children.len());
+        } else {
+            info!("stopped; {} program(s) left running", children.len());
+        }
+    }
+}
+
+fn seconds(s: Option<u32>) -> Option<Duration> {
+    s.filter(|&n| n > 0).map(|n| Duration::from_secs(n.into()))
+}
+
+/// Logs a refusal, at most once per service and source per few seconds.
+fn refused(ctx: &Ctx, active: &Active, ip: IpAddr, why: Refusal) {
+    let count = ctx.refusals.lock().unwrap_or_else(|p| p.into_inner()).note(
+        active.gate.name(),
+        ip,
+        Instant::now(),
+    );
+    if let Some(n) = count {
+        warn!(service = %active.svc.name, source = %ip, refused = n, "refused: {why}");
+    }
+}
+
+/// Logs each program's end and gives its slot back.
+async fn reap(ctx: Arc<Ctx>, mut exits: os::Exits) {
+    loop {
+        let (id, result) = exits.next().await;
+        let how = match &result {
+            Ok(status) if status.success() => Ended::Succeeded,
+            Ok(_) => Ended::Failed,
+            Err(_) => Ended::NotStarted,
+        };
+        let Some(record) = ctx.children().remove(id, how) else {
+            continue;
+        };
+        let (service, peer) = (record.lease.service(), record.peer());
+        match result {
+            Ok(status) => info!(
+                %service,
+                %peer,
+                pid = id,
+                %status,
+                duration = %format_args!("{:.3}s", record.started.elapsed().as_secs_f64()),
+                "ended"
+            ),
+            Err(e) => error!(%service, %peer, pid = id, "cannot start the program: {e}"),
+        }
+    }
+}

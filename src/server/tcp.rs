@@ -1,0 +1,156 @@
+//! TCP: accept → check → hand off (a program, the relay, or an internal
+//! service).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::handoff::{connection_env, launch};
+use super::{Active, Ctx, refused};
+use crate::admission::Lease;
+use crate::config::{Handoff, Program, Protocol};
+use crate::listener::{self, Acceptor};
+use crate::os::ChildStdio;
+use crate::{internal, relay};
+
+/// Connections accepted back to back before the runtime polls its
+/// drivers (signals, timers) again.
+const ACCEPT_BATCH: u32 = 8;
+
+/// accept → check → hand off, for one TCP listener.
+pub(super) async fn accept_tcp(
+    listener: Acceptor,
+    active: watch::Receiver<Arc<Active>>,
+    ctx: Arc<Ctx>,
+) {
+    let mut in_a_row = 0u32;
+    loop {
+        // Under a steady flood accept never waits, and the runtime would
+        // look at signals (SIGCHLD: the reaper) only every few thousand
+        // connections; finished programs then pile up as zombies and count
+        // against max_connections. Yielding now and then lets it look.
+        in_a_row += 1;
+        if in_a_row == ACCEPT_BATCH {
+            in_a_row = 0;
+            tokio::task::yield_now().await;
+        }
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                let pause = if listener::is_resource_exhaustion(&e) {
+                    Duration::from_millis(100)
+                } else {
+                    Duration::from_millis(5)
+                };
+                warn!(
+                    "accept on {} failed: {e}; pausing {} ms",
+                    listener
+                        .local_addr()
+                        .map(|a| a.to_string())
+                        .unwrap_or_default(),
+                    pause.as_millis()
+                );
+                tokio::time::sleep(pause).await;
+                continue;
+            }
+        };
+        let active = active.borrow().clone();
+        let lease = match active.gate.admit(peer.ip()) {
+            Ok(l) => l,
+            Err(why) => {
+                refused(&ctx, &active, peer.ip(), why);
+                continue; // dropping the stream closes it at once
+            }
+        };
+        match &active.svc.program {
+            Program::Internal(kind) => {
+                let (kind, idle) = (*kind, active.timeout);
+                let stream = match into_tokio(stream) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        warn!(service = %active.svc.name, %peer, "cannot serve the connection: {e}");
+                        continue;
+                    }
+                };
+                tokio::spawn(async move {
+                    let started = Instant::now();
+                    let result = internal::serve_stream(kind, stream, idle).await;
+                    info!(
+                        service = %lease.service(),
+                        %peer,
+                        duration = %format_args!("{:.3}s", started.elapsed().as_secs_f64()),
+                        result = %result.map_or_else(|e| e.to_string(), |()| "ok".into()),
+                        "internal session ended"
+                    );
+                });
+            }
+            Program::Command(_) => hand_off_tcp(&ctx, &active, stream, peer, lease),
+        }
+    }
+}
+
+/// Starts the service's program on an accepted connection.
+fn hand_off_tcp(
+    ctx: &Arc<Ctx>,
+    active: &Active,
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    lease: Lease,
+) {
+    let svc = &active.svc;
+    let local = stream.local_addr().ok();
+    let env = connection_env(svc, Protocol::Tcp, Some(peer), local);
+    if active.handoff == Handoff::Direct {
+        let sock = socket2::Socket::from(stream);
+        if let Err(e) = direct_socket_options(&sock, active) {
+            warn!(service = %svc.name, %peer, "cannot set socket options: {e}");
+        }
+        // Our copy of the socket closes when `launch` returns.
+        launch(ctx, active, &env, ChildStdio::Socket(sock), peer, lease);
+        return;
+    }
+    let Some(launched) = launch(ctx, active, &env, ChildStdio::Pipes, peer, lease) else {
+        return;
+    };
+    let stream = match into_tokio(stream) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(service = %svc.name, %peer, "cannot relay the connection: {e}");
+            return;
+        }
+    };
+    if let Some((to_program, from_program)) = launched.pipes {
+        let exited = ctx.children().watch(launched.id);
+        let (idle, service, pid) = (active.timeout, svc.name.clone(), launched.id);
+        tokio::spawn(async move {
+            let exited = async {
+                let _ = exited.await;
+            };
+            if let Err(e) = relay::relay_tcp(stream, to_program, from_program, exited, idle).await {
+                info!(service = %service, %peer, pid, "relay ended: {e}");
+            }
+        });
+    }
+}
+
+/// A connection wininetd serves itself (relay, internal service).
+fn into_tokio(stream: std::net::TcpStream) -> std::io::Result<TcpStream> {
+    stream.set_nonblocking(true)?;
+    TcpStream::from_std(stream)
+}
+
+/// SO_RCVTIMEO/SO_SNDTIMEO and SO_LINGER for a socket a program will own.
+fn direct_socket_options(sock: &socket2::Socket, active: &Active) -> std::io::Result<()> {
+    if let Some(t) = active.timeout {
+        sock.set_read_timeout(Some(t))?;
+        sock.set_write_timeout(Some(t))?;
+    }
+    if active.linger.is_some() {
+        sock.set_linger(active.linger)?;
+    }
+    Ok(())
+}
