@@ -24,6 +24,7 @@ use crate::admission::{Gate, Global, Refusal, RefusalLog};
 use crate::children::{Children, Ended};
 use crate::config::{self, Config, Handoff, Protocol, Service};
 use crate::os::{self, Control, HostStatus, ServiceHost};
+use crate::relay::PipeBudget;
 use crate::udp_guard::UdpGuard;
 
 mod handoff;
@@ -138,6 +139,8 @@ struct Ctx {
     refusals: Mutex<RefusalLog>,
     /// Dropped datagrams, logged as refusals are: a line per window.
     udp_drops: Mutex<RefusalLog>,
+    /// What widened relay pipes may hold, all sessions together.
+    pipe_budget: Arc<PipeBudget>,
 }
 
 impl Ctx {
@@ -166,6 +169,7 @@ impl Server {
                 children: Mutex::new(Children::with_capacity(max.min(65_536) as usize)),
                 refusals: Mutex::new(RefusalLog::default()),
                 udp_drops: Mutex::new(RefusalLog::default()),
+                pipe_budget: PipeBudget::new(first.globals.pipe_budget),
             }),
             listeners: HashMap::new(),
             gates: HashMap::new(),

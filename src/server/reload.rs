@@ -174,6 +174,7 @@ impl Server {
             self.start_listener(key, b, active);
         }
         self.ctx.global.set_max(config.globals.max_connections);
+        self.ctx.pipe_budget.set_limit(config.globals.pipe_budget);
         self.gates = gates;
         self.udp_guards = udp_guards;
         Ok(())

@@ -215,6 +215,7 @@ mod tests {
             children: Mutex::new(Children::default()),
             refusals: Mutex::new(RefusalLog::default()),
             udp_drops: Mutex::new(RefusalLog::default()),
+            pipe_budget: crate::relay::PipeBudget::new(0),
         });
         let (_keep, rx) = watch::channel(active);
         let task = tokio::spawn(serve_udp(server, rx, ctx));
