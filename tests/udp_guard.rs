@@ -197,7 +197,8 @@ fn one_source_gets_a_few_replies_not_a_stream() {
     while replies < 1000 && sock.recv_from(&mut buf).is_ok() {
         replies += 1;
     }
-    // A burst of 16, then 8 a second for as long as the sending lasted.
+    // A burst of 16, then 8 a second for as long as this took (the daemon
+    // may still have been answering after the last send).
     let allowed = 16 + (8.0 * started.elapsed().as_secs_f64()).ceil() as u32;
     assert!(
         (1..=allowed).contains(&replies),
