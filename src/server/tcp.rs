@@ -122,35 +122,43 @@ fn hand_off_tcp(
     let Some(launched) = launch(ctx, active, &env, stdio, peer, lease) else {
         return;
     };
-    let stream = match into_tokio(stream) {
-        Ok(s) => s,
-        Err(e) => {
-            warn!(service = %svc.name, %peer, "cannot relay the connection: {e}");
+    let mut exited = ctx.children().watch(launched.id);
+    let relayed = into_tokio(stream).map(|s| (s, launched.pipes));
+    let (stream, (to_program, from_program)) = match relayed {
+        Ok((s, Some(pipes))) => (s, pipes),
+        failed => {
+            if let Err(e) = failed {
+                warn!(service = %svc.name, %peer, "cannot relay the connection: {e}");
+            }
+            // Our ends close now; the program's live until it exits.
+            if grant.is_some() {
+                tokio::spawn(async move {
+                    let _ = exited.await;
+                    drop(grant);
+                });
+            }
             return;
         }
     };
-    if let Some((to_program, from_program)) = launched.pipes {
-        let mut exited = ctx.children().watch(launched.id);
-        let (idle, service, pid) = (active.timeout, svc.name.clone(), launched.id);
-        tokio::spawn(async move {
-            let mut gone = false;
-            let program_exited = async {
-                let _ = (&mut exited).await;
-                gone = true;
-            };
-            let relayed =
-                relay::relay_tcp(stream, to_program, from_program, program_exited, idle).await;
-            if let Err(e) = relayed {
-                info!(service = %service, %peer, pid, "relay ended: {e}");
-            }
-            // The program's ends of the pipes (and what they hold) live
-            // until it exits.
-            if grant.is_some() && !gone {
-                let _ = exited.await;
-            }
-            drop(grant);
-        });
-    }
+    let (idle, service, pid) = (active.timeout, svc.name.clone(), launched.id);
+    tokio::spawn(async move {
+        let mut gone = false;
+        let program_exited = async {
+            let _ = (&mut exited).await;
+            gone = true;
+        };
+        let relayed =
+            relay::relay_tcp(stream, to_program, from_program, program_exited, idle).await;
+        if let Err(e) = relayed {
+            info!(service = %service, %peer, pid, "relay ended: {e}");
+        }
+        // The program's ends of the pipes (and what they hold) live until
+        // it exits.
+        if grant.is_some() && !gone {
+            let _ = exited.await;
+        }
+        drop(grant);
+    });
 }
 
 /// A connection wininetd serves itself (relay, internal service).
