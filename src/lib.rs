@@ -20,6 +20,7 @@ mod listener;
 mod logging;
 mod relay;
 mod server;
+mod udp_guard;
 
 use std::process::ExitCode;
 

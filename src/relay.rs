@@ -6,12 +6,69 @@
 
 use std::future::Future;
 use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 #[cfg_attr(target_os = "linux", allow(dead_code))] // Linux splices TCP
 const BUF_SIZE: usize = 32 * 1024;
+
+/// The kernel memory that widened relay pipes may hold, all sessions
+/// together (`pipe_budget`). As root no per-user pipe limit applies, so
+/// without it clients that send and never read would pin 2 MiB each.
+#[derive(Debug)]
+pub struct PipeBudget {
+    limit: AtomicU64,
+    used: AtomicU64,
+}
+
+impl PipeBudget {
+    pub fn new(limit: u64) -> Arc<PipeBudget> {
+        Arc::new(PipeBudget {
+            limit: AtomicU64::new(limit),
+            used: AtomicU64::new(0),
+        })
+    }
+
+    /// A lower limit takes effect as sessions end.
+    pub fn set_limit(&self, limit: u64) {
+        self.limit.store(limit, Ordering::Relaxed);
+    }
+
+    /// Takes `bytes` if the total stays within the limit.
+    pub fn take(self: &Arc<Self>, bytes: u64) -> Option<PipeGrant> {
+        let limit = self.limit.load(Ordering::Relaxed);
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                used.checked_add(bytes).filter(|&total| total <= limit)
+            })
+            .ok()?;
+        Some(PipeGrant {
+            budget: Arc::clone(self),
+            bytes,
+        })
+    }
+
+    #[cfg(test)]
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+}
+
+/// Bytes of the budget held by one session's pipes; given back on drop.
+#[derive(Debug)]
+pub struct PipeGrant {
+    budget: Arc<PipeBudget>,
+    bytes: u64,
+}
+
+impl Drop for PipeGrant {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
 
 /// What a finished relay moved.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -381,5 +438,26 @@ mod tests {
         assert!(got.is_empty(), "the program's stdin is closed");
         let err = task.await.unwrap().unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[test]
+    fn the_pipe_budget_grants_while_it_lasts_and_takes_back_on_drop() {
+        let b = PipeBudget::new(5);
+        let g1 = b.take(2).unwrap();
+        let g2 = b.take(2).unwrap();
+        assert!(b.take(2).is_none(), "4 + 2 is over 5");
+        let g3 = b.take(1).unwrap();
+        assert_eq!(b.used(), 5);
+        drop(g1);
+        assert_eq!(b.used(), 3);
+        let g4 = b.take(2).unwrap();
+        // A lower limit holds back new grants until enough are given back.
+        b.set_limit(2);
+        assert!(b.take(1).is_none());
+        drop((g2, g3, g4));
+        assert_eq!(b.used(), 0);
+        assert!(b.take(2).is_some());
+        assert!(PipeBudget::new(0).take(1).is_none());
+        assert!(PipeBudget::new(u64::MAX).take(u64::MAX).is_some());
     }
 }

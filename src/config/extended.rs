@@ -30,6 +30,7 @@ const GLOBAL_KEYS: &[&str] = &[
     "max_connections",
     "log_format",
     "service",
+    "pipe_budget",
 ];
 
 const SERVICE_KEYS: &[&str] = &[
@@ -131,6 +132,11 @@ pub(super) fn parse(file: &str, bytes: &[u8]) -> Result<Config, ConfigErrors> {
                 }
             }
             "service" => services = r.services(value),
+            "pipe_budget" => {
+                if let Some(n) = r.size("pipe_budget", value) {
+                    globals.pipe_budget = n;
+                }
+            }
             other => {
                 let hint = if SERVICE_KEYS.contains(&other) {
                     format!(" (`{other}` is a service setting: put it after a [[service]] header)")
@@ -264,6 +270,25 @@ impl Report<'_> {
             }
             _ => {
                 self.at(v.span(), format!("`{key}` must be {want}, not {i}"));
+                None
+            }
+        }
+    }
+
+    /// A size: a number of bytes, or a string such as `"256MiB"`.
+    fn size(&mut self, key: &str, v: &Value) -> Option<u64> {
+        if v.get_ref().as_integer().is_some() {
+            return self.integer(key, v, 0..=i64::MAX).map(|n| n as u64);
+        }
+        let s = v.get_ref().as_str();
+        let Some(s) = s else {
+            self.wrong_type(key, "a size (\"256MiB\", \"64KiB\" or bytes)", v);
+            return None;
+        };
+        match super::parse_size(s) {
+            Ok(n) => Some(n),
+            Err(e) => {
+                self.at(v.span(), format!("`{key}`: {e}"));
                 None
             }
         }
@@ -934,6 +959,31 @@ mod tests {
             &format!("max_connections = 0\n{}", with("")),
             1,
             "from 1 to",
+        );
+    }
+
+    #[test]
+    fn global_pipe_budget_is_a_size() {
+        assert_eq!(parse_ok(&with("")).globals.pipe_budget, 256 << 20);
+        let c = parse_ok(&format!("pipe_budget = \"64KiB\"\n{}", with("")));
+        assert_eq!(c.globals.pipe_budget, 64 << 10);
+        let c = parse_ok(&format!("pipe_budget = \"2 MiB\"\n{}", with("")));
+        assert_eq!(c.globals.pipe_budget, 2 << 20);
+        let c = parse_ok(&format!("pipe_budget = 0\n{}", with("")));
+        assert_eq!(c.globals.pipe_budget, 0);
+        let c = parse_ok(&format!("pipe_budget = \"1GiB\"\n{}", with("")));
+        assert_eq!(c.globals.pipe_budget, 1 << 30);
+        assert_error(
+            &format!("pipe_budget = \"12 MB\"\n{}", with("")),
+            1,
+            "is not a size",
+        );
+        assert_error(&format!("pipe_budget = -1\n{}", with("")), 1, "from 0 to");
+        assert_error(&format!("pipe_budget = true\n{}", with("")), 1, "a size");
+        assert_error(
+            &format!("pipe_budget = \"99999999999GiB\"\n{}", with("")),
+            1,
+            "too large",
         );
     }
 

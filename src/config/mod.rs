@@ -33,6 +33,8 @@ pub struct Globals {
     /// Live programs (and internal sessions), all services together.
     pub max_connections: u32,
     pub log_format: LogFormat,
+    /// Bytes of widened relay pipes, all sessions together.
+    pub pipe_budget: u64,
 }
 
 impl Default for Globals {
@@ -42,6 +44,7 @@ impl Default for Globals {
             linger_timeout: Some(DEFAULT_LINGER_TIMEOUT),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             log_format: LogFormat::Text,
+            pipe_budget: DEFAULT_PIPE_BUDGET,
         }
     }
 }
@@ -50,6 +53,26 @@ impl Default for Globals {
 pub const DEFAULT_LINGER_TIMEOUT: u32 = 60;
 /// Default for `max_connections`: high enough never to bite a classic setup.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 4096;
+/// Default for `pipe_budget`: 128 relayed sessions with 1 MiB pipes.
+pub const DEFAULT_PIPE_BUDGET: u64 = 256 << 20;
+
+/// Parses a size: bytes (`"65536"`), or a count of `B`, `KiB`, `MiB` or
+/// `GiB` (`"64KiB"`, `"256 MiB"`).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let bad = || format!("{s:?} is not a size such as \"256MiB\", \"64KiB\" or a number of bytes");
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let n: u64 = t[..digits].parse().map_err(|_| bad())?;
+    let shift = match t[digits..].trim() {
+        "" | "B" => 0,
+        "KiB" => 10,
+        "MiB" => 20,
+        "GiB" => 30,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {

@@ -40,9 +40,20 @@ pub struct LaunchSpec<'a> {
 pub enum ChildStdio {
     /// The socket itself (a connection, or a UDP `wait` service's socket).
     Socket(socket2::Socket),
-    /// Fresh pipes, returned in [`Launched::pipes`] for the relay.
-    Pipes,
+    /// Fresh pipes, returned in [`Launched::pipes`] for the relay; `wide`:
+    /// each [`WIDE_PIPE`] bytes instead of the system's default (the
+    /// caller has budgeted for it).
+    Pipes { wide: bool },
 }
+
+/// What a widened relay pipe holds, where pipes can be widened (Linux's
+/// unprivileged maximum: fewer wakeups per byte than its default 64 KiB).
+/// Windows relay pipes keep a fixed 64 KiB buffer.
+pub const WIDE_PIPE: Option<u64> = if cfg!(target_os = "linux") {
+    Some(1 << 20)
+} else {
+    None
+};
 
 /// A started program.
 pub struct Launched {

@@ -24,6 +24,8 @@ use crate::admission::{Gate, Global, Refusal, RefusalLog};
 use crate::children::{Children, Ended};
 use crate::config::{self, Config, Handoff, Protocol, Service};
 use crate::os::{self, Control, HostStatus, ServiceHost};
+use crate::relay::PipeBudget;
+use crate::udp_guard::UdpGuard;
 
 mod handoff;
 mod reload;
@@ -118,6 +120,11 @@ struct Active {
     handoff: Handoff,
     timeout: Option<Duration>,
     linger: Option<Duration>,
+    /// Per-source reply buckets and drop counts (UDP internal services).
+    udp_guard: Arc<UdpGuard>,
+    /// Every UDP port of the served config, sorted: no client sends from
+    /// one of them.
+    udp_ports: Arc<[u16]>,
 }
 
 struct Listening {
@@ -130,6 +137,10 @@ struct Ctx {
     global: Arc<Global>,
     children: Mutex<Children>,
     refusals: Mutex<RefusalLog>,
+    /// Dropped datagrams, logged as refusals are: a line per window.
+    udp_drops: Mutex<RefusalLog>,
+    /// What widened relay pipes may hold, all sessions together.
+    pipe_budget: Arc<PipeBudget>,
 }
 
 impl Ctx {
@@ -144,6 +155,8 @@ struct Server {
     listeners: HashMap<Key, Listening>,
     /// The served services' counters, by name.
     gates: HashMap<String, Arc<Gate>>,
+    /// The served services' datagram guards, by name.
+    udp_guards: HashMap<String, Arc<UdpGuard>>,
 }
 
 impl Server {
@@ -155,9 +168,12 @@ impl Server {
                 global: Global::new(max),
                 children: Mutex::new(Children::with_capacity(max.min(65_536) as usize)),
                 refusals: Mutex::new(RefusalLog::default()),
+                udp_drops: Mutex::new(RefusalLog::default()),
+                pipe_budget: PipeBudget::new(first.globals.pipe_budget),
             }),
             listeners: HashMap::new(),
             gates: HashMap::new(),
+            udp_guards: HashMap::new(),
         }
     }
 

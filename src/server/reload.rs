@@ -11,7 +11,7 @@ use super::tcp::accept_tcp;
 use super::udp::serve_udp;
 use super::{Active, EXIT_BIND, EXIT_USERS, Key, Listening, Server, seconds};
 use crate::admission::Gate;
-use crate::config::{self, Config, Handoff, RunAs, Secret};
+use crate::config::{self, Config, Handoff, Protocol, RunAs, Secret};
 use crate::listener::{self, Bound};
 use crate::os;
 
@@ -52,6 +52,16 @@ impl Server {
         warn_ignored_passwords(&config);
 
         // What should listen, and with which settings.
+        let mut udp_ports: Vec<u16> = config
+            .services
+            .iter()
+            .filter(|s| s.protocol == Protocol::Udp)
+            .map(|s| s.port)
+            .collect();
+        udp_ports.sort_unstable();
+        udp_ports.dedup();
+        let udp_ports: Arc<[u16]> = udp_ports.into();
+        let mut udp_guards = HashMap::new();
         let mut gates = HashMap::new();
         let mut wanted: HashMap<Key, Arc<Active>> = HashMap::new();
         // Kept services' new rules, applied only once nothing can fail.
@@ -70,6 +80,8 @@ impl Server {
                 ),
             };
             gates.insert(svc.name.clone(), Arc::clone(&gate));
+            let udp_guard = self.udp_guards.get(&svc.name).cloned().unwrap_or_default();
+            udp_guards.insert(svc.name.clone(), Arc::clone(&udp_guard));
             let active = Arc::new(Active {
                 handoff: svc
                     .handoff
@@ -79,6 +91,8 @@ impl Server {
                 linger: seconds(self.opts.linger_timeout.or(config.globals.linger_timeout)),
                 gate,
                 svc,
+                udp_guard,
+                udp_ports: Arc::clone(&udp_ports),
             });
             for addr in active.svc.addrs() {
                 wanted.insert((active.svc.protocol, addr), Arc::clone(&active));
@@ -160,7 +174,9 @@ impl Server {
             self.start_listener(key, b, active);
         }
         self.ctx.global.set_max(config.globals.max_connections);
+        self.ctx.pipe_budget.set_limit(config.globals.pipe_budget);
         self.gates = gates;
+        self.udp_guards = udp_guards;
         Ok(())
     }
 

@@ -14,7 +14,7 @@ use super::{Active, Ctx, refused};
 use crate::admission::Lease;
 use crate::config::{Handoff, Program, Protocol};
 use crate::listener::{self, Acceptor};
-use crate::os::ChildStdio;
+use crate::os::{self, ChildStdio};
 use crate::{internal, relay};
 
 /// Connections accepted back to back before the runtime polls its
@@ -113,28 +113,52 @@ fn hand_off_tcp(
         launch(ctx, active, &env, ChildStdio::Socket(sock), peer, lease);
         return;
     }
-    let Some(launched) = launch(ctx, active, &env, ChildStdio::Pipes, peer, lease) else {
+    // Wide pipes while the budget lasts; the grant is held until both the
+    // relay and the program are done with the pipes.
+    let grant = os::WIDE_PIPE.and_then(|size| ctx.pipe_budget.take(2 * size));
+    let stdio = ChildStdio::Pipes {
+        wide: grant.is_some(),
+    };
+    let Some(launched) = launch(ctx, active, &env, stdio, peer, lease) else {
         return;
     };
-    let stream = match into_tokio(stream) {
-        Ok(s) => s,
-        Err(e) => {
-            warn!(service = %svc.name, %peer, "cannot relay the connection: {e}");
+    let mut exited = ctx.children().watch(launched.id);
+    let relayed = into_tokio(stream).map(|s| (s, launched.pipes));
+    let (stream, (to_program, from_program)) = match relayed {
+        Ok((s, Some(pipes))) => (s, pipes),
+        failed => {
+            if let Err(e) = failed {
+                warn!(service = %svc.name, %peer, "cannot relay the connection: {e}");
+            }
+            // Our ends close now; the program's live until it exits.
+            if grant.is_some() {
+                tokio::spawn(async move {
+                    let _ = exited.await;
+                    drop(grant);
+                });
+            }
             return;
         }
     };
-    if let Some((to_program, from_program)) = launched.pipes {
-        let exited = ctx.children().watch(launched.id);
-        let (idle, service, pid) = (active.timeout, svc.name.clone(), launched.id);
-        tokio::spawn(async move {
-            let exited = async {
-                let _ = exited.await;
-            };
-            if let Err(e) = relay::relay_tcp(stream, to_program, from_program, exited, idle).await {
-                info!(service = %service, %peer, pid, "relay ended: {e}");
-            }
-        });
-    }
+    let (idle, service, pid) = (active.timeout, svc.name.clone(), launched.id);
+    tokio::spawn(async move {
+        let mut gone = false;
+        let program_exited = async {
+            let _ = (&mut exited).await;
+            gone = true;
+        };
+        let relayed =
+            relay::relay_tcp(stream, to_program, from_program, program_exited, idle).await;
+        if let Err(e) = relayed {
+            info!(service = %service, %peer, pid, "relay ended: {e}");
+        }
+        // The program's ends of the pipes (and what they hold) live until
+        // it exits.
+        if grant.is_some() && !gone {
+            let _ = exited.await;
+        }
+        drop(grant);
+    });
 }
 
 /// A connection wininetd serves itself (relay, internal service).

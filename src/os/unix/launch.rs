@@ -59,11 +59,13 @@ pub fn launch(spec: &LaunchSpec<'_>, stdio: ChildStdio) -> Result<Launched, Laun
             sock.set_nonblocking(false).map_err(LaunchError::Spawn)?;
             (OwnedFd::from(sock), None)
         }
-        ChildStdio::Pipes => {
+        ChildStdio::Pipes { wide } => {
             let (in_r, in_w) = pipe()?;
             let (out_r, out_w) = pipe()?;
-            widen(&in_w);
-            widen(&out_r);
+            if wide {
+                widen(&in_w);
+                widen(&out_r);
+            }
             pipes = Some((
                 PipeWriter::from_owned_fd(in_w).map_err(LaunchError::Spawn)?,
                 PipeReader::from_owned_fd(out_r).map_err(LaunchError::Spawn)?,
@@ -123,14 +125,14 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), LaunchError> {
 }
 
 /// Relayed pipes carry whole streams: a larger pipe means fewer wakeups of
-/// the program and of the relay per byte (64 KiB by default on Linux; 1 MiB
-/// is the unprivileged maximum). Best effort: a smaller pipe still works.
+/// the program and of the relay per byte (64 KiB by default on Linux).
+/// Best effort: a smaller pipe still works.
 fn widen(_pipe: &OwnedFd) {
     #[cfg(target_os = "linux")]
-    {
+    if let Some(size) = crate::os::WIDE_PIPE {
         use std::os::fd::AsRawFd;
         // SAFETY: F_SETPIPE_SZ on a pipe we own.
-        unsafe { libc::fcntl(_pipe.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
+        unsafe { libc::fcntl(_pipe.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int) };
     }
 }
 

@@ -120,7 +120,7 @@ pub fn launch(spec: &LaunchSpec<'_>, stdio: ChildStdio) -> Result<Launched, Laun
             inheritable(h).map_err(LaunchError::Spawn)?;
             (ChildHandle::Borrowed(h), ChildHandle::Borrowed(h))
         }
-        ChildStdio::Pipes => {
+        ChildStdio::Pipes { .. } => {
             let (to_program, child_in) = pipe(false).map_err(LaunchError::Spawn)?;
             let (from_program, child_out) = pipe(true).map_err(LaunchError::Spawn)?;
             pipes = Some((to_program, from_program));
