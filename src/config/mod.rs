@@ -33,6 +33,8 @@ pub struct Globals {
     /// Live programs (and internal sessions), all services together.
     pub max_connections: u32,
     pub log_format: LogFormat,
+    /// IPv6 sources are counted per prefix of this length (1-128).
+    pub ipv6_source_prefix: u8,
 }
 
 impl Default for Globals {
@@ -42,6 +44,7 @@ impl Default for Globals {
             linger_timeout: Some(DEFAULT_LINGER_TIMEOUT),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             log_format: LogFormat::Text,
+            ipv6_source_prefix: DEFAULT_IPV6_SOURCE_PREFIX,
         }
     }
 }
@@ -50,6 +53,9 @@ impl Default for Globals {
 pub const DEFAULT_LINGER_TIMEOUT: u32 = 60;
 /// Default for `max_connections`: high enough never to bite a classic setup.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 4096;
+/// Default for `ipv6_source_prefix`: a /64 is what one IPv6 client
+/// commonly holds.
+pub const DEFAULT_IPV6_SOURCE_PREFIX: u8 = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -296,6 +302,8 @@ pub struct Limits {
     pub max_instances: Option<u32>,
     pub per_source: Option<u32>,
     pub rate: Option<Rate>,
+    /// The same as `rate`, one bucket per source.
+    pub per_source_rate: Option<Rate>,
 }
 
 /// Accepted connections per second: a token bucket with one second of burst.

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use crate::admission::{Gate, Global, Refusal, RefusalLog};
+use crate::admission::{Gate, Global, Refusal, RefusalLine, RefusalLog};
 use crate::children::{Children, Ended};
 use crate::config::{self, Config, Handoff, Protocol, Service};
 use crate::os::{self, Control, HostStatus, ServiceHost};
@@ -183,16 +183,28 @@ fn seconds(s: Option<u32>) -> Option<Duration> {
     s.filter(|&n| n > 0).map(|n| Duration::from_secs(n.into()))
 }
 
-/// Logs a refusal, at most once per service and source per few seconds.
+/// Logs a refusal, at most once per service and source per few seconds,
+/// and one summary per window for sources beyond the log's table.
 fn refused(ctx: &Ctx, active: &Active, ip: IpAddr, why: Refusal) {
-    let count = ctx.refusals.lock().unwrap_or_else(|p| p.into_inner()).note(
+    let source = ctx.global.source(ip);
+    let mut log = ctx.refusals.lock().unwrap_or_else(|p| p.into_inner());
+    log.note(
         active.gate.name(),
-        ip,
+        source,
+        why,
         Instant::now(),
+        |line| match line {
+            RefusalLine::Source {
+                service,
+                source,
+                why,
+                count,
+            } => warn!(%service, %source, refused = count, "refused: {why}"),
+            RefusalLine::Others { refused, sources } => {
+                warn!("refused {refused} connections from {sources} other sources")
+            }
+        },
     );
-    if let Some(n) = count {
-        warn!(service = %active.svc.name, source = %ip, refused = n, "refused: {why}");
-    }
 }
 
 /// Logs each program's end and gives its slot back.

@@ -10,8 +10,8 @@ use tracing::{error, info, warn};
 use super::tcp::accept_tcp;
 use super::udp::serve_udp;
 use super::{Active, EXIT_BIND, EXIT_USERS, Key, Listening, Server, seconds};
-use crate::admission::Gate;
-use crate::config::{self, Config, Handoff, RunAs, Secret};
+use crate::admission::{Gate, fair_floor};
+use crate::config::{self, Config, Handoff, Program, Protocol, RunAs, Secret, Service};
 use crate::listener::{self, Bound};
 use crate::os;
 
@@ -56,6 +56,8 @@ impl Server {
         let mut wanted: HashMap<Key, Arc<Active>> = HashMap::new();
         // Kept services' new rules, applied only once nothing can fail.
         let mut rule_updates = Vec::new();
+        // Each gate and the most live programs its service can hold.
+        let mut holds = Vec::new();
         for svc in config.services {
             let gate = match self.gates.get(&svc.name) {
                 Some(g) => {
@@ -70,6 +72,7 @@ impl Server {
                 ),
             };
             gates.insert(svc.name.clone(), Arc::clone(&gate));
+            holds.push((Arc::clone(&gate), most_live(&svc)));
             let active = Arc::new(Active {
                 handoff: svc
                     .handoff
@@ -160,6 +163,19 @@ impl Server {
             self.start_listener(key, b, active);
         }
         self.ctx.global.set_max(config.globals.max_connections);
+        self.ctx
+            .global
+            .set_ipv6_prefix(config.globals.ipv6_source_prefix);
+        let holders = holds.iter().filter(|(_, most)| *most > 0).count();
+        let floor = fair_floor(config.globals.max_connections, holders);
+        for (gate, most) in &holds {
+            gate.set_floor(floor.min(*most));
+        }
+        for (name, gate) in &self.gates {
+            if !gates.contains_key(name) {
+                gate.set_floor(0);
+            }
+        }
         self.gates = gates;
         Ok(())
     }
@@ -173,6 +189,17 @@ impl Server {
         };
         info!("listening on {} {}", key.0, key.1);
         self.listeners.insert(key, Listening { active: tx, task });
+    }
+}
+
+/// The most live programs a service can hold at once, which caps its
+/// share of `max_connections`: a UDP internal service holds none, a `wait`
+/// service one per listener.
+fn most_live(svc: &Service) -> u32 {
+    match (svc.protocol, &svc.program) {
+        (Protocol::Udp, Program::Internal(_)) => 0,
+        (Protocol::Udp, Program::Command(_)) => u32::try_from(svc.bind.len()).unwrap_or(u32::MAX),
+        (Protocol::Tcp, _) => svc.limits.max_instances.unwrap_or(u32::MAX),
     }
 }
 
