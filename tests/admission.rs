@@ -18,6 +18,22 @@ fn service(name: &str, port: u16, keys: &str) -> String {
     format!("[[service]]\nname = \"{name}\"\nport = {port}\nbind = [\"127.0.0.1\"]\n{keys}\n\n")
 }
 
+/// Stops the daemon with SIGTERM when dropped, so that `--kill-on-stop`
+/// ends its programs even when the test fails.
+struct Stopped(Daemon);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.pid());
+        if nix::sys::signal::kill(pid, Signal::SIGTERM).is_ok() {
+            let deadline = Instant::now() + LOG_WAIT;
+            while matches!(self.0.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
 #[test]
 fn a_quiet_service_is_never_refused_while_busy_ones_fill_max_connections() {
     let ports = free_ports(5);
@@ -28,11 +44,12 @@ fn a_quiet_service_is_never_refused_while_busy_ones_fill_max_connections() {
         config += &service(
             &format!("busy{i}"),
             *port,
-            "command = [\"/bin/sleep\", \"30\"]",
+            "command = [\"/bin/sleep\", \"20\"]",
         );
     }
     config += &service("quiet", quiet, "command = [\"/bin/cat\"]");
-    let mut d = Daemon::start("x.toml", &config, &["--kill-on-stop"]);
+    let mut d = Stopped(Daemon::start("x.toml", &config, &["--kill-on-stop"]));
+    let d = &mut d.0;
 
     // Two bounded client loops per busy service, connecting and hanging
     // up until told to stop.
@@ -91,7 +108,7 @@ fn a_quiet_service_is_never_refused_while_busy_ones_fill_max_connections() {
     assert!(live <= 40, "{live} programs under max_connections = 40");
 
     d.signal(Signal::SIGTERM);
-    d.wait_exit(LOG_WAIT);
+    assert!(d.wait_exit(LOG_WAIT).success());
 }
 
 #[test]

@@ -237,3 +237,60 @@ fn warn_ignored_passwords(config: &Config) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn a_services_floor_is_capped_by_what_it_can_hold() {
+        let text = r#"
+[[service]]
+name = "plain"
+port = 7000
+command = ["/bin/cat"]
+
+[[service]]
+name = "capped"
+port = 7001
+command = ["/bin/cat"]
+max_instances = 3
+
+[[service]]
+name = "wait"
+port = 7002
+protocol = "udp"
+wait = true
+bind = ["127.0.0.1", "::1"]
+command = ["/bin/cat"]
+
+[[service]]
+name = "udp-echo"
+port = 7003
+protocol = "udp"
+internal = "echo"
+
+[[service]]
+name = "tcp-echo"
+port = 7004
+internal = "echo"
+"#;
+        let config = config::parse(Path::new("t.toml"), text.as_bytes()).unwrap();
+        let most: Vec<(&str, u32)> = config
+            .services
+            .iter()
+            .map(|s| (s.name.as_str(), most_live(s)))
+            .collect();
+        assert_eq!(
+            most,
+            [
+                ("plain", u32::MAX),
+                ("capped", 3),
+                ("wait", 2),
+                ("udp-echo", 0),
+                ("tcp-echo", u32::MAX),
+            ]
+        );
+    }
+}
