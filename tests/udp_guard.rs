@@ -103,7 +103,7 @@ fn a_port_added_by_a_reload_counts_as_ours() {
     let drops = d.lines_with("outcome=\"bad_source\"");
     assert_eq!(drops.len(), 1, "{}", d.log());
     assert!(
-        drops[0].contains(&format!("source=127.0.0.1:{chargen}")),
+        drops[0].contains(&format!("source=127.0.0.1 port={chargen} ")),
         "{}",
         drops[0]
     );

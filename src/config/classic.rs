@@ -154,6 +154,8 @@ mod tests {
                 secret: Some(Secret::Inline(Password::new("DamnYou")))
             }
         );
+        // The classic format has no globals: every default holds.
+        assert_eq!(c.globals.ipv6_source_prefix, 64);
         let s = &c.services[1];
         assert_eq!(s.user, RunAs::Daemon);
         assert_eq!(raw_cmd(s), "c:\\echo\\echocs.exe -d -c 156");

@@ -31,6 +31,7 @@ const GLOBAL_KEYS: &[&str] = &[
     "log_format",
     "service",
     "pipe_budget",
+    "ipv6_source_prefix",
 ];
 
 const SERVICE_KEYS: &[&str] = &[
@@ -53,6 +54,7 @@ const SERVICE_KEYS: &[&str] = &[
     "allow",
     "deny",
     "timeout",
+    "per_source_rate",
 ];
 
 /// Keys that only mean something when a program runs.
@@ -135,6 +137,11 @@ pub(super) fn parse(file: &str, bytes: &[u8]) -> Result<Config, ConfigErrors> {
             "pipe_budget" => {
                 if let Some(n) = r.size("pipe_budget", value) {
                     globals.pipe_budget = n;
+                }
+            }
+            "ipv6_source_prefix" => {
+                if let Some(n) = r.integer("ipv6_source_prefix", value, 1..=128) {
+                    globals.ipv6_source_prefix = n as u8;
                 }
             }
             other => {
@@ -537,16 +544,18 @@ impl Report<'_> {
         let max_instances = count(self, "max_instances");
         let per_source = count(self, "per_source");
 
-        let rate = match get("rate") {
-            Some(v) => self.string("rate", v).and_then(|s| match Rate::parse(s) {
+        let rate_key = |r: &mut Self, key: &str| match get(key) {
+            Some(v) => r.string(key, v).and_then(|s| match Rate::parse(s) {
                 Ok(rate) => Some(Some(rate)),
                 Err(e) => {
-                    self.at(v.span(), e);
+                    r.at(v.span(), e);
                     None
                 }
             }),
             None => Some(None),
         };
+        let rate = rate_key(self, "rate");
+        let per_source_rate = rate_key(self, "per_source_rate");
 
         let allow = match get("allow") {
             Some(v) => self.nets("allow", v).and_then(|nets| {
@@ -582,7 +591,7 @@ impl Report<'_> {
                         self.at(
                             v.span(),
                             format!(
-                                "`{key}` has no meaning for a UDP internal service: it answers each datagram on its own and keeps no session (`rate`, `allow` and `deny` do apply)"
+                                "`{key}` has no meaning for a UDP internal service: it answers each datagram on its own and keeps no session (`rate`, `per_source_rate`, `allow` and `deny` do apply)"
                             ),
                         );
                     }
@@ -618,6 +627,7 @@ impl Report<'_> {
                 max_instances: max_instances?,
                 per_source: per_source?,
                 rate: rate?,
+                per_source_rate: per_source_rate?,
             },
             access: Access {
                 allow: allow?,
@@ -928,6 +938,32 @@ mod tests {
         assert_eq!(c.globals.timeout, None);
         assert_eq!(c.globals.linger_timeout, Some(DEFAULT_LINGER_TIMEOUT));
         assert_eq!(c.globals.max_connections, DEFAULT_MAX_CONNECTIONS);
+    }
+
+    #[test]
+    fn global_ipv6_source_prefix_is_read_and_checked() {
+        assert_eq!(parse_ok(&with("")).globals.ipv6_source_prefix, 64);
+        for n in [1, 48, 128] {
+            let c = parse_ok(&format!("ipv6_source_prefix = {n}\n{}", with("")));
+            assert_eq!(c.globals.ipv6_source_prefix, n);
+        }
+        for bad in ["0", "129", "-64"] {
+            assert_error(
+                &format!("# prefix\nipv6_source_prefix = {bad}\n{}", with("")),
+                2,
+                &format!("`ipv6_source_prefix` must be an integer from 1 to 128, not {bad}"),
+            );
+        }
+        assert_error(
+            &format!("ipv6_source_prefix = \"64\"\n{}", with("")),
+            1,
+            "`ipv6_source_prefix` must be an integer",
+        );
+        assert_error(
+            &with("ipv6_source_prefix = 64"),
+            4,
+            "`ipv6_source_prefix` is a global setting",
+        );
     }
 
     #[test]
@@ -1293,6 +1329,36 @@ mod tests {
             Some(Rate { per_second: 0.5 })
         );
         assert_eq!(service(&with("")).limits, Limits::default());
+    }
+
+    #[test]
+    fn per_source_rate_is_read_with_the_syntax_of_rate() {
+        let s = service(&with("per_source_rate = \"10/s\""));
+        assert_eq!(s.limits.per_source_rate, Some(Rate { per_second: 10.0 }));
+        assert_eq!(s.limits.rate, None);
+        let s = service(&with("rate = \"100/s\"\nper_source_rate = \"60/m\""));
+        assert_eq!(s.limits.per_source_rate, Some(Rate { per_second: 1.0 }));
+        assert_eq!(s.limits.rate, Some(Rate { per_second: 100.0 }));
+        // It applies to UDP internal services too, per datagram.
+        let s = service(&internal_with(
+            "protocol = \"udp\"\nper_source_rate = \"5/s\"",
+        ));
+        assert_eq!(s.limits.per_source_rate, Some(Rate { per_second: 5.0 }));
+        assert_error(
+            &with("per_source_rate = \"10\""),
+            4,
+            "rate \"10\" is not COUNT/s",
+        );
+        assert_error(
+            &with("per_source_rate = \"0/s\""),
+            4,
+            "would refuse every connection",
+        );
+        assert_error(
+            &with("per_source_rate = 10"),
+            4,
+            "`per_source_rate` must be a string, not an integer",
+        );
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub struct Globals {
     pub log_format: LogFormat,
     /// Bytes of widened relay pipes, all sessions together.
     pub pipe_budget: u64,
+    /// IPv6 sources are counted per prefix of this length (1-128).
+    pub ipv6_source_prefix: u8,
 }
 
 impl Default for Globals {
@@ -45,6 +47,7 @@ impl Default for Globals {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             log_format: LogFormat::Text,
             pipe_budget: DEFAULT_PIPE_BUDGET,
+            ipv6_source_prefix: DEFAULT_IPV6_SOURCE_PREFIX,
         }
     }
 }
@@ -73,6 +76,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(1 << shift)
         .ok_or_else(|| format!("{s:?} is too large"))
 }
+/// Default for `ipv6_source_prefix`: a /64 is what one IPv6 client
+/// commonly holds.
+pub const DEFAULT_IPV6_SOURCE_PREFIX: u8 = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -319,6 +325,8 @@ pub struct Limits {
     pub max_instances: Option<u32>,
     pub per_source: Option<u32>,
     pub rate: Option<Rate>,
+    /// The same as `rate`, one bucket per source.
+    pub per_source_rate: Option<Rate>,
 }
 
 /// Accepted connections per second: a token bucket with one second of burst.

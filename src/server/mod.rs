@@ -20,12 +20,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use crate::admission::{Gate, Global, Refusal, RefusalLog};
+use crate::admission::{Gate, Global, Refusal, RefusalLine, RefusalLog};
 use crate::children::{Children, Ended};
 use crate::config::{self, Config, Handoff, Protocol, Service};
 use crate::os::{self, Control, HostStatus, ServiceHost};
 use crate::relay::PipeBudget;
-use crate::udp_guard::UdpGuard;
+use crate::udp_guard::{Dropped, UdpGuard};
 
 mod handoff;
 mod reload;
@@ -138,7 +138,7 @@ struct Ctx {
     children: Mutex<Children>,
     refusals: Mutex<RefusalLog>,
     /// Dropped datagrams, logged as refusals are: a line per window.
-    udp_drops: Mutex<RefusalLog>,
+    udp_drops: Mutex<RefusalLog<Dropped>>,
     /// What widened relay pipes may hold, all sessions together.
     pipe_budget: Arc<PipeBudget>,
 }
@@ -199,16 +199,28 @@ fn seconds(s: Option<u32>) -> Option<Duration> {
     s.filter(|&n| n > 0).map(|n| Duration::from_secs(n.into()))
 }
 
-/// Logs a refusal, at most once per service and source per few seconds.
+/// Logs a refusal, at most once per service and source per few seconds,
+/// and one summary per window for sources beyond the log's table.
 fn refused(ctx: &Ctx, active: &Active, ip: IpAddr, why: Refusal) {
-    let count = ctx.refusals.lock().unwrap_or_else(|p| p.into_inner()).note(
+    let source = ctx.global.source(ip);
+    let mut log = ctx.refusals.lock().unwrap_or_else(|p| p.into_inner());
+    log.note(
         active.gate.name(),
-        ip,
+        source,
+        why,
         Instant::now(),
+        |line| match line {
+            RefusalLine::Source {
+                service,
+                source,
+                why,
+                count,
+            } => warn!(%service, %source, refused = count, "refused: {why}"),
+            RefusalLine::Others { refused, sources } => {
+                warn!("refused {refused} connections from {sources} other sources")
+            }
+        },
     );
-    if let Some(n) = count {
-        warn!(service = %active.svc.name, source = %ip, refused = n, "refused: {why}");
-    }
 }
 
 /// Logs each program's end and gives its slot back.

@@ -10,8 +10,8 @@ use tracing::{error, info, warn};
 use super::tcp::accept_tcp;
 use super::udp::serve_udp;
 use super::{Active, EXIT_BIND, EXIT_USERS, Key, Listening, Server, seconds};
-use crate::admission::Gate;
-use crate::config::{self, Config, Handoff, Protocol, RunAs, Secret};
+use crate::admission::{Gate, fair_floor};
+use crate::config::{self, Config, Handoff, Program, Protocol, RunAs, Secret, Service};
 use crate::listener::{self, Bound};
 use crate::os;
 
@@ -66,6 +66,8 @@ impl Server {
         let mut wanted: HashMap<Key, Arc<Active>> = HashMap::new();
         // Kept services' new rules, applied only once nothing can fail.
         let mut rule_updates = Vec::new();
+        // Each gate and the most live programs its service can hold.
+        let mut holds = Vec::new();
         for svc in config.services {
             let gate = match self.gates.get(&svc.name) {
                 Some(g) => {
@@ -82,6 +84,7 @@ impl Server {
             gates.insert(svc.name.clone(), Arc::clone(&gate));
             let udp_guard = self.udp_guards.get(&svc.name).cloned().unwrap_or_default();
             udp_guards.insert(svc.name.clone(), Arc::clone(&udp_guard));
+            holds.push((Arc::clone(&gate), most_live(&svc)));
             let active = Arc::new(Active {
                 handoff: svc
                     .handoff
@@ -175,6 +178,19 @@ impl Server {
         }
         self.ctx.global.set_max(config.globals.max_connections);
         self.ctx.pipe_budget.set_limit(config.globals.pipe_budget);
+        self.ctx
+            .global
+            .set_ipv6_prefix(config.globals.ipv6_source_prefix);
+        let holders = holds.iter().filter(|(_, most)| *most > 0).count();
+        let floor = fair_floor(config.globals.max_connections, holders);
+        for (gate, most) in &holds {
+            gate.set_floor(floor.min(*most));
+        }
+        for (name, gate) in &self.gates {
+            if !gates.contains_key(name) {
+                gate.set_floor(0);
+            }
+        }
         self.gates = gates;
         self.udp_guards = udp_guards;
         Ok(())
@@ -189,6 +205,17 @@ impl Server {
         };
         info!("listening on {} {}", key.0, key.1);
         self.listeners.insert(key, Listening { active: tx, task });
+    }
+}
+
+/// The most live programs a service can hold at once, which caps its
+/// share of `max_connections`: a UDP internal service holds none, a `wait`
+/// service one per listener.
+fn most_live(svc: &Service) -> u32 {
+    match (svc.protocol, &svc.program) {
+        (Protocol::Udp, Program::Internal(_)) => 0,
+        (Protocol::Udp, Program::Command(_)) => u32::try_from(svc.bind.len()).unwrap_or(u32::MAX),
+        (Protocol::Tcp, _) => svc.limits.max_instances.unwrap_or(u32::MAX),
     }
 }
 
@@ -223,6 +250,63 @@ fn warn_ignored_passwords(config: &Config) {
         warn!(
             "passwords are ignored on Unix (services {}); programs run as the named user without one",
             names.join(", ")
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn a_services_floor_is_capped_by_what_it_can_hold() {
+        let text = r#"
+[[service]]
+name = "plain"
+port = 7000
+command = ["/bin/cat"]
+
+[[service]]
+name = "capped"
+port = 7001
+command = ["/bin/cat"]
+max_instances = 3
+
+[[service]]
+name = "wait"
+port = 7002
+protocol = "udp"
+wait = true
+bind = ["127.0.0.1", "::1"]
+command = ["/bin/cat"]
+
+[[service]]
+name = "udp-echo"
+port = 7003
+protocol = "udp"
+internal = "echo"
+
+[[service]]
+name = "tcp-echo"
+port = 7004
+internal = "echo"
+"#;
+        let config = config::parse(Path::new("t.toml"), text.as_bytes()).unwrap();
+        let most: Vec<(&str, u32)> = config
+            .services
+            .iter()
+            .map(|s| (s.name.as_str(), most_live(s)))
+            .collect();
+        assert_eq!(
+            most,
+            [
+                ("plain", u32::MAX),
+                ("capped", 3),
+                ("wait", 2),
+                ("udp-echo", 0),
+                ("tcp-echo", u32::MAX),
+            ]
         );
     }
 }

@@ -11,7 +11,7 @@ use tracing::{error, warn};
 
 use super::handoff::{connection_env, launch};
 use super::{Active, Ctx, refused};
-use crate::admission::Lease;
+use crate::admission::{Lease, RefusalLine};
 use crate::children::Ended;
 use crate::config::{Internal, Program, Protocol};
 use crate::internal;
@@ -98,20 +98,44 @@ const DATAGRAM_BATCH: u32 = 32;
 /// service and source per few seconds.
 fn dropped(ctx: &Ctx, active: &Active, peer: SocketAddr, why: Dropped) {
     active.udp_guard.count(why);
-    let count = ctx
-        .udp_drops
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .note(active.gate.name(), peer.ip(), Instant::now());
-    if let Some(n) = count {
-        warn!(
-            service = %active.svc.name,
-            source = %peer,
-            dropped = n,
-            outcome = why.outcome(),
-            "dropped datagram: {why}"
-        );
-    }
+    let this = ctx.global.source(peer.ip());
+    let mut log = ctx.udp_drops.lock().unwrap_or_else(|p| p.into_inner());
+    log.note(
+        active.gate.name(),
+        this,
+        why,
+        Instant::now(),
+        |line| match line {
+            RefusalLine::Source {
+                service,
+                source,
+                why,
+                count,
+            } if source == this => warn!(
+                %service,
+                %source,
+                port = peer.port(),
+                dropped = count,
+                outcome = why.outcome(),
+                "dropped datagram: {why}"
+            ),
+            RefusalLine::Source {
+                service,
+                source,
+                why,
+                count,
+            } => warn!(
+                %service,
+                %source,
+                dropped = count,
+                outcome = why.outcome(),
+                "dropped datagram: {why}"
+            ),
+            RefusalLine::Others { refused, sources } => {
+                warn!("dropped {refused} datagrams from {sources} other sources")
+            }
+        },
+    );
 }
 
 /// The least time between two starts of a `wait` program that fails.
