@@ -15,9 +15,11 @@ pub mod os;
 
 mod admission;
 mod children;
+mod http_request;
 mod internal;
 mod listener;
 mod logging;
+mod metrics;
 mod relay;
 mod server;
 mod udp_guard;

@@ -11,6 +11,7 @@ use super::{Active, Ctx};
 use crate::admission::Lease;
 use crate::children::Record;
 use crate::config::{self, Program, Protocol, Service};
+use crate::metrics::Outcome;
 use crate::os::{self, ChildStdio, LaunchSpec};
 
 /// Launches the program and records it for the reaper; logs either way.
@@ -36,6 +37,7 @@ pub(super) fn launch(
     };
     match os::launch(&spec, stdio) {
         Ok(mut launched) => {
+            lease.stats().connection(Outcome::Started);
             info!(service = %svc.name, port = svc.port, %peer, pid = launched.id, "started");
             if let Some(stderr) = launched.stderr.take() {
                 tokio::spawn(log_stderr(svc.name.clone(), launched.id, stderr));
@@ -51,6 +53,10 @@ pub(super) fn launch(
             Some(launched)
         }
         Err(e) => {
+            lease.stats().connection(match e {
+                os::LaunchError::User(_) => Outcome::UserFailed,
+                os::LaunchError::Spawn(_) => Outcome::SpawnFailed,
+            });
             error!(service = %svc.name, %peer, "{e}");
             None
         }

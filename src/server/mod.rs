@@ -23,11 +23,13 @@ use tracing::{error, info, warn};
 use crate::admission::{Gate, Global, Refusal, RefusalLine, RefusalLog};
 use crate::children::{Children, Ended};
 use crate::config::{self, Config, Handoff, Protocol, Service};
+use crate::metrics::{DaemonStats, ProgramExit};
 use crate::os::{self, Control, HostStatus, ServiceHost};
 use crate::relay::PipeBudget;
 use crate::udp_guard::{Dropped, UdpGuard};
 
 mod handoff;
+mod metrics_endpoint;
 mod reload;
 mod tcp;
 mod udp;
@@ -85,6 +87,7 @@ pub async fn serve<H: ServiceHost>(opts: Options, host: &mut H) -> Result<(), St
         .apply(config)
         .await
         .map_err(|(code, message)| StartError { code, message })?;
+    server.ctx.daemon.applied(false);
     tokio::spawn(reap(Arc::clone(&server.ctx), exits));
     info!(
         "wininetd {} serving {} service(s) from {}",
@@ -97,7 +100,12 @@ pub async fn serve<H: ServiceHost>(opts: Options, host: &mut H) -> Result<(), St
         match host.next().await {
             Control::Reload => {
                 host.status(HostStatus::Reloading);
-                server.reload().await;
+                let ok = server.reload().await;
+                if ok {
+                    server.ctx.daemon.applied(true);
+                } else {
+                    server.ctx.daemon.reload_failed();
+                }
                 host.status(HostStatus::Ready);
             }
             Control::Stop => {
@@ -141,6 +149,17 @@ struct Ctx {
     udp_drops: Mutex<RefusalLog<Dropped>>,
     /// What widened relay pipes may hold, all sessions together.
     pipe_budget: Arc<PipeBudget>,
+    /// The served services, in config order, for scrapes and `status`.
+    served: Mutex<Arc<[Served]>>,
+    /// Reloads and other daemon-wide counts.
+    daemon: DaemonStats,
+}
+
+/// A served service as a scrape sees it.
+struct Served {
+    gate: Arc<Gate>,
+    /// A UDP internal service's guard (its drop counts).
+    udp_guard: Option<Arc<UdpGuard>>,
 }
 
 impl Ctx {
@@ -170,6 +189,8 @@ impl Server {
                 refusals: Mutex::new(RefusalLog::default()),
                 udp_drops: Mutex::new(RefusalLog::default()),
                 pipe_budget: PipeBudget::new(first.globals.pipe_budget),
+                served: Mutex::new(Arc::new([])),
+                daemon: DaemonStats::default(),
             }),
             listeners: HashMap::new(),
             gates: HashMap::new(),
@@ -197,6 +218,12 @@ impl Server {
 
 fn seconds(s: Option<u32>) -> Option<Duration> {
     s.filter(|&n| n > 0).map(|n| Duration::from_secs(n.into()))
+}
+
+/// Counts a refused connection and logs it (see [`refused`]).
+fn refused_connection(ctx: &Ctx, active: &Active, ip: IpAddr, why: Refusal) {
+    active.gate.stats().connection(why.into());
+    refused(ctx, active, ip, why);
 }
 
 /// Logs a refusal, at most once per service and source per few seconds,
@@ -236,6 +263,14 @@ async fn reap(ctx: Arc<Ctx>, mut exits: os::Exits) {
             continue;
         };
         let (service, peer) = (record.lease.service(), record.peer());
+        let stats = record.lease.stats();
+        match &result {
+            Ok(status) => {
+                stats.exit(ProgramExit::of(status));
+                stats.session_ended(record.started.elapsed());
+            }
+            Err(_) => stats.exit(ProgramExit::NotStarted),
+        }
         match result {
             Ok(status) => info!(
                 %service,

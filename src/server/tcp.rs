@@ -10,10 +10,12 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::handoff::{connection_env, launch};
-use super::{Active, Ctx, refused};
+use super::{Active, Ctx, metrics_endpoint, refused_connection};
 use crate::admission::Lease;
+use crate::config::Internal;
 use crate::config::{Handoff, Program, Protocol};
 use crate::listener::{self, Acceptor};
+use crate::metrics::Outcome;
 use crate::os::{self, ChildStdio};
 use crate::{internal, relay};
 
@@ -62,7 +64,7 @@ pub(super) async fn accept_tcp(
         let lease = match active.gate.admit(peer.ip()) {
             Ok(l) => l,
             Err(why) => {
-                refused(&ctx, &active, peer.ip(), why);
+                refused_connection(&ctx, &active, peer.ip(), why);
                 continue; // dropping the stream closes it at once
             }
         };
@@ -76,9 +78,15 @@ pub(super) async fn accept_tcp(
                         continue;
                     }
                 };
+                lease.stats().connection(Outcome::Internal);
+                if kind == Internal::Metrics {
+                    metrics_endpoint::serve(&ctx, stream, peer, idle, lease);
+                    continue;
+                }
                 tokio::spawn(async move {
                     let started = Instant::now();
                     let result = internal::serve_stream(kind, stream, idle).await;
+                    lease.stats().session_ended(started.elapsed());
                     info!(
                         service = %lease.service(),
                         %peer,
@@ -141,6 +149,7 @@ fn hand_off_tcp(
         }
     };
     let (idle, service, pid) = (active.timeout, svc.name.clone(), launched.id);
+    let gate = Arc::clone(&active.gate);
     tokio::spawn(async move {
         let mut gone = false;
         let program_exited = async {
@@ -149,8 +158,9 @@ fn hand_off_tcp(
         };
         let relayed =
             relay::relay_tcp(stream, to_program, from_program, program_exited, idle).await;
-        if let Err(e) = relayed {
-            info!(service = %service, %peer, pid, "relay ended: {e}");
+        match relayed {
+            Ok(r) => gate.stats().relayed(r.to_program, r.to_client),
+            Err(e) => info!(service = %service, %peer, pid, "relay ended: {e}"),
         }
         // The program's ends of the pipes (and what they hold) live until
         // it exits.
