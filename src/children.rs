@@ -96,6 +96,11 @@ impl Children {
     pub fn ids(&self) -> impl Iterator<Item = ChildId> + '_ {
         self.pids.iter().copied()
     }
+
+    /// Every running program with its record (for `wininetd status`).
+    pub fn iter(&self) -> impl Iterator<Item = (ChildId, &Record)> + '_ {
+        self.pids.iter().copied().zip(&self.records)
+    }
 }
 
 #[cfg(test)]

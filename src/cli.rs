@@ -44,7 +44,8 @@ pub struct Cli {
     #[arg(long, conflicts_with = "reload")]
     pub check: bool,
 
-    /// Ask the installed service to re-read its config.
+    /// Ask the running daemon to re-read its config (over the control
+    /// channel, else through the service manager).
     #[arg(long)]
     pub reload: bool,
 
@@ -60,6 +61,22 @@ pub struct Cli {
     /// Set by the service manager when it starts us (Windows SCM).
     #[arg(long, hide = true)]
     pub service: bool,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands; without one, wininetd runs (or checks, installs, …).
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Ask the running daemon what it serves: each service's addresses,
+    /// live programs and totals, and each live program. Root or
+    /// Administrators only; exit 1 when no daemon answers.
+    Status {
+        /// One JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn parse_handoff(s: &str) -> Result<Handoff, String> {

@@ -33,6 +33,9 @@ use crate::config::{Program, RunAs};
 /// The whole program: `main` only calls this.
 pub fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    if let Some(cli::Command::Status { json }) = cli.command {
+        return status(json);
+    }
     if cli.install {
         return report(os::install(&cli.service_args()));
     }
@@ -40,7 +43,7 @@ pub fn main() -> ExitCode {
         return report(os::remove());
     }
     if cli.reload {
-        return report(os::reload());
+        return reload();
     }
     if cli.check {
         return check(&cli);
@@ -58,6 +61,78 @@ fn report(r: Result<String, String>) -> ExitCode {
             eprintln!("wininetd: {m}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// How long a control request may take (a reload rebinds listeners).
+const CONTROL_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `wininetd status`: the daemon's answer, or why there is none.
+fn status(json: bool) -> ExitCode {
+    let request = if json { "status json\n" } else { "status\n" };
+    match os::control_request(request, CONTROL_WAIT) {
+        Ok(reply) => answered(&reply),
+        Err(e) => {
+            eprintln!("wininetd: {}", control_failure(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--reload`: over the control channel when a daemon answers there, else
+/// through the service manager (systemd, the SCM).
+fn reload() -> ExitCode {
+    match os::control_request("reload\n", CONTROL_WAIT) {
+        Ok(reply) => answered(&reply),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound
+                    | std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::Unsupported
+            ) =>
+        {
+            report(os::reload())
+        }
+        Err(e) => {
+            eprintln!("wininetd: {}", control_failure(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints a control reply: `OK` or `ERR`, then its text.
+fn answered(reply: &str) -> ExitCode {
+    match reply.split_once('\n') {
+        Some(("OK", body)) => {
+            print!("{body}");
+            ExitCode::SUCCESS
+        }
+        Some(("ERR", body)) => {
+            eprint!("wininetd: {body}");
+            ExitCode::FAILURE
+        }
+        _ => {
+            eprintln!("wininetd: the daemon refused the request or closed the channel");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn control_failure(e: &std::io::Error) -> String {
+    use std::io::ErrorKind::*;
+    let at = os::control_address();
+    match e.kind() {
+        NotFound | ConnectionRefused => {
+            format!("no wininetd daemon is running (nothing answers on {at})")
+        }
+        BrokenPipe | ConnectionReset | ConnectionAborted => {
+            format!("the daemon refused the request or closed the channel ({at})")
+        }
+        PermissionDenied => format!(
+            "permission denied on {at}: only root (Administrators on Windows) may ask the daemon"
+        ),
+        _ => format!("cannot ask the daemon on {at}: {e}"),
     }
 }
 

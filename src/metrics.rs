@@ -6,6 +6,7 @@
 //! so they survive reloads that keep the name and vanish with it.
 
 use std::fmt::Write as _;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -160,6 +161,8 @@ pub struct ServiceStats {
     tls_ok: AtomicU64,
     tls_failed: AtomicU64,
     tls_resumed: AtomicU64,
+    /// The latest error (Unix seconds, text), for `wininetd status`.
+    last_error: Mutex<Option<(u64, String)>>,
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -216,6 +219,23 @@ impl ServiceStats {
         get(&self.connections[outcome as usize])
     }
 
+    /// Every outcome with its count, in a fixed order.
+    pub fn outcomes(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        OUTCOMES.iter().map(|&o| (o.as_str(), self.connections(o)))
+    }
+
+    /// Remembers an error for `wininetd status` (a cold path: errors only).
+    pub fn error(&self, message: String) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some((unix_now(), message));
+    }
+
+    pub fn last_error(&self) -> Option<(u64, String)> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     pub fn relayed_bytes(&self) -> (u64, u64) {
         (get(&self.to_program), get(&self.to_client))
     }
@@ -236,15 +256,23 @@ impl DaemonStats {
         if reload {
             add(&self.reloads_ok, 1);
         }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        self.last_applied.store(now, Ordering::Relaxed);
+        self.last_applied.store(unix_now(), Ordering::Relaxed);
+    }
+
+    pub fn last_applied(&self) -> u64 {
+        get(&self.last_applied)
     }
 
     pub fn reload_failed(&self) {
         add(&self.reloads_failed, 1);
     }
+}
+
+/// Seconds since 1970.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// One served service, as a scrape sees it.

@@ -57,6 +57,7 @@ pub(super) fn launch(
                 os::LaunchError::User(_) => Outcome::UserFailed,
                 os::LaunchError::Spawn(_) => Outcome::SpawnFailed,
             });
+            lease.stats().error(e.to_string());
             error!(service = %svc.name, %peer, "{e}");
             None
         }

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
@@ -28,6 +28,7 @@ use crate::os::{self, Control, HostStatus, ServiceHost};
 use crate::relay::PipeBudget;
 use crate::udp_guard::{Dropped, UdpGuard};
 
+mod control;
 mod handoff;
 mod metrics_endpoint;
 mod reload;
@@ -89,6 +90,10 @@ pub async fn serve<H: ServiceHost>(opts: Options, host: &mut H) -> Result<(), St
         .map_err(|(code, message)| StartError { code, message })?;
     server.ctx.daemon.applied(false);
     tokio::spawn(reap(Arc::clone(&server.ctx), exits));
+    let (reload_tx, mut reload_rx) = mpsc::channel::<control::ReloadRequest>(4);
+    // Aborted at stop, which drops the listener and removes its socket.
+    let control_task = control::listen()
+        .map(|l| tokio::spawn(control::serve(l, Arc::clone(&server.ctx), reload_tx)));
     info!(
         "wininetd {} serving {} service(s) from {}",
         env!("CARGO_PKG_VERSION"),
@@ -97,7 +102,11 @@ pub async fn serve<H: ServiceHost>(opts: Options, host: &mut H) -> Result<(), St
     );
     host.status(HostStatus::Ready);
     loop {
-        match host.next().await {
+        let (control, asked) = tokio::select! {
+            c = host.next() => (c, None),
+            Some(answer) = reload_rx.recv() => (Control::Reload, Some(answer)),
+        };
+        match control {
             Control::Reload => {
                 host.status(HostStatus::Reloading);
                 let ok = server.reload().await;
@@ -106,10 +115,17 @@ pub async fn serve<H: ServiceHost>(opts: Options, host: &mut H) -> Result<(), St
                 } else {
                     server.ctx.daemon.reload_failed();
                 }
+                if let Some(answer) = asked {
+                    let _ = answer.send(ok);
+                }
                 host.status(HostStatus::Ready);
             }
             Control::Stop => {
                 host.status(HostStatus::Stopping);
+                if let Some(task) = control_task {
+                    task.abort();
+                    let _ = task.await;
+                }
                 server.stop();
                 return Ok(());
             }
@@ -158,6 +174,10 @@ struct Ctx {
 /// A served service as a scrape sees it.
 struct Served {
     gate: Arc<Gate>,
+    protocol: Protocol,
+    addrs: Vec<SocketAddr>,
+    /// `max_instances`, if any.
+    limit: Option<u32>,
     /// A UDP internal service's guard (its drop counts).
     udp_guard: Option<Arc<UdpGuard>>,
 }
@@ -269,7 +289,10 @@ async fn reap(ctx: Arc<Ctx>, mut exits: os::Exits) {
                 stats.exit(ProgramExit::of(status));
                 stats.session_ended(record.started.elapsed());
             }
-            Err(_) => stats.exit(ProgramExit::NotStarted),
+            Err(e) => {
+                stats.exit(ProgramExit::NotStarted);
+                stats.error(format!("cannot start the program: {e}"));
+            }
         }
         match result {
             Ok(status) => info!(

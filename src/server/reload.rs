@@ -94,6 +94,9 @@ impl Server {
             holds.push((Arc::clone(&gate), most_live(&svc)));
             served.push(Served {
                 gate: Arc::clone(&gate),
+                protocol: svc.protocol,
+                addrs: svc.addrs().collect(),
+                limit: svc.limits.max_instances,
                 udp_guard: matches!(
                     (svc.protocol, &svc.program),
                     (Protocol::Udp, Program::Internal(_))

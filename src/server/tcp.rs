@@ -56,6 +56,11 @@ pub(super) async fn accept_tcp(
                         .unwrap_or_default(),
                     pause.as_millis()
                 );
+                active
+                    .borrow()
+                    .gate
+                    .stats()
+                    .error(format!("accept failed: {e}"));
                 tokio::time::sleep(pause).await;
                 continue;
             }

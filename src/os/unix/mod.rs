@@ -1,11 +1,15 @@
 //! Unix: fork/exec on a socket, SIGCHLD reaping, signals, systemd.
 
+mod control;
 mod launch;
 mod process_stats;
 mod service;
 mod signals;
 mod spawn;
 
+pub use control::{
+    ControlListener, ControlStream, control_address, control_listen, control_request,
+};
 pub use launch::{Exits, PipeReader, PipeWriter, check_users, init_process, launch, terminate};
 pub use process_stats::process_stats;
 pub use service::{Host, install, reload, remove, unit_text};

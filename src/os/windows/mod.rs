@@ -1,6 +1,7 @@
 //! Windows: CreateProcessW on a connection (or on pipes wininetd relays),
 //! the SCM, the Event Log.
 
+mod control;
 mod env;
 mod eventlog;
 mod launch;
@@ -8,6 +9,9 @@ mod logon;
 mod process_stats;
 mod service;
 
+pub use control::{
+    ControlListener, ControlStream, control_address, control_listen, control_request,
+};
 pub use eventlog::EventLog;
 pub use launch::{
     Exits, PipeReader, PipeWriter, check_users, init_process, launch, new_socket, terminate,
