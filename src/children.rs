@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::process::ExitStatus;
 use std::time::Instant;
 
 use tokio::sync::oneshot;
@@ -18,7 +19,12 @@ pub struct Record {
     pub lease: Lease,
     pub started: Instant,
     pub peer_port: u16,
+    /// Whoever watches it (the relay) logs its end, with the bytes moved.
+    pub end_logged_elsewhere: bool,
 }
+
+/// What a watcher learns: how it ended, and its status if it ran.
+pub type Exited = (Ended, Option<ExitStatus>);
 
 /// How a watched program ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +51,7 @@ pub struct Children {
     pids: Vec<ChildId>,
     records: Vec<Record>,
     /// Who wants to know when a program ends (relays, UDP wait services).
-    waiters: HashMap<ChildId, oneshot::Sender<Ended>>,
+    waiters: HashMap<ChildId, oneshot::Sender<Exited>>,
 }
 
 impl Children {
@@ -72,17 +78,26 @@ impl Children {
         }
     }
 
-    /// Registers interest in `id`'s exit.
-    pub fn watch(&mut self, id: ChildId) -> oneshot::Receiver<Ended> {
+    /// Registers interest in `id`'s exit; `logs_end`: the watcher logs
+    /// the program's end, not the reaper.
+    pub fn watch(&mut self, id: ChildId, logs_end: bool) -> oneshot::Receiver<Exited> {
         let (tx, rx) = oneshot::channel();
         self.waiters.insert(id, tx);
+        if logs_end && let Some(at) = self.position(id) {
+            self.records[at].end_logged_elsewhere = true;
+        }
         rx
     }
 
     /// Removes `id`, waking whoever waits for it.
-    pub fn remove(&mut self, id: ChildId, how: Ended) -> Option<Record> {
+    pub fn remove(
+        &mut self,
+        id: ChildId,
+        how: Ended,
+        status: Option<ExitStatus>,
+    ) -> Option<Record> {
         if let Some(w) = self.waiters.remove(&id) {
-            let _ = w.send(how);
+            let _ = w.send((how, status));
         }
         let at = self.position(id)?;
         self.pids.swap_remove(at);
@@ -122,21 +137,23 @@ mod tests {
                     lease,
                     started: Instant::now(),
                     peer_port: 1000 + id as u16,
+                    end_logged_elsewhere: false,
                 },
             );
         }
         assert_eq!(global.live(), 5);
-        let mut w = c.watch(3);
-        assert!(c.remove(1, Ended::Succeeded).is_some());
-        assert!(c.remove(1, Ended::Succeeded).is_none());
+        let mut w = c.watch(3, true);
+        assert!(c.remove(1, Ended::Succeeded, None).is_some());
+        assert!(c.remove(1, Ended::Succeeded, None).is_none());
         assert_eq!(w.try_recv(), Err(oneshot::error::TryRecvError::Empty));
-        assert!(c.remove(3, Ended::NotStarted).is_some());
-        assert_eq!(w.try_recv(), Ok(Ended::NotStarted));
+        let r = c.remove(3, Ended::NotStarted, None).unwrap();
+        assert!(r.end_logged_elsewhere);
+        assert_eq!(w.try_recv(), Ok((Ended::NotStarted, None)));
         let mut left: Vec<_> = c.ids().collect();
         left.sort();
         assert_eq!(left, [2, 4, 5]);
         for id in [5, 2, 4] {
-            assert!(c.remove(id, Ended::Failed).is_some(), "{id}");
+            assert!(c.remove(id, Ended::Failed, None).is_some(), "{id}");
         }
         assert_eq!(c.len(), 0);
         assert_eq!(global.live(), 0);

@@ -97,6 +97,8 @@ impl Daemon {
         let mut all = vec![exe.to_str().unwrap(), "--debug", "--cfgfile", &cfg];
         all.extend_from_slice(args);
         let child = wine(&all)
+            // Tests look for the `started` lines, which are at debug.
+            .env("WININETD_LOG", "debug")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

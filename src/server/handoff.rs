@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::io::AsyncReadExt as _;
-use tracing::{error, info};
+use tracing::{debug, error, info};
 
 use super::{Active, Ctx};
 use crate::admission::Lease;
@@ -38,7 +38,8 @@ pub(super) fn launch(
     match os::launch(&spec, stdio) {
         Ok(mut launched) => {
             lease.stats().connection(Outcome::Started);
-            info!(service = %svc.name, port = svc.port, %peer, pid = launched.id, "started");
+            // The end's line says it all; this one is for debugging.
+            debug!(service = %svc.name, port = svc.port, %peer, pid = launched.id, "started");
             if let Some(stderr) = launched.stderr.take() {
                 tokio::spawn(log_stderr(svc.name.clone(), launched.id, stderr));
             }
@@ -48,6 +49,7 @@ pub(super) fn launch(
                     lease,
                     started: launched.started,
                     peer_port: peer.port(),
+                    end_logged_elsewhere: false,
                 },
             );
             Some(launched)

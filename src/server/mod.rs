@@ -279,7 +279,8 @@ async fn reap(ctx: Arc<Ctx>, mut exits: os::Exits) {
             Ok(_) => Ended::Failed,
             Err(_) => Ended::NotStarted,
         };
-        let Some(record) = ctx.children().remove(id, how) else {
+        let status = result.as_ref().ok().copied();
+        let Some(record) = ctx.children().remove(id, how, status) else {
             continue;
         };
         let (service, peer) = (record.lease.service(), record.peer());
@@ -295,6 +296,7 @@ async fn reap(ctx: Arc<Ctx>, mut exits: os::Exits) {
             }
         }
         match result {
+            Ok(_) if record.end_logged_elsewhere => {}
             Ok(status) => info!(
                 %service,
                 %peer,

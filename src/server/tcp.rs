@@ -12,6 +12,7 @@ use tracing::{info, warn};
 use super::handoff::{connection_env, launch};
 use super::{Active, Ctx, metrics_endpoint, refused_connection};
 use crate::admission::Lease;
+use crate::children::Ended;
 use crate::config::Internal;
 use crate::config::{Handoff, Program, Protocol};
 use crate::listener::{self, Acceptor};
@@ -135,8 +136,11 @@ fn hand_off_tcp(
     let Some(launched) = launch(ctx, active, &env, stdio, peer, lease) else {
         return;
     };
-    let mut exited = ctx.children().watch(launched.id);
     let relayed = into_tokio(stream).map(|s| (s, launched.pipes));
+    // The relay logs the end when it runs: then the line has the bytes.
+    let mut exited = ctx
+        .children()
+        .watch(launched.id, matches!(relayed, Ok((_, Some(_)))));
     let (stream, (to_program, from_program)) = match relayed {
         Ok((s, Some(pipes))) => (s, pipes),
         failed => {
@@ -154,25 +158,49 @@ fn hand_off_tcp(
         }
     };
     let (idle, service, pid) = (active.timeout, svc.name.clone(), launched.id);
-    let gate = Arc::clone(&active.gate);
+    let (gate, started) = (Arc::clone(&active.gate), launched.started);
     tokio::spawn(async move {
-        let mut gone = false;
+        let mut ended = None;
         let program_exited = async {
-            let _ = (&mut exited).await;
-            gone = true;
+            ended = Some((&mut exited).await);
         };
         let relayed =
             relay::relay_tcp(stream, to_program, from_program, program_exited, idle).await;
-        match relayed {
-            Ok(r) => gate.stats().relayed(r.to_program, r.to_client),
-            Err(e) => info!(service = %service, %peer, pid, "relay ended: {e}"),
-        }
         // The program's ends of the pipes (and what they hold) live until
-        // it exits.
-        if grant.is_some() && !gone {
-            let _ = exited.await;
-        }
+        // it exits; the line waits for its status.
+        let ended = match ended {
+            Some(e) => e,
+            None => exited.await,
+        };
         drop(grant);
+        let (how, status) = ended.unwrap_or((Ended::Failed, None));
+        let duration = format_args!("{:.3}s", started.elapsed().as_secs_f64());
+        let exit = status.map_or_else(|| "unknown".to_string(), |s| s.to_string());
+        match relayed {
+            Ok(r) => {
+                gate.stats().relayed(r.to_program, r.to_client);
+                if how != Ended::NotStarted {
+                    info!(
+                        service = %service,
+                        %peer,
+                        pid,
+                        status = %exit,
+                        %duration,
+                        bytes_in = r.to_program,
+                        bytes_out = r.to_client,
+                        "ended"
+                    );
+                }
+            }
+            Err(e) => info!(
+                service = %service,
+                %peer,
+                pid,
+                status = %exit,
+                %duration,
+                "ended; relay: {e}"
+            ),
+        }
     });
 }
 

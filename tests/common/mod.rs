@@ -90,6 +90,8 @@ impl Daemon {
             .args(args)
             // Each daemon's own control channel (`wininetd status`).
             .env("WININETD_RUN_DIR", dir.path().join("run"))
+            // Tests count the `started` lines, which are at debug.
+            .env("WININETD_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
