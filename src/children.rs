@@ -148,6 +148,7 @@ mod tests {
         assert_eq!(w.try_recv(), Err(oneshot::error::TryRecvError::Empty));
         let r = c.remove(3, Ended::NotStarted, None).unwrap();
         assert!(r.end_logged_elsewhere);
+        drop(r);
         assert_eq!(w.try_recv(), Ok((Ended::NotStarted, None)));
         let mut left: Vec<_> = c.ids().collect();
         left.sort();
