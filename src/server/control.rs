@@ -26,7 +26,7 @@ pub(super) type ReloadRequest = oneshot::Sender<bool>;
 
 /// Accepts control connections until the daemon stops.
 pub(super) async fn serve(
-    listener: ControlListener,
+    mut listener: ControlListener,
     ctx: Arc<Ctx>,
     reloads: mpsc::Sender<ReloadRequest>,
 ) {
@@ -101,7 +101,11 @@ async fn answer(
     };
     tokio::time::timeout(IO_TIMEOUT, async {
         stream.write_all(reply.as_bytes()).await?;
-        stream.shutdown().await
+        stream.shutdown().await?;
+        // Until the client has read it all and gone: a Windows pipe closed
+        // on our side first may lose what it still holds.
+        let _ = stream.read(&mut [0u8; 1]).await;
+        std::io::Result::Ok(())
     })
     .await
     .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "client not reading"))?

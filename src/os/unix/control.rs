@@ -71,7 +71,7 @@ pub fn control_listen() -> io::Result<ControlListener> {
 
 impl ControlListener {
     /// The next connection from root or our own user; others are closed.
-    pub async fn accept(&self) -> io::Result<ControlStream> {
+    pub async fn accept(&mut self) -> io::Result<ControlStream> {
         let (stream, _) = self.listener.accept().await?;
         let uid = stream.peer_cred()?.uid();
         if uid != 0 && uid != nix::unistd::geteuid().as_raw() {
