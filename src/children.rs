@@ -5,14 +5,16 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::ExitStatus;
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::oneshot;
 
 use crate::admission::Lease;
 use crate::os::ChildId;
+use crate::relay::Tally;
 
-/// One running program: 56 bytes, plus 4 for its pid.
+/// One running program: 64 bytes, plus 4 for its pid.
 #[derive(Debug)]
 pub struct Record {
     /// Counts it against the limits; holds the service and the peer's IP.
@@ -21,6 +23,8 @@ pub struct Record {
     pub peer_port: u16,
     /// Whoever watches it (the relay) logs its end, with the bytes moved.
     pub end_logged_elsewhere: bool,
+    /// Bytes its relay has moved so far (`pipe` handoff).
+    pub relayed: Option<Arc<Tally>>,
 }
 
 /// What a watcher learns: how it ended, and its status if it ran.
@@ -78,13 +82,16 @@ impl Children {
         }
     }
 
-    /// Registers interest in `id`'s exit; `logs_end`: the watcher logs
-    /// the program's end, not the reaper.
-    pub fn watch(&mut self, id: ChildId, logs_end: bool) -> oneshot::Receiver<Exited> {
+    /// Registers interest in `id`'s exit; `relay`: a relay carries its
+    /// session, counts its bytes there and logs its end, not the reaper.
+    pub fn watch(&mut self, id: ChildId, relay: Option<Arc<Tally>>) -> oneshot::Receiver<Exited> {
         let (tx, rx) = oneshot::channel();
         self.waiters.insert(id, tx);
-        if logs_end && let Some(at) = self.position(id) {
+        if relay.is_some()
+            && let Some(at) = self.position(id)
+        {
             self.records[at].end_logged_elsewhere = true;
+            self.records[at].relayed = relay;
         }
         rx
     }
@@ -138,11 +145,12 @@ mod tests {
                     started: Instant::now(),
                     peer_port: 1000 + id as u16,
                     end_logged_elsewhere: false,
+                    relayed: None,
                 },
             );
         }
         assert_eq!(global.live(), 5);
-        let mut w = c.watch(3, true);
+        let mut w = c.watch(3, Some(Arc::default()));
         assert!(c.remove(1, Ended::Succeeded, None).is_some());
         assert!(c.remove(1, Ended::Succeeded, None).is_none());
         assert_eq!(w.try_recv(), Err(oneshot::error::TryRecvError::Empty));

@@ -85,6 +85,9 @@ fn status_lists_services_totals_and_live_programs() {
     assert_eq!(sessions.len(), 1, "{v}");
     assert_eq!(sessions[0]["service"], "cat");
     assert_eq!(sessions[0]["client"], client.to_string());
+    // Relayed so far, while the session runs.
+    assert_eq!(sessions[0]["bytes_in"], 1, "{v}");
+    assert_eq!(sessions[0]["bytes_out"], 1, "{v}");
     let pid = sessions[0]["pid"].as_u64().unwrap() as u32;
     assert_eq!(d.children().unwrap(), vec![pid]);
     drop(live);

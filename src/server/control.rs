@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -150,6 +151,9 @@ struct SessionStatus {
     /// Unix seconds.
     since: u64,
     seconds: u64,
+    /// Relayed so far (`pipe` handoff only).
+    bytes_in: Option<u64>,
+    bytes_out: Option<u64>,
 }
 
 fn status(ctx: &Ctx) -> Status {
@@ -188,6 +192,8 @@ fn status(ctx: &Ctx) -> Status {
                 client: r.peer(),
                 since: wall.saturating_sub(seconds),
                 seconds,
+                bytes_in: r.relayed.as_ref().map(|t| t.to_program.load(Relaxed)),
+                bytes_out: r.relayed.as_ref().map(|t| t.to_client.load(Relaxed)),
             }
         })
         .collect();
@@ -249,9 +255,19 @@ fn status_text(s: &Status) -> String {
         }
     }
     if !s.sessions.is_empty() {
-        let _ = writeln!(o, "\nSERVICE\tPID\tCLIENT\tFOR");
+        let _ = writeln!(o, "\nSERVICE\tPID\tCLIENT\tFOR\tIN\tOUT");
+        let bytes = |b: Option<u64>| b.map_or("-".to_string(), |n| n.to_string());
         for x in &s.sessions {
-            let _ = writeln!(o, "{}\t{}\t{}\t{}s", x.service, x.pid, x.client, x.seconds);
+            let _ = writeln!(
+                o,
+                "{}\t{}\t{}\t{}s\t{}\t{}",
+                x.service,
+                x.pid,
+                x.client,
+                x.seconds,
+                bytes(x.bytes_in),
+                bytes(x.bytes_out)
+            );
         }
     }
     o

@@ -50,6 +50,7 @@ pub(super) fn launch(
                     started: launched.started,
                     peer_port: peer.port(),
                     end_logged_elsewhere: false,
+                    relayed: None,
                 },
             );
             Some(launched)

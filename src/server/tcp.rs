@@ -138,9 +138,8 @@ fn hand_off_tcp(
     };
     let relayed = into_tokio(stream).map(|s| (s, launched.pipes));
     // The relay logs the end when it runs: then the line has the bytes.
-    let mut exited = ctx
-        .children()
-        .watch(launched.id, matches!(relayed, Ok((_, Some(_)))));
+    let tally = matches!(relayed, Ok((_, Some(_)))).then(Arc::<relay::Tally>::default);
+    let mut exited = ctx.children().watch(launched.id, tally.clone());
     let (stream, (to_program, from_program)) = match relayed {
         Ok((s, Some(pipes))) => (s, pipes),
         failed => {
@@ -164,8 +163,16 @@ fn hand_off_tcp(
         let program_exited = async {
             ended = Some((&mut exited).await);
         };
-        let relayed =
-            relay::relay_tcp(stream, to_program, from_program, program_exited, idle).await;
+        let tally = tally.unwrap_or_default();
+        let relayed = relay::relay_tcp(
+            stream,
+            to_program,
+            from_program,
+            program_exited,
+            idle,
+            &tally,
+        )
+        .await;
         // The program's ends of the pipes (and what they hold) live until
         // it exits; the line waits for its status.
         let ended = match ended {

@@ -167,7 +167,7 @@ async fn wait_service(
     let launched = launch(ctx, active, &env, ChildStdio::Socket(dup), peer, lease);
     let ran = match launched {
         Some(l) => {
-            let exited = ctx.children().watch(l.id, false);
+            let exited = ctx.children().watch(l.id, None);
             let how = exited.await.map_or(Ended::Failed, |(how, _)| how);
             // A program that fails at once without reading its datagram
             // would be restarted in a tight loop: at most once a second.
