@@ -14,7 +14,7 @@ use crate::admission::Lease;
 use crate::os::ChildId;
 use crate::relay::Tally;
 
-/// One running program: 64 bytes, plus 4 for its pid.
+/// One running program: 80 bytes on 64-bit Linux, plus 4 for its pid.
 #[derive(Debug)]
 pub struct Record {
     /// Counts it against the limits; holds the service and the peer's IP.
@@ -166,5 +166,15 @@ mod tests {
         }
         assert_eq!(c.len(), 0);
         assert_eq!(global.live(), 0);
+    }
+}
+
+#[cfg(all(test, target_os = "linux", target_pointer_width = "64"))]
+mod size {
+    /// The record stays as small as README says: memory grows by one per
+    /// running program.
+    #[test]
+    fn a_record_is_80_bytes() {
+        assert_eq!(size_of::<super::Record>(), 80);
     }
 }
