@@ -14,7 +14,7 @@ use crate::admission::Lease;
 use crate::os::ChildId;
 use crate::relay::Tally;
 
-/// One running program: 80 bytes on 64-bit Linux, plus 4 for its pid.
+/// One running program: 88 bytes on 64-bit Linux, plus 4 for its pid.
 #[derive(Debug)]
 pub struct Record {
     /// Counts it against the limits; holds the service and the peer's IP.
@@ -25,6 +25,9 @@ pub struct Record {
     pub end_logged_elsewhere: bool,
     /// Bytes its relay has moved so far (`pipe` handoff).
     pub relayed: Option<Arc<Tally>>,
+    /// The load balancer a PROXY header came through (boxed: most
+    /// connections have none).
+    pub via: Option<Box<SocketAddr>>,
 }
 
 /// What a watcher learns: how it ended, and its status if it ran.
@@ -111,6 +114,12 @@ impl Children {
         Some(self.records.swap_remove(at))
     }
 
+    /// The balancer `id`'s connection came through, if any.
+    pub fn via(&self, id: ChildId) -> Option<SocketAddr> {
+        self.position(id)
+            .and_then(|at| self.records[at].via.as_deref().copied())
+    }
+
     pub fn len(&self) -> usize {
         self.records.len()
     }
@@ -146,6 +155,7 @@ mod tests {
                     peer_port: 1000 + id as u16,
                     end_logged_elsewhere: false,
                     relayed: None,
+                    via: None,
                 },
             );
         }
@@ -174,7 +184,7 @@ mod size {
     /// The record stays as small as README says: memory grows by one per
     /// running program.
     #[test]
-    fn a_record_is_80_bytes() {
-        assert_eq!(size_of::<super::Record>(), 80);
+    fn a_record_is_88_bytes() {
+        assert_eq!(size_of::<super::Record>(), 88);
     }
 }

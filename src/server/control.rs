@@ -148,6 +148,8 @@ struct SessionStatus {
     service: String,
     pid: u32,
     client: SocketAddr,
+    /// The load balancer a PROXY header came through.
+    via: Option<SocketAddr>,
     /// Unix seconds.
     since: u64,
     seconds: u64,
@@ -190,6 +192,7 @@ fn status(ctx: &Ctx) -> Status {
                 service: r.lease.service().to_string(),
                 pid,
                 client: r.peer(),
+                via: r.via.as_deref().copied(),
                 since: wall.saturating_sub(seconds),
                 seconds,
                 bytes_in: r.relayed.as_ref().map(|t| t.to_program.load(Relaxed)),
@@ -263,7 +266,8 @@ fn status_text(s: &Status) -> String {
                 "{}\t{}\t{}\t{}s\t{}\t{}",
                 x.service,
                 x.pid,
-                x.client,
+                x.via
+                    .map_or(x.client.to_string(), |v| format!("{} via {v}", x.client)),
                 x.seconds,
                 bytes(x.bytes_in),
                 bytes(x.bytes_out)

@@ -51,6 +51,8 @@ pub(super) fn launch(
                     peer_port: peer.port(),
                     end_logged_elsewhere: false,
                     relayed: None,
+                    // Hook: the PROXY stage's balancer, `via.map(Box::new)`.
+                    via: None,
                 },
             );
             Some(launched)

@@ -300,6 +300,7 @@ async fn reap(ctx: Arc<Ctx>, mut exits: os::Exits) {
             Ok(status) => info!(
                 %service,
                 %peer,
+                via = record.via.as_deref().map(tracing::field::display),
                 pid = id,
                 %status,
                 duration = %format_args!("{:.3}s", record.started.elapsed().as_secs_f64()),

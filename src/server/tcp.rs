@@ -140,6 +140,7 @@ fn hand_off_tcp(
     // The relay logs the end when it runs: then the line has the bytes.
     let tally = matches!(relayed, Ok((_, Some(_)))).then(Arc::<relay::Tally>::default);
     let mut exited = ctx.children().watch(launched.id, tally.clone());
+    let via = ctx.children().via(launched.id);
     let (stream, (to_program, from_program)) = match relayed {
         Ok((s, Some(pipes))) => (s, pipes),
         failed => {
@@ -190,6 +191,7 @@ fn hand_off_tcp(
                     info!(
                         service = %service,
                         %peer,
+                        via = via.map(tracing::field::display),
                         pid,
                         status = %exit,
                         %duration,
@@ -202,6 +204,7 @@ fn hand_off_tcp(
             Err(e) => info!(
                 service = %service,
                 %peer,
+                via = via.map(tracing::field::display),
                 pid,
                 status = %exit,
                 %duration,
