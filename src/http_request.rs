@@ -119,17 +119,17 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// A response: status, extra header lines, body; HEAD gets no body.
 pub fn respond(parsed: Parsed<'_>, metrics: impl FnOnce() -> String) -> Vec<u8> {
-    let (status, extra, body, head_only) = match parsed {
-        Parsed::Request(r) if r.path != "/metrics" => (404, "", "not found\n".into(), false),
+    let head_only = matches!(parsed, Parsed::Request(r) if r.method == "HEAD");
+    let (status, extra, body) = match parsed {
+        Parsed::Request(r) if r.path != "/metrics" => (404, "", "not found\n".into()),
         Parsed::Request(r) if r.method == "GET" || r.method == "HEAD" => (
             200,
             "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n",
             metrics(),
-            r.method == "HEAD",
         ),
-        Parsed::Request(_) => (405, "Allow: GET, HEAD\r\n", "GET only\n".into(), false),
-        Parsed::Bad(status) => (status, "", "bad request\n".into(), false),
-        Parsed::Partial => (400, "", "incomplete request\n".into(), false),
+        Parsed::Request(_) => (405, "Allow: GET, HEAD\r\n", "GET only\n".into()),
+        Parsed::Bad(status) => (status, "", "bad request\n".into()),
+        Parsed::Partial => (400, "", "incomplete request\n".into()),
     };
     let reason = match status {
         200 => "OK",
@@ -331,6 +331,8 @@ mod tests {
         assert!(ok.ends_with("\r\n\r\nm 1\n"), "{ok}");
         let head = text(req("HEAD", "/metrics"));
         assert!(head.contains("Content-Length: 4\r\n") && head.ends_with("\r\n\r\n"));
+        let missing = text(req("HEAD", "/x"));
+        assert!(missing.starts_with("HTTP/1.1 404 ") && missing.ends_with("\r\n\r\n"));
         assert!(text(req("GET", "/")).starts_with("HTTP/1.1 404 "));
         let post = text(req("POST", "/metrics"));
         assert!(post.starts_with("HTTP/1.1 405 ") && post.contains("Allow: GET, HEAD\r\n"));
