@@ -30,6 +30,7 @@ const GLOBAL_KEYS: &[&str] = &[
     "max_connections",
     "log_format",
     "service",
+    "pass_env",
 ];
 
 const SERVICE_KEYS: &[&str] = &[
@@ -52,6 +53,7 @@ const SERVICE_KEYS: &[&str] = &[
     "allow",
     "deny",
     "timeout",
+    "pass_env",
 ];
 
 /// Keys that only mean something when a program runs.
@@ -63,6 +65,7 @@ const PROGRAM_KEYS: &[&str] = &[
     "env",
     "working_directory",
     "wait",
+    "pass_env",
 ];
 
 /// Windows keeps SO_LINGER in an unsigned 16-bit field.
@@ -131,6 +134,11 @@ pub(super) fn parse(file: &str, bytes: &[u8]) -> Result<Config, ConfigErrors> {
                 }
             }
             "service" => services = r.services(value),
+            "pass_env" => {
+                if let Some(names) = r.pass_env(value) {
+                    globals.pass_env = names;
+                }
+            }
             other => {
                 let hint = if SERVICE_KEYS.contains(&other) {
                     format!(" (`{other}` is a service setting: put it after a [[service]] header)")
@@ -548,6 +556,11 @@ impl Report<'_> {
             None => Some(None),
         };
 
+        let pass_env = match get("pass_env") {
+            Some(v) if !is_internal => self.pass_env(v).map(Some),
+            _ => Some(None),
+        };
+
         // Settings the core would ignore for UDP must not look as if they
         // protected anything.
         if protocol == Some(Protocol::Udp) {
@@ -599,6 +612,7 @@ impl Report<'_> {
                 deny: deny?,
             },
             timeout: timeout?,
+            pass_env: pass_env?,
         })
     }
 
@@ -769,6 +783,23 @@ impl Report<'_> {
                     );
                     ok = false;
                 }
+            }
+        }
+        ok.then_some(out)
+    }
+
+    /// `pass_env`: variable names, or prefixes ending in `*`.
+    fn pass_env(&mut self, v: &Value) -> Option<Vec<String>> {
+        let items = self.strings("pass_env", v)?;
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (name, span) in items {
+            match super::pass_env_error(name) {
+                Some(e) => {
+                    self.at(span, e);
+                    ok = false;
+                }
+                None => out.push(name.to_string()),
             }
         }
         ok.then_some(out)
@@ -1178,6 +1209,21 @@ mod tests {
             Some(Handoff::Direct)
         );
         assert_error(&with("handoff = \"socket\""), 4, "\"direct\", \"pipe\"");
+    }
+
+    #[test]
+    fn pass_env_is_read_globally_and_per_service_with_a_default() {
+        let c = parse_ok(&with(""));
+        assert_eq!(c.globals.pass_env, ["TZ", "LANG", "LC_*"]);
+        assert_eq!(c.services[0].pass_env, None);
+        let c = parse_ok(&format!("pass_env = [\"TZ\", \"MY_*\"]\n{}", with("")));
+        assert_eq!(c.globals.pass_env, ["TZ", "MY_*"]);
+        let s = service(&with("pass_env = []"));
+        assert_eq!(s.pass_env, Some(Vec::new()));
+        assert_error(&with("pass_env = [\"A=B\"]"), 4, "`pass_env`");
+        assert_error(&with("pass_env = [\"*X\"]"), 4, "prefix ending in `*`");
+        assert_error(&with("pass_env = [\"\"]"), 4, "`pass_env`");
+        assert_error(&internal_with("pass_env = [\"TZ\"]"), 4, "no meaning");
     }
 
     #[test]

@@ -118,6 +118,8 @@ struct Active {
     handoff: Handoff,
     timeout: Option<Duration>,
     linger: Option<Duration>,
+    /// What is fixed for starting its program (`None`: an internal service).
+    exec: Option<os::ExecTemplate>,
 }
 
 struct Listening {

@@ -9,9 +9,9 @@ use tracing::{error, info, warn};
 
 use super::tcp::accept_tcp;
 use super::udp::serve_udp;
-use super::{Active, EXIT_BIND, EXIT_USERS, Key, Listening, Server, seconds};
+use super::{Active, EXIT_BIND, EXIT_CONFIG, EXIT_USERS, Key, Listening, Server, seconds};
 use crate::admission::Gate;
-use crate::config::{self, Config, Handoff, RunAs, Secret};
+use crate::config::{self, Config, Handoff, Program, RunAs, Secret};
 use crate::listener::{self, Bound};
 use crate::os;
 
@@ -56,6 +56,7 @@ impl Server {
         let mut wanted: HashMap<Key, Arc<Active>> = HashMap::new();
         // Kept services' new rules, applied only once nothing can fail.
         let mut rule_updates = Vec::new();
+        let mut templates = Vec::new();
         for svc in config.services {
             let gate = match self.gates.get(&svc.name) {
                 Some(g) => {
@@ -70,7 +71,18 @@ impl Server {
                 ),
             };
             gates.insert(svc.name.clone(), Arc::clone(&gate));
+            let exec = match &svc.program {
+                Program::Command(_) => {
+                    let pass_env = svc.pass_env.as_ref().unwrap_or(&config.globals.pass_env);
+                    let t = os::ExecTemplate::new(&svc, pass_env)
+                        .map_err(|m| (EXIT_CONFIG, format!("{}: {m}", svc.origin)))?;
+                    templates.push(t.clone());
+                    Some(t)
+                }
+                Program::Internal(_) => None,
+            };
             let active = Arc::new(Active {
+                exec,
                 handoff: svc
                     .handoff
                     .or(self.opts.handoff)
@@ -83,6 +95,19 @@ impl Server {
             for addr in active.svc.addrs() {
                 wanted.insert((active.svc.protocol, addr), Arc::clone(&active));
             }
+        }
+
+        // The accounts (NSS may be remote), looked up off this thread; a
+        // user not found yet is retried later, its connections refused.
+        let resolved = tokio::task::spawn_blocking(move || {
+            templates
+                .iter()
+                .filter_map(os::ExecTemplate::resolve)
+                .collect::<Vec<_>>()
+        })
+        .await;
+        for warning in resolved.unwrap_or_default() {
+            warn!("{warning}");
         }
 
         // Bind what is new before touching what runs, so a failure changes

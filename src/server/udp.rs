@@ -92,7 +92,7 @@ async fn wait_service(
             return;
         }
     };
-    let env = connection_env(svc, Protocol::Udp, Some(peer), None);
+    let env = connection_env(Protocol::Udp, Some(peer), None);
     let launched = launch(ctx, active, &env, ChildStdio::Socket(dup), peer, lease);
     let ran = match launched {
         Some(l) => {
