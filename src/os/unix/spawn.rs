@@ -233,6 +233,23 @@ fn is_default(sig: usize) -> bool {
     }
 }
 
+/// Sets `sig` to SIG_DFL in a forked child. On Linux by the system call:
+/// libc refuses the signals it keeps for itself, which may be ignored.
+#[cfg_attr(all(target_os = "linux", target_arch = "x86_64"), allow(dead_code))]
+unsafe fn reset_signal(sig: c_int) {
+    // SAFETY: setting a disposition to the default, in the child.
+    unsafe {
+        #[cfg(target_os = "linux")]
+        {
+            // struct kernel_sigaction: SIG_DFL, no flags, empty mask.
+            let dfl = [0u64; 4];
+            libc::syscall(libc::SYS_rt_sigaction, sig, dfl.as_ptr(), 0usize, 8usize);
+        }
+        #[cfg(not(target_os = "linux"))]
+        libc::signal(sig, libc::SIG_DFL);
+    }
+}
+
 /// Raw pointers the forked child reads (its own copy of our memory).
 struct ChildPlan {
     ptrs: Pointers,
@@ -290,7 +307,7 @@ pub fn spawn_std(req: Request<'_>) -> io::Result<u32> {
                     && sig != libc::SIGKILL
                     && sig != libc::SIGSTOP
                 {
-                    libc::signal(sig, libc::SIG_DFL);
+                    reset_signal(sig);
                 }
             }
             if libc::setsid() < 0 {
@@ -1067,24 +1084,147 @@ mod tests {
         crate::os::init_process();
         let mine = nix::sys::signal::SigSet::thread_get_mask().unwrap();
         assert!(!cfg!(target_os = "linux") || mine.contains(nix::sys::signal::Signal::SIGCHLD));
-        assert_eq!(
-            run(spawn, &masks),
-            "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n"
-        );
-        // The portable path resets the mask and SIGPIPE (signal 13: bit 12
-        // of SigIgn), not other ignored signals.
-        let std_masks = run(spawn_std, &masks);
-        let ign = std_masks
-            .lines()
-            .nth(1)
-            .and_then(|l| l.strip_prefix("SigIgn:\t"))
+        // Both paths alike: the portable one (forced here, as on other
+        // systems) resets every ignored signal too, not only SIGPIPE.
+        for (name, spawner) in [("clone", spawn as Spawner), ("std", spawn_std)] {
+            assert_eq!(
+                run(spawner, &masks),
+                "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n",
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn each_program_starts_in_its_own_session() {
+        // Field 6 of /proc/PID/stat is the session: the shell leads its own.
+        let probe = "[ \"$(cut -d' ' -f6 /proc/$$/stat)\" = \"$$\" ] && echo own-session";
+        for spawner in [spawn as Spawner, spawn_std] {
+            assert_eq!(run(spawner, &["sh", "-c", probe]), "own-session\n");
+        }
+    }
+
+    #[test]
+    fn both_paths_search_the_programs_path_the_same_way() {
+        // The program's PATH (from its template), not the daemon's nor one
+        // in its environment; a script without `#!` runs in sh on both.
+        crate::os::init_process();
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("wininetd-path-probe");
+        std::fs::write(&script, "echo found \"$1\"\n").unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
-        assert_eq!(
-            u64::from_str_radix(ign, 16).unwrap() & (1 << 12),
-            0,
-            "{std_masks}"
+        let path = format!("/nonexistent:{}", dir.path().display());
+        for spawner in [spawn as Spawner, spawn_std] {
+            let (r, w) = pipe();
+            let null: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+            let req = Request {
+                program: Arc::new(Program::new(
+                    vec![cs("wininetd-path-probe"), cs("x y")],
+                    Some(path.as_bytes()),
+                    None,
+                )),
+                env: Arc::from(vec![cs("PATH=/usr/bin:/bin")]),
+                extra: vec![],
+                creds: None,
+                stdio: [null.as_fd(), w.as_fd(), w.as_fd()],
+            };
+            let pid = spawner(req).unwrap();
+            drop(w);
+            let mut out = String::new();
+            std::fs::File::from(r).read_to_string(&mut out).unwrap();
+            assert_eq!(outcome(pid).0, 0, "{out}");
+            assert_eq!(out, "found x y\n");
+        }
+    }
+
+    #[test]
+    fn the_connection_variables_replace_the_services_by_name() {
+        crate::os::init_process();
+        for spawner in [spawn as Spawner, spawn_std] {
+            let (r, w) = pipe();
+            let null: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+            let req = Request {
+                program: Arc::new(Program::new(vec![cs("/usr/bin/env")], None, None)),
+                env: Arc::from(vec![cs("A=1"), cs("CLIENT_IP=stale"), cs("B=2")]),
+                extra: vec![cs("CLIENT_IP=127.0.0.1"), cs("CLIENT_PORT=9")],
+                creds: None,
+                stdio: [null.as_fd(), w.as_fd(), null.as_fd()],
+            };
+            let pid = spawner(req).unwrap();
+            drop(w);
+            let mut out = String::new();
+            std::fs::File::from(r).read_to_string(&mut out).unwrap();
+            assert_eq!(outcome(pid).0, 0);
+            assert_eq!(out, "A=1\nB=2\nCLIENT_IP=127.0.0.1\nCLIENT_PORT=9\n");
+        }
+    }
+
+    #[test]
+    fn more_than_64_failed_execs_before_a_reap_keep_every_reason() {
+        // Children that fail fast free their slots at once, so most slots
+        // are reused (and their errno moved aside) before we ask.
+        let null: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+        let n = 150;
+        let pids: Vec<u32> = (0..n)
+            .map(|i| {
+                let name = format!("/nonexistent/prog-{i}");
+                spawn(request(&[&name], no_stdio(&null))).unwrap()
+            })
+            .collect();
+        for (i, pid) in pids.into_iter().enumerate() {
+            let (code, why) = outcome(pid);
+            assert_eq!(code, 127);
+            let why = why.unwrap_or_else(|| panic!("child {i}: reason lost"));
+            assert_eq!(why.kind(), io::ErrorKind::NotFound);
+            assert!(
+                why.to_string().starts_with(&format!("/nonexistent/prog-{i}: ")),
+                "{why}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_child_taking_another_identity_does_not_share_the_daemons_memory() {
+        // Under CLONE_VM, the child's setresuid would run as `nobody`
+        // inside our memory, and make our (shared) mm non-dumpable.
+        assert!(
+            nix::unistd::Uid::effective().is_root(),
+            "this test switches users: run it as root (CI does)"
         );
-        assert!(std_masks.starts_with("SigBlk:\t0000000000000000\n"));
+        crate::os::init_process();
+        let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+        // SAFETY: prctl queries.
+        let dumpable = || unsafe { libc::prctl(libc::PR_GET_DUMPABLE) };
+        assert_eq!(dumpable(), 1);
+        let creds = Arc::new(Creds {
+            uid: nobody.uid.as_raw(),
+            gid: nobody.gid.as_raw(),
+            groups: vec![nobody.gid.as_raw()],
+        });
+        for spawner in [spawn as Spawner, spawn_std] {
+            let (r, w) = pipe();
+            let null: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+            let mut req = request(&["/bin/sh", "-c", "id -u"], [null.as_fd(), w.as_fd(), w.as_fd()]);
+            req.creds = Some(Arc::clone(&creds));
+            let pid = spawner(req).unwrap();
+            drop(w);
+            let mut out = String::new();
+            std::fs::File::from(r).read_to_string(&mut out).unwrap();
+            assert_eq!(outcome(pid).0, 0, "{out}");
+            assert_eq!(out.trim(), nobody.uid.to_string());
+            assert_eq!(dumpable(), 1, "the daemon became non-dumpable");
+        }
+        // Its failed exec is still reported, with the program's name.
+        let null: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+        let mut req = request(&["/nonexistent/as-nobody"], no_stdio(&null));
+        req.creds = Some(creds);
+        let pid = spawn(req).unwrap();
+        let (code, why) = outcome(pid);
+        assert_eq!(code, 127);
+        let why = why.expect("the reason of a failed exec");
+        assert_eq!(why.kind(), io::ErrorKind::NotFound);
+        assert!(why.to_string().starts_with("/nonexistent/as-nobody: "), "{why}");
     }
 
     #[test]
@@ -1199,11 +1339,11 @@ mod tests {
             assert_eq!(why.map(|e| e.kind()), Some(io::ErrorKind::PermissionDenied));
         }
 
-        // execvp's rule, kept by the clone path (std's Command lacks it).
+        // execvp's rule, kept by both paths (std's Command alone lacks it).
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
-        if cfg!(all(target_os = "linux", target_arch = "x86_64")) {
-            assert_eq!(run(spawn, &[path, "arg one"]), "from-sh arg one\n");
+        for spawner in [spawn as Spawner, spawn_std] {
+            assert_eq!(run(spawner, &[path, "arg one"]), "from-sh arg one\n");
         }
     }
 

@@ -72,6 +72,14 @@ impl ExecTemplate {
     ///
     /// [`resolve`]: ExecTemplate::resolve
     pub fn new(svc: &Service, pass_env: &[String]) -> Result<ExecTemplate, String> {
+        Self::with_daemon_env(svc, pass_env, std::env::vars_os())
+    }
+
+    fn with_daemon_env(
+        svc: &Service,
+        pass_env: &[String],
+        daemon_env: impl Iterator<Item = (OsString, OsString)>,
+    ) -> Result<ExecTemplate, String> {
         let Configured::Command(command) = &svc.program else {
             return Err("an internal service runs no program".into());
         };
@@ -86,7 +94,7 @@ impl ExecTemplate {
             .as_ref()
             .map(|d| CString::new(d.as_os_str().as_bytes()).map_err(|_| nul("working_directory")))
             .transpose()?;
-        let mut fixed: Vec<(Vec<u8>, Vec<u8>)> = std::env::vars_os()
+        let mut fixed: Vec<(Vec<u8>, Vec<u8>)> = daemon_env
             .filter(|(k, _)| passed_from_daemon(pass_env, k.as_bytes()))
             .map(|(k, v)| (k.into_vec(), v.into_vec()))
             .collect();
@@ -295,4 +303,130 @@ fn lookup(name: &str) -> Result<(Account, Option<Creds>), String> {
         })
     };
     Ok((account_vars(&user), creds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn service(extra: &str) -> Service {
+        let text = format!("[[service]]\nport = 7000\ncommand = [\"/usr/bin/env\"]\n{extra}");
+        let mut c = crate::config::parse(Path::new("t.toml"), text.as_bytes()).unwrap();
+        c.services.remove(0)
+    }
+
+    fn daemon_env() -> impl Iterator<Item = (OsString, OsString)> {
+        [
+            ("PATH", "/root/bin:/usr/bin"),
+            ("SECRET_TOKEN", "s3cret"),
+            ("NOTIFY_SOCKET", "/run/systemd/notify"),
+            ("LISTEN_FDS", "3"),
+            ("WININETD_LOG", "debug"),
+            ("TZ", "UTC"),
+            ("LANG", "C.UTF-8"),
+            ("LC_TIME", "C"),
+            ("LCX", "not a locale"),
+            ("HOME", "/root"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.into(), v.into()))
+    }
+
+    fn env_of(t: &ExecTemplate) -> Vec<String> {
+        let ready = t.ready().unwrap_or_else(|e| panic!("{e}"));
+        ready
+            .env
+            .iter()
+            .map(|c| c.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    fn names(env: &[String]) -> Vec<&str> {
+        let mut v: Vec<&str> = env.iter().map(|kv| kv.split('=').next().unwrap()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_program_gets_a_defined_environment_not_the_daemons() {
+        let svc = service("env = { GREETING = \"hi\" }");
+        let t = ExecTemplate::with_daemon_env(&svc, &svc_pass_env(&svc), daemon_env()).unwrap();
+        assert_eq!(t.resolve(), None);
+        let env = env_of(&t);
+        assert_eq!(
+            names(&env),
+            ["GREETING", "HOME", "LANG", "LC_TIME", "LOGNAME", "PATH", "SHELL", "TZ", "USER"],
+            "{env:?}"
+        );
+        assert!(env.contains(&format!("PATH={DEFAULT_PATH}")));
+        assert!(env.contains(&"TZ=UTC".to_string()));
+        // PATH is searched as the program's, not the daemon's.
+        assert_eq!(t.program().candidates[0].to_bytes(), b"/usr/bin/env");
+        let words = Program::new(vec![CString::new("env").unwrap()], Some(DEFAULT_PATH.as_bytes()), None);
+        assert_eq!(words.candidates[0].to_bytes(), b"/usr/local/sbin/env");
+    }
+
+    fn svc_pass_env(svc: &Service) -> Vec<String> {
+        svc.pass_env
+            .clone()
+            .unwrap_or_else(|| crate::config::Globals::default().pass_env)
+    }
+
+    #[test]
+    fn pass_env_names_what_passes_but_never_the_daemons_own_settings() {
+        let svc = service("pass_env = [\"SECRET_*\", \"NOTIFY_SOCKET\", \"LISTEN_FDS\", \"WININETD_*\", \"PATH\"]\nenv = { TZ = \"Europe/Rome\" }");
+        let t = ExecTemplate::with_daemon_env(&svc, &svc_pass_env(&svc), daemon_env()).unwrap();
+        t.resolve();
+        let env = env_of(&t);
+        assert!(env.contains(&"SECRET_TOKEN=s3cret".to_string()), "{env:?}");
+        assert!(env.contains(&"PATH=/root/bin:/usr/bin".to_string()), "{env:?}");
+        // The service's env wins over a passed variable; TZ was not passed.
+        assert!(env.contains(&"TZ=Europe/Rome".to_string()), "{env:?}");
+        for never in ["NOTIFY_SOCKET", "LISTEN_FDS", "WININETD_LOG", "LANG"] {
+            assert!(!names(&env).contains(&never), "{never} in {env:?}");
+        }
+        // The search follows the program's PATH.
+        let svc = service("pass_env = [\"PATH\"]");
+        let svc = Service {
+            program: crate::config::Program::Command(crate::config::CommandLine::Argv(vec!["env".into()])),
+            ..svc
+        };
+        let t = ExecTemplate::with_daemon_env(&svc, &svc_pass_env(&svc), daemon_env()).unwrap();
+        let c: Vec<&[u8]> = t.program().candidates.iter().map(|c| c.to_bytes()).collect();
+        assert_eq!(c, [&b"/root/bin/env"[..], b"/usr/bin/env"]);
+    }
+
+    #[test]
+    fn an_unknown_user_refuses_with_a_reason_logged_once_per_window() {
+        let svc = service("user = \"wininetd-no-such-user\"");
+        let t = ExecTemplate::with_daemon_env(&svc, &svc_pass_env(&svc), daemon_env()).unwrap();
+        let warning = t.resolve().expect("a warning");
+        assert!(warning.contains("unknown user \"wininetd-no-such-user\""), "{warning}");
+        match t.ready() {
+            Err(LaunchError::User(m)) => assert!(m.contains("wininetd-no-such-user"), "{m}"),
+            other => panic!("{:?}", other.err()),
+        }
+        // The next refusals within the window are not logged again.
+        for _ in 0..100 {
+            assert!(matches!(t.ready(), Err(LaunchError::Quiet)));
+        }
+    }
+
+    #[test]
+    fn a_known_user_gets_its_account_and_identity() {
+        let svc = service("user = \"nobody\"");
+        let t = ExecTemplate::with_daemon_env(&svc, &svc_pass_env(&svc), daemon_env()).unwrap();
+        assert_eq!(t.resolve(), None);
+        let nobody = User::from_name("nobody").unwrap().unwrap();
+        let env = env_of(&t);
+        assert!(env.contains(&"USER=nobody".to_string()), "{env:?}");
+        assert!(env.contains(&"LOGNAME=nobody".to_string()), "{env:?}");
+        assert!(env.contains(&format!("HOME={}", nobody.dir.display())), "{env:?}");
+        let ready = t.ready().unwrap();
+        let creds = ready
+            .creds
+            .expect("an identity to switch to (run the tests as root, as CI does)");
+        assert_eq!((creds.uid, creds.gid), (nobody.uid.as_raw(), nobody.gid.as_raw()));
+    }
 }
