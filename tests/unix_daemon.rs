@@ -144,10 +144,16 @@ fn a_program_cannot_open_the_daemons_controlling_terminal() {
     let stat = std::fs::read_to_string(format!("/proc/{}/stat", d.pid())).unwrap();
     let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
     let tty_nr: i64 = after_comm.split(' ').nth(4).unwrap().parse().unwrap();
-    assert_ne!(tty_nr, 0, "the daemon must have a controlling terminal: {stat}");
+    assert_ne!(
+        tty_nr, 0,
+        "the daemon must have a controlling terminal: {stat}"
+    );
     let out = String::from_utf8_lossy(&exchange(port, b"")).into_owned();
     assert!(!out.contains("the-tty-opened"), "{out}");
-    assert!(out.contains("No such device or address"), "ENXIO expected: {out}");
+    assert!(
+        out.contains("No such device or address"),
+        "ENXIO expected: {out}"
+    );
 }
 
 #[test]

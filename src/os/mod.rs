@@ -44,7 +44,10 @@ pub fn never_passed(name: &[u8]) -> bool {
 
 /// Whether the daemon's variable `name` goes to programs under `pass_env`.
 pub fn passed_from_daemon(pass_env: &[String], name: &[u8]) -> bool {
-    !never_passed(name) && pass_env.iter().any(|p| crate::config::pass_env_matches(p, name))
+    !never_passed(name)
+        && pass_env
+            .iter()
+            .any(|p| crate::config::pass_env_matches(p, name))
 }
 
 /// What the program's standard handles are.

@@ -278,7 +278,11 @@ pub fn spawn_std(req: Request<'_>) -> io::Result<u32> {
     ptrs.fill(&req.program, &req.env, &req.extra);
     let mut plan = ChildPlan {
         ptrs,
-        cwd: req.program.cwd.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+        cwd: req
+            .program
+            .cwd
+            .as_ref()
+            .map_or(std::ptr::null(), |c| c.as_ptr()),
         creds: req
             .creds
             .as_ref()
@@ -329,7 +333,9 @@ pub fn spawn_std(req: Request<'_>) -> io::Result<u32> {
                 p.ptrs.candidates.as_ptr(),
                 |path, argv, envp| {
                     libc::execve(path, argv, envp);
-                    io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+                    io::Error::last_os_error()
+                        .raw_os_error()
+                        .unwrap_or(libc::EIO)
                 },
             );
             Err(err(e))
@@ -803,7 +809,13 @@ mod clone {
                     let mut rec = [0u8; 8];
                     rec[..4].copy_from_slice(&pid.to_ne_bytes());
                     rec[4..].copy_from_slice(&errno.to_ne_bytes());
-                    sys(libc::SYS_write, p.report as usize, rec.as_ptr() as usize, 8, 0);
+                    sys(
+                        libc::SYS_write,
+                        p.report as usize,
+                        rec.as_ptr() as usize,
+                        8,
+                        0,
+                    );
                 }
                 loop {
                     sys(libc::SYS_exit_group, 127, 0, 0, 0);
@@ -905,7 +917,10 @@ mod clone {
             let all_stuck = [view(false, true, 5), view(false, true, 3)];
             assert_eq!(pick(&all_stuck, 2), Pick::Grow);
             // A free slot is reused first.
-            assert_eq!(pick(&[view(false, true, 1), view(true, false, 2)], 2), Pick::Use(1));
+            assert_eq!(
+                pick(&[view(false, true, 1), view(true, false, 2)], 2),
+                Pick::Use(1)
+            );
             // Shrinking: free slots beyond `max` go, busy ones stay.
             let after = [
                 view(true, false, 1),
@@ -915,7 +930,11 @@ mod clone {
             ];
             assert_eq!(surplus(&after, 2), [3, 2]);
             assert_eq!(surplus(&after, 4), Vec::<usize>::new());
-            let busy_tail = [view(true, false, 1), view(false, false, 2), view(false, true, 3)];
+            let busy_tail = [
+                view(true, false, 1),
+                view(false, false, 2),
+                view(false, true, 3),
+            ];
             assert_eq!(surplus(&busy_tail, 2), [0]);
         }
 
@@ -971,7 +990,9 @@ mod clone {
                     .filter(|s| s.busy.load(Ordering::Acquire) == FAKE && s.stuck)
                     .count();
                 for s in &pool.slots {
-                    let _ = s.busy.compare_exchange(FAKE, 0, Ordering::AcqRel, Ordering::Acquire);
+                    let _ = s
+                        .busy
+                        .compare_exchange(FAKE, 0, Ordering::AcqRel, Ordering::Acquire);
                 }
                 stuck
             };
@@ -1178,7 +1199,8 @@ mod tests {
             let why = why.unwrap_or_else(|| panic!("child {i}: reason lost"));
             assert_eq!(why.kind(), io::ErrorKind::NotFound);
             assert!(
-                why.to_string().starts_with(&format!("/nonexistent/prog-{i}: ")),
+                why.to_string()
+                    .starts_with(&format!("/nonexistent/prog-{i}: ")),
                 "{why}"
             );
         }
@@ -1205,7 +1227,10 @@ mod tests {
         for spawner in [spawn as Spawner, spawn_std] {
             let (r, w) = pipe();
             let null: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
-            let mut req = request(&["/bin/sh", "-c", "id -u"], [null.as_fd(), w.as_fd(), w.as_fd()]);
+            let mut req = request(
+                &["/bin/sh", "-c", "id -u"],
+                [null.as_fd(), w.as_fd(), w.as_fd()],
+            );
             req.creds = Some(Arc::clone(&creds));
             let pid = spawner(req).unwrap();
             drop(w);
@@ -1224,7 +1249,10 @@ mod tests {
         assert_eq!(code, 127);
         let why = why.expect("the reason of a failed exec");
         assert_eq!(why.kind(), io::ErrorKind::NotFound);
-        assert!(why.to_string().starts_with("/nonexistent/as-nobody: "), "{why}");
+        assert!(
+            why.to_string().starts_with("/nonexistent/as-nobody: "),
+            "{why}"
+        );
     }
 
     #[test]
@@ -1233,7 +1261,10 @@ mod tests {
         for spawner in [spawn as Spawner, spawn_std] {
             let (r, w) = pipe();
             let null: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
-            let req = request(&["/bin/sh", "-c", "read x"], [r.as_fd(), null.as_fd(), null.as_fd()]);
+            let req = request(
+                &["/bin/sh", "-c", "read x"],
+                [r.as_fd(), null.as_fd(), null.as_fd()],
+            );
             let pid = spawner(req).unwrap();
             drop(r);
             // The shell ends up waiting on its stdin; look at it from

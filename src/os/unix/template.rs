@@ -356,14 +356,20 @@ mod tests {
         let env = env_of(&t);
         assert_eq!(
             names(&env),
-            ["GREETING", "HOME", "LANG", "LC_TIME", "LOGNAME", "PATH", "SHELL", "TZ", "USER"],
+            [
+                "GREETING", "HOME", "LANG", "LC_TIME", "LOGNAME", "PATH", "SHELL", "TZ", "USER"
+            ],
             "{env:?}"
         );
         assert!(env.contains(&format!("PATH={DEFAULT_PATH}")));
         assert!(env.contains(&"TZ=UTC".to_string()));
         // PATH is searched as the program's, not the daemon's.
         assert_eq!(t.program().candidates[0].to_bytes(), b"/usr/bin/env");
-        let words = Program::new(vec![CString::new("env").unwrap()], Some(DEFAULT_PATH.as_bytes()), None);
+        let words = Program::new(
+            vec![CString::new("env").unwrap()],
+            Some(DEFAULT_PATH.as_bytes()),
+            None,
+        );
         assert_eq!(words.candidates[0].to_bytes(), b"/usr/local/sbin/env");
     }
 
@@ -375,12 +381,17 @@ mod tests {
 
     #[test]
     fn pass_env_names_what_passes_but_never_the_daemons_own_settings() {
-        let svc = service("pass_env = [\"SECRET_*\", \"NOTIFY_SOCKET\", \"LISTEN_FDS\", \"WININETD_*\", \"PATH\"]\nenv = { TZ = \"Europe/Rome\" }");
+        let svc = service(
+            "pass_env = [\"SECRET_*\", \"NOTIFY_SOCKET\", \"LISTEN_FDS\", \"WININETD_*\", \"PATH\"]\nenv = { TZ = \"Europe/Rome\" }",
+        );
         let t = ExecTemplate::with_daemon_env(&svc, &svc_pass_env(&svc), daemon_env()).unwrap();
         t.resolve();
         let env = env_of(&t);
         assert!(env.contains(&"SECRET_TOKEN=s3cret".to_string()), "{env:?}");
-        assert!(env.contains(&"PATH=/root/bin:/usr/bin".to_string()), "{env:?}");
+        assert!(
+            env.contains(&"PATH=/root/bin:/usr/bin".to_string()),
+            "{env:?}"
+        );
         // The service's env wins over a passed variable; TZ was not passed.
         assert!(env.contains(&"TZ=Europe/Rome".to_string()), "{env:?}");
         for never in ["NOTIFY_SOCKET", "LISTEN_FDS", "WININETD_LOG", "LANG"] {
@@ -389,11 +400,18 @@ mod tests {
         // The search follows the program's PATH.
         let svc = service("pass_env = [\"PATH\"]");
         let svc = Service {
-            program: crate::config::Program::Command(crate::config::CommandLine::Argv(vec!["env".into()])),
+            program: crate::config::Program::Command(crate::config::CommandLine::Argv(vec![
+                "env".into(),
+            ])),
             ..svc
         };
         let t = ExecTemplate::with_daemon_env(&svc, &svc_pass_env(&svc), daemon_env()).unwrap();
-        let c: Vec<&[u8]> = t.program().candidates.iter().map(|c| c.to_bytes()).collect();
+        let c: Vec<&[u8]> = t
+            .program()
+            .candidates
+            .iter()
+            .map(|c| c.to_bytes())
+            .collect();
         assert_eq!(c, [&b"/root/bin/env"[..], b"/usr/bin/env"]);
     }
 
@@ -402,7 +420,10 @@ mod tests {
         let svc = service("user = \"wininetd-no-such-user\"");
         let t = ExecTemplate::with_daemon_env(&svc, &svc_pass_env(&svc), daemon_env()).unwrap();
         let warning = t.resolve().expect("a warning");
-        assert!(warning.contains("unknown user \"wininetd-no-such-user\""), "{warning}");
+        assert!(
+            warning.contains("unknown user \"wininetd-no-such-user\""),
+            "{warning}"
+        );
         match t.ready() {
             Err(LaunchError::User(m)) => assert!(m.contains("wininetd-no-such-user"), "{m}"),
             other => panic!("{:?}", other.err()),
@@ -422,11 +443,17 @@ mod tests {
         let env = env_of(&t);
         assert!(env.contains(&"USER=nobody".to_string()), "{env:?}");
         assert!(env.contains(&"LOGNAME=nobody".to_string()), "{env:?}");
-        assert!(env.contains(&format!("HOME={}", nobody.dir.display())), "{env:?}");
+        assert!(
+            env.contains(&format!("HOME={}", nobody.dir.display())),
+            "{env:?}"
+        );
         let ready = t.ready().unwrap();
         let creds = ready
             .creds
             .expect("an identity to switch to (run the tests as root, as CI does)");
-        assert_eq!((creds.uid, creds.gid), (nobody.uid.as_raw(), nobody.gid.as_raw()));
+        assert_eq!(
+            (creds.uid, creds.gid),
+            (nobody.uid.as_raw(), nobody.gid.as_raw())
+        );
     }
 }
