@@ -331,10 +331,19 @@ fn a_program_gets_its_accounts_environment_not_the_daemons() {
     s.shutdown(Shutdown::Write).unwrap();
     let out = String::from_utf8_lossy(&read_all(&mut s)).into_owned();
     let has = |name: &str| {
-        out.lines()
-            .any(|l| l.to_uppercase().starts_with(&format!("{}=", name.to_uppercase())))
+        out.lines().any(|l| {
+            l.to_uppercase()
+                .starts_with(&format!("{}=", name.to_uppercase()))
+        })
     };
-    for name in ["SystemRoot", "windir", "ComSpec", "Path", "CLIENT_IP", "LC_WININETD"] {
+    for name in [
+        "SystemRoot",
+        "windir",
+        "ComSpec",
+        "Path",
+        "CLIENT_IP",
+        "LC_WININETD",
+    ] {
         assert!(has(name), "{name} missing:\n{out}");
     }
     for name in ["MY_SECRET", "WININETD_TEST"] {

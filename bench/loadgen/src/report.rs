@@ -438,6 +438,9 @@ pub fn render(text: &str, subject: &str, peers: &[String]) -> String {
             Reference::BestPeerOf(m) => {
                 best_peer(&d, peers, m, spec.higher_better).map(|(n, s)| (n.to_string(), s))
             }
+            Reference::Subject("", m) => {
+                get(subject, m).map(|s| (format!("{subject} (a), same rounds"), s))
+            }
             Reference::Subject(suffix, m) => get(&format!("{subject}{suffix}"), m)
                 .map(|s| (format!("{subject} direct, measured alongside"), s))
                 .or_else(|| get(subject, m).map(|s| (format!("{subject} direct"), s))),

@@ -226,7 +226,7 @@ impl Inner {
                     State::Ready(_) => now,
                 };
                 self.set(State::Unknown {
-                    reason: format!("service {}: {reason}", self.service),
+                    reason: reason.clone(),
                     next_try: now + RETRY_EVERY,
                     trying: false,
                     next_log,
@@ -432,6 +432,32 @@ mod tests {
         for _ in 0..100 {
             assert!(matches!(t.ready(), Err(LaunchError::Quiet)));
         }
+    }
+
+    #[test]
+    fn a_user_unknown_at_load_is_looked_up_again_off_the_calling_thread() {
+        // As if the lookup at load had failed (say, the directory server
+        // was down): the next connection is refused and starts a lookup
+        // on a blocking thread; once it has found the user, programs run.
+        let svc = service("user = \"nobody\"");
+        let t = ExecTemplate::with_daemon_env(&svc, &svc_pass_env(&svc), daemon_env()).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let _in_runtime = runtime.enter();
+        assert!(matches!(t.ready(), Err(LaunchError::User(_))));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let ready = loop {
+            if let Ok(r) = t.ready() {
+                break r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the user was not looked up again"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(ready.env.iter().any(|kv| kv.to_bytes() == b"USER=nobody"));
     }
 
     #[test]
