@@ -43,14 +43,27 @@ fn program_gets_the_connection_variables() {
 
 #[test]
 fn a_program_gets_a_defined_environment_not_the_daemons() {
+    defined_environment(None);
+}
+
+#[test]
+fn the_portable_spawn_path_gives_the_same_environment() {
+    // The test hook: the std::process::Command path, as on other systems.
+    defined_environment(Some("portable"));
+}
+
+fn defined_environment(spawn_path: Option<&str>) {
     let port = free_port();
     let d = Daemon::start_with(
         "w.conf",
         &classic(&[format!("{port} none /usr/bin/env")]),
         &[],
         |c| {
-            c.env_clear()
-                .env("PATH", "/root/bin:/usr/bin:/bin")
+            c.env_clear();
+            if let Some(p) = spawn_path {
+                c.env("WININETD_SPAWN", p);
+            }
+            c.env("PATH", "/root/bin:/usr/bin:/bin")
                 .env("MY_SECRET", "s3cret")
                 .env("WININETD_TEST", "x")
                 .env("TZ", "UTC")
@@ -115,6 +128,15 @@ fn pty() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
 
 #[test]
 fn a_program_cannot_open_the_daemons_controlling_terminal() {
+    no_controlling_terminal(None);
+}
+
+#[test]
+fn on_the_portable_spawn_path_either_a_program_cannot_open_the_terminal() {
+    no_controlling_terminal(Some("portable"));
+}
+
+fn no_controlling_terminal(spawn_path: Option<&str>) {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
     let port = free_port();
@@ -129,6 +151,9 @@ fn a_program_cannot_open_the_daemons_controlling_terminal() {
         )]),
         &[],
         move |c| {
+            if let Some(p) = spawn_path {
+                c.env("WININETD_SPAWN", p);
+            }
             // SAFETY: setsid and TIOCSCTTY only, in the forked child.
             unsafe {
                 c.pre_exec(move || {

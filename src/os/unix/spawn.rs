@@ -178,7 +178,19 @@ unsafe fn exec_search(
 /// [`start_error`].
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub fn spawn(req: Request<'_>) -> io::Result<u32> {
+    if portable_forced() {
+        return spawn_std(req);
+    }
     clone::spawn(req)
+}
+
+/// Test hook: `WININETD_SPAWN=portable` in the daemon's environment makes
+/// it start programs by the portable path here too, so that the tests of
+/// the whole daemon can run against it (read once).
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn portable_forced() -> bool {
+    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| std::env::var_os("WININETD_SPAWN").is_some_and(|v| v == "portable"))
 }
 
 #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
