@@ -508,6 +508,41 @@ fn an_unknown_user_refuses_the_connection_and_no_password_is_logged() {
 }
 
 #[test]
+fn an_unknown_user_is_looked_up_at_load_and_its_refusals_do_not_flood_the_log() {
+    assert!(
+        is_root(),
+        "switching users needs root: run the tests as root (CI does)"
+    );
+    let port = free_port();
+    let d = Daemon::start(
+        "w.conf",
+        &classic(&[format!("{port} no-such-user-y /bin/echo ran")]),
+        &[],
+    );
+    // Said once at load, naming the service and the user.
+    let log = d.wait_log("its connections are refused", Duration::from_secs(5));
+    assert!(log.contains(&format!("tcp/{port}")), "{log}");
+    let started = Instant::now();
+    for _ in 0..20 {
+        assert!(exchange(port, b"").is_empty(), "nothing may run");
+    }
+    let elapsed = started.elapsed();
+    d.wait_log(
+        "connections are refused until it can be looked up",
+        Duration::from_secs(5),
+    );
+    // One line per 5 s window, not one per connection.
+    let lines = d
+        .lines_with("connections are refused until it can be looked up")
+        .len();
+    let windows = 1 + (elapsed.as_secs() / 5) as usize;
+    assert!(
+        lines <= windows + 1,
+        "{lines} lines for 20 refusals in {elapsed:?}"
+    );
+}
+
+#[test]
 fn sigterm_stops_listening_and_leaves_sessions_running() {
     let port = free_port();
     let mut d = Daemon::start("w.conf", &classic(&[format!("{port} none /bin/cat")]), &[]);
