@@ -88,6 +88,11 @@ struct Daemon {
 
 impl Daemon {
     fn spawn(name: &str, config: &str, args: &[&str]) -> Daemon {
+        Daemon::spawn_env(name, config, args, &[])
+    }
+
+    /// With `env` added to the daemon's environment.
+    fn spawn_env(name: &str, config: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join(name);
         std::fs::write(&cfg, config).unwrap();
@@ -97,6 +102,7 @@ impl Daemon {
         let mut all = vec![exe.to_str().unwrap(), "--debug", "--cfgfile", &cfg];
         all.extend_from_slice(args);
         let child = wine(&all)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -304,6 +310,45 @@ fn cmd_echo_output_and_client_address_reach_the_client() {
         String::from_utf8(read_all(&mut s)).unwrap(),
         format!("127.0.0.1 {} {b} TCP\r\n", me.port())
     );
+}
+
+#[test]
+#[ignore = "needs Wine and the Windows build; run by scripts/test.sh"]
+fn a_program_gets_its_accounts_environment_not_the_daemons() {
+    let port = free_port();
+    let d = Daemon::spawn_env(
+        "w.conf",
+        &format!("{port} none cmd.exe /c set\n"),
+        &[],
+        &[
+            ("MY_SECRET", "s3cret"),
+            ("WININETD_TEST", "x"),
+            ("LC_WININETD", "passed"),
+        ],
+    );
+    d.wait_log("serving", Duration::from_secs(60));
+    let mut s = connect(port);
+    s.shutdown(Shutdown::Write).unwrap();
+    let out = String::from_utf8_lossy(&read_all(&mut s)).into_owned();
+    let has = |name: &str| {
+        out.lines().any(|l| {
+            l.to_uppercase()
+                .starts_with(&format!("{}=", name.to_uppercase()))
+        })
+    };
+    for name in [
+        "SystemRoot",
+        "windir",
+        "ComSpec",
+        "Path",
+        "CLIENT_IP",
+        "LC_WININETD",
+    ] {
+        assert!(has(name), "{name} missing:\n{out}");
+    }
+    for name in ["MY_SECRET", "WININETD_TEST"] {
+        assert!(!has(name), "{name} leaked:\n{out}");
+    }
 }
 
 #[test]

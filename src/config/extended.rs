@@ -32,6 +32,7 @@ const GLOBAL_KEYS: &[&str] = &[
     "service",
     "pipe_budget",
     "ipv6_source_prefix",
+    "pass_env",
 ];
 
 const SERVICE_KEYS: &[&str] = &[
@@ -55,6 +56,7 @@ const SERVICE_KEYS: &[&str] = &[
     "deny",
     "timeout",
     "per_source_rate",
+    "pass_env",
 ];
 
 /// Keys that only mean something when a program runs.
@@ -66,6 +68,7 @@ const PROGRAM_KEYS: &[&str] = &[
     "env",
     "working_directory",
     "wait",
+    "pass_env",
 ];
 
 /// Windows keeps SO_LINGER in an unsigned 16-bit field.
@@ -142,6 +145,11 @@ pub(super) fn parse(file: &str, bytes: &[u8]) -> Result<Config, ConfigErrors> {
             "ipv6_source_prefix" => {
                 if let Some(n) = r.integer("ipv6_source_prefix", value, 1..=128) {
                     globals.ipv6_source_prefix = n as u8;
+                }
+            }
+            "pass_env" => {
+                if let Some(names) = r.pass_env(value) {
+                    globals.pass_env = names;
                 }
             }
             other => {
@@ -582,6 +590,11 @@ impl Report<'_> {
             None => Some(None),
         };
 
+        let pass_env = match get("pass_env") {
+            Some(v) if !is_internal => self.pass_env(v).map(Some),
+            _ => Some(None),
+        };
+
         // Settings the core would ignore for UDP must not look as if they
         // protected anything.
         if protocol == Some(Protocol::Udp) {
@@ -634,6 +647,7 @@ impl Report<'_> {
                 deny: deny?,
             },
             timeout: timeout?,
+            pass_env: pass_env?,
         })
     }
 
@@ -804,6 +818,23 @@ impl Report<'_> {
                     );
                     ok = false;
                 }
+            }
+        }
+        ok.then_some(out)
+    }
+
+    /// `pass_env`: variable names, or prefixes ending in `*`.
+    fn pass_env(&mut self, v: &Value) -> Option<Vec<String>> {
+        let items = self.strings("pass_env", v)?;
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (name, span) in items {
+            match super::pass_env_error(name) {
+                Some(e) => {
+                    self.at(span, e);
+                    ok = false;
+                }
+                None => out.push(name.to_string()),
             }
         }
         ok.then_some(out)
@@ -1264,6 +1295,21 @@ mod tests {
             Some(Handoff::Direct)
         );
         assert_error(&with("handoff = \"socket\""), 4, "\"direct\", \"pipe\"");
+    }
+
+    #[test]
+    fn pass_env_is_read_globally_and_per_service_with_a_default() {
+        let c = parse_ok(&with(""));
+        assert_eq!(c.globals.pass_env, ["TZ", "LANG", "LC_*"]);
+        assert_eq!(c.services[0].pass_env, None);
+        let c = parse_ok(&format!("pass_env = [\"TZ\", \"MY_*\"]\n{}", with("")));
+        assert_eq!(c.globals.pass_env, ["TZ", "MY_*"]);
+        let s = service(&with("pass_env = []"));
+        assert_eq!(s.pass_env, Some(Vec::new()));
+        assert_error(&with("pass_env = [\"A=B\"]"), 4, "`pass_env`");
+        assert_error(&with("pass_env = [\"*X\"]"), 4, "prefix ending in `*`");
+        assert_error(&with("pass_env = [\"\"]"), 4, "`pass_env`");
+        assert_error(&internal_with("pass_env = [\"TZ\"]"), 4, "no meaning");
     }
 
     #[test]

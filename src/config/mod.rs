@@ -37,6 +37,9 @@ pub struct Globals {
     pub pipe_budget: u64,
     /// IPv6 sources are counted per prefix of this length (1-128).
     pub ipv6_source_prefix: u8,
+    /// The daemon's variables a program gets (`pass_env`): names, or
+    /// prefixes ending in `*`.
+    pub pass_env: Vec<String>,
 }
 
 impl Default for Globals {
@@ -48,8 +51,32 @@ impl Default for Globals {
             log_format: LogFormat::Text,
             pipe_budget: DEFAULT_PIPE_BUDGET,
             ipv6_source_prefix: DEFAULT_IPV6_SOURCE_PREFIX,
+            pass_env: DEFAULT_PASS_ENV.iter().map(|s| s.to_string()).collect(),
         }
     }
+}
+
+/// `pass_env` unless a config says otherwise (both formats).
+pub const DEFAULT_PASS_ENV: [&str; 3] = ["TZ", "LANG", "LC_*"];
+
+/// Whether `pass_env` entry `pattern` names variable `name`: equal, or a
+/// prefix when it ends in `*`.
+pub fn pass_env_matches(pattern: &str, name: &[u8]) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix.as_bytes()),
+        None => name == pattern.as_bytes(),
+    }
+}
+
+/// Why a `pass_env` entry is invalid, if it is.
+pub fn pass_env_error(pattern: &str) -> Option<String> {
+    let name = pattern.strip_suffix('*').unwrap_or(pattern);
+    if pattern.is_empty() || name.contains(['=', '\0', '*']) {
+        return Some(format!(
+            "`pass_env`: {pattern:?} is not a variable name or a prefix ending in `*` (no `=`, NUL, or `*` elsewhere)"
+        ));
+    }
+    None
 }
 
 /// WinInetd's default for `--linger-timeout`.
@@ -131,6 +158,8 @@ pub struct Service {
     pub access: Access,
     /// Overrides the global timeout; `Some(0)` switches it off.
     pub timeout: Option<u32>,
+    /// Overrides the global `pass_env`.
+    pub pass_env: Option<Vec<String>>,
 }
 
 impl Service {

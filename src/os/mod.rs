@@ -9,10 +9,9 @@
 //! Each platform module provides the same names; the core in `server.rs`
 //! uses only these.
 
-use std::path::Path;
 use std::time::Instant;
 
-use crate::config::{CommandLine, RunAs, StderrMode};
+use crate::config::StderrMode;
 
 #[cfg(unix)]
 mod unix;
@@ -28,12 +27,27 @@ pub use windows::*;
 pub struct LaunchSpec<'a> {
     /// The service's name, for messages.
     pub service: &'a str,
-    pub command: &'a CommandLine,
-    /// Variables added to the daemon's own environment (CLIENT_IP, …).
+    /// What is fixed for the service's program ([`ExecTemplate`], built
+    /// once per config).
+    pub template: &'a ExecTemplate,
+    /// The connection's variables (CLIENT_IP, …), set on top of the
+    /// template's environment.
     pub env: &'a [(String, String)],
-    pub working_directory: Option<&'a Path>,
-    pub user: &'a RunAs,
     pub stderr: StderrMode,
+}
+
+/// The daemon's variables a program never gets, whatever `pass_env` says:
+/// they describe the daemon's own service manager and settings.
+pub fn never_passed(name: &[u8]) -> bool {
+    name == b"NOTIFY_SOCKET" || name.starts_with(b"LISTEN_") || name.starts_with(b"WININETD_")
+}
+
+/// Whether the daemon's variable `name` goes to programs under `pass_env`.
+pub fn passed_from_daemon(pass_env: &[String], name: &[u8]) -> bool {
+    !never_passed(name)
+        && pass_env
+            .iter()
+            .any(|p| crate::config::pass_env_matches(p, name))
 }
 
 /// What the program's standard handles are.
@@ -79,6 +93,9 @@ pub enum LaunchError {
     User(String),
     /// The program could not be started.
     Spawn(std::io::Error),
+    /// Refused for a reason logged a moment ago (not logged again, so a
+    /// flood of connections is not a flood of lines).
+    Quiet,
 }
 
 impl std::fmt::Display for LaunchError {
@@ -86,6 +103,7 @@ impl std::fmt::Display for LaunchError {
         match self {
             LaunchError::User(m) => f.write_str(m),
             LaunchError::Spawn(e) => write!(f, "cannot start the program: {e}"),
+            LaunchError::Quiet => f.write_str("refused (the reason was logged a moment ago)"),
         }
     }
 }

@@ -10,7 +10,7 @@ use tracing::{error, info};
 use super::{Active, Ctx};
 use crate::admission::Lease;
 use crate::children::Record;
-use crate::config::{self, Program, Protocol, Service};
+use crate::config::{self, Protocol};
 use crate::os::{self, ChildStdio, LaunchSpec};
 
 /// Launches the program and records it for the reaper; logs either way.
@@ -23,15 +23,11 @@ pub(super) fn launch(
     lease: Lease,
 ) -> Option<os::Launched> {
     let svc = &active.svc;
-    let Program::Command(command) = &svc.program else {
-        return None;
-    };
+    let template = active.exec.as_ref()?;
     let spec = LaunchSpec {
         service: &svc.name,
-        command,
+        template,
         env,
-        working_directory: svc.working_directory.as_deref(),
-        user: &svc.user,
         stderr: svc.stderr,
     };
     match os::launch(&spec, stdio) {
@@ -50,6 +46,7 @@ pub(super) fn launch(
             );
             Some(launched)
         }
+        Err(os::LaunchError::Quiet) => None,
         Err(e) => {
             error!(service = %svc.name, %peer, "{e}");
             None
@@ -75,16 +72,15 @@ async fn log_stderr(service: String, pid: os::ChildId, stderr: os::PipeReader) {
         }
     }
 }
-/// The variables a program gets on top of the daemon's environment: the
-/// service's `env`, then WinInetd's CLIENT_IP/CLIENT_PORT, the UCSPI
+/// The connection's variables, set on top of the service's environment
+/// (its exec template): WinInetd's CLIENT_IP/CLIENT_PORT, the UCSPI
 /// (tcpserver) names and systemd's REMOTE_ADDR/REMOTE_PORT.
 pub(super) fn connection_env(
-    svc: &Service,
     protocol: Protocol,
     peer: Option<SocketAddr>,
     local: Option<SocketAddr>,
 ) -> Vec<(String, String)> {
-    let mut env = svc.env.clone();
+    let mut env = Vec::with_capacity(9);
     env.push((
         "PROTO".into(),
         match protocol {

@@ -125,6 +125,8 @@ struct Active {
     /// Every UDP port of the served config, sorted: no client sends from
     /// one of them.
     udp_ports: Arc<[u16]>,
+    /// What is fixed for starting its program (`None`: an internal service).
+    exec: Option<os::ExecTemplate>,
 }
 
 struct Listening {

@@ -9,7 +9,7 @@ use tracing::{error, info, warn};
 
 use super::tcp::accept_tcp;
 use super::udp::serve_udp;
-use super::{Active, EXIT_BIND, EXIT_USERS, Key, Listening, Server, seconds};
+use super::{Active, EXIT_BIND, EXIT_CONFIG, EXIT_USERS, Key, Listening, Server, seconds};
 use crate::admission::{Gate, fair_floor};
 use crate::config::{self, Config, Handoff, Program, Protocol, RunAs, Secret, Service};
 use crate::listener::{self, Bound};
@@ -68,6 +68,7 @@ impl Server {
         let mut rule_updates = Vec::new();
         // Each gate and the most live programs its service can hold.
         let mut holds = Vec::new();
+        let mut templates = Vec::new();
         for svc in config.services {
             let gate = match self.gates.get(&svc.name) {
                 Some(g) => {
@@ -85,7 +86,18 @@ impl Server {
             let udp_guard = self.udp_guards.get(&svc.name).cloned().unwrap_or_default();
             udp_guards.insert(svc.name.clone(), Arc::clone(&udp_guard));
             holds.push((Arc::clone(&gate), most_live(&svc)));
+            let exec = match &svc.program {
+                Program::Command(_) => {
+                    let pass_env = svc.pass_env.as_ref().unwrap_or(&config.globals.pass_env);
+                    let t = os::ExecTemplate::new(&svc, pass_env)
+                        .map_err(|m| (EXIT_CONFIG, format!("{}: {m}", svc.origin)))?;
+                    templates.push(t.clone());
+                    Some(t)
+                }
+                Program::Internal(_) => None,
+            };
             let active = Arc::new(Active {
+                exec,
                 handoff: svc
                     .handoff
                     .or(self.opts.handoff)
@@ -100,6 +112,19 @@ impl Server {
             for addr in active.svc.addrs() {
                 wanted.insert((active.svc.protocol, addr), Arc::clone(&active));
             }
+        }
+
+        // The accounts (NSS may be remote), looked up off this thread; a
+        // user not found yet is retried later, its connections refused.
+        let resolved = tokio::task::spawn_blocking(move || {
+            templates
+                .iter()
+                .filter_map(os::ExecTemplate::resolve)
+                .collect::<Vec<_>>()
+        })
+        .await;
+        for warning in resolved.unwrap_or_default() {
+            warn!("{warning}");
         }
 
         // Bind what is new before touching what runs, so a failure changes

@@ -103,7 +103,7 @@ fn hand_off_tcp(
 ) {
     let svc = &active.svc;
     let local = stream.local_addr().ok();
-    let env = connection_env(svc, Protocol::Tcp, Some(peer), local);
+    let env = connection_env(Protocol::Tcp, Some(peer), local);
     if active.handoff == Handoff::Direct {
         let sock = socket2::Socket::from(stream);
         if let Err(e) = direct_socket_options(&sock, active) {

@@ -160,7 +160,7 @@ async fn wait_service(
             return;
         }
     };
-    let env = connection_env(svc, Protocol::Udp, Some(peer), None);
+    let env = connection_env(Protocol::Udp, Some(peer), None);
     let launched = launch(ctx, active, &env, ChildStdio::Socket(dup), peer, lease);
     let ran = match launched {
         Some(l) => {
@@ -233,6 +233,7 @@ mod tests {
             linger: None,
             udp_guard: Arc::clone(&guard),
             udp_ports: vec![client.local_addr().unwrap().port()].into(),
+            exec: None,
         });
         let ctx = Arc::new(Ctx {
             global: Global::new(10),

@@ -4,9 +4,11 @@ mod launch;
 mod service;
 mod signals;
 mod spawn;
+mod template;
 
 pub use launch::{Exits, PipeReader, PipeWriter, check_users, init_process, launch, terminate};
 pub use service::{Host, install, reload, remove, unit_text};
+pub use template::{DEFAULT_PATH, ExecTemplate};
 
 /// A socket for a listener: close-on-exec (socket2's default), and
 /// SO_REUSEADDR so a restart rebinds at once despite TIME_WAIT connections.

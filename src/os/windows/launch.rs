@@ -71,7 +71,7 @@ fn running() -> std::sync::MutexGuard<'static, BTreeMap<u32, Running>> {
 
 /// Starts the program of `spec` with `stdio` as its standard handles.
 pub fn launch(spec: &LaunchSpec<'_>, stdio: ChildStdio) -> Result<Launched, LaunchError> {
-    let cmdline = spec.command.windows_command_line();
+    let cmdline = spec.template.command_line().to_string();
     if cmdline.trim().is_empty() {
         return Err(spawn_err(
             io::ErrorKind::InvalidInput,
@@ -80,7 +80,7 @@ pub fn launch(spec: &LaunchSpec<'_>, stdio: ChildStdio) -> Result<Launched, Laun
     }
     let mut cmdline_w = wide(&cmdline)
         .ok_or_else(|| spawn_err(io::ErrorKind::InvalidInput, "NUL in the command line"))?;
-    let cwd_w = match spec.working_directory {
+    let cwd_w = match spec.template.working_directory() {
         Some(d) => Some(
             wide(d)
                 .ok_or_else(|| spawn_err(io::ErrorKind::InvalidInput, "NUL in the directory"))?,
@@ -89,22 +89,22 @@ pub fn launch(spec: &LaunchSpec<'_>, stdio: ChildStdio) -> Result<Launched, Laun
     };
 
     // Log on first: a failed logon must not leave pipes or a process behind.
-    let token = match spec.user {
+    let token = match spec.template.user() {
         RunAs::Daemon => None,
         RunAs::User { name, secret } => {
             Some(logon::logon(name, secret.as_ref()).map_err(LaunchError::User)?)
         }
     };
     let mut env_block = match &token {
-        None => env::block(std::env::vars_os(), spec.env),
+        None => spec.template.block(None, spec.env),
         Some(t) => {
             let vars = user_environment(t).map_err(|e| {
                 LaunchError::User(format!(
                     "cannot read the environment of user {:?}: {e}; nothing runs",
-                    user_name(spec.user)
+                    user_name(spec.template.user())
                 ))
             })?;
-            env::block(vars, spec.env)
+            spec.template.block(Some(vars), spec.env)
         }
     };
 
@@ -145,7 +145,7 @@ pub fn launch(spec: &LaunchSpec<'_>, stdio: ChildStdio) -> Result<Launched, Laun
         [stdin.raw(), stdout.raw(), stderr.raw()],
     )
     .map_err(|e| {
-        let what = match spec.user {
+        let what = match spec.template.user() {
             RunAs::Daemon => format!("{cmdline}: {e}"),
             user => format!("{cmdline} (as user {:?}): {e}", user_name(user)),
         };
@@ -318,7 +318,7 @@ fn null_device() -> io::Result<OwnedHandle> {
 }
 
 /// The logged-on user's own environment (its profile's variables).
-fn user_environment(
+pub(super) fn user_environment(
     token: &OwnedHandle,
 ) -> io::Result<Vec<(std::ffi::OsString, std::ffi::OsString)>> {
     let mut block: *mut c_void = std::ptr::null_mut();

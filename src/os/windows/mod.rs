@@ -6,9 +6,11 @@ mod eventlog;
 mod launch;
 mod logon;
 mod service;
+mod template;
 
 pub use eventlog::EventLog;
 pub use launch::{
     Exits, PipeReader, PipeWriter, check_users, init_process, launch, new_socket, terminate,
 };
 pub use service::{Host, install, reload, remove, run_as_service};
+pub use template::ExecTemplate;
