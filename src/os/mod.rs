@@ -34,6 +34,10 @@ pub struct LaunchSpec<'a> {
     pub working_directory: Option<&'a Path>,
     pub user: &'a RunAs,
     pub stderr: StderrMode,
+    /// The primary group instead of the user's own (Unix).
+    pub group: Option<&'a str>,
+    /// argv[0] when it is not the program (Unix).
+    pub argv0: Option<&'a str>,
 }
 
 /// What the program's standard handles are.
@@ -102,4 +106,44 @@ pub trait ServiceHost {
     async fn next(&mut self) -> Control;
     /// Reports our state (READY only once every listener is bound).
     fn status(&mut self, status: HostStatus);
+}
+
+/// An internal service runs inside wininetd: a `user` on it may only name
+/// the account wininetd runs as (converted inetd/xinetd configs say `root`).
+pub fn check_internal_users(
+    config: &crate::config::Config,
+) -> Result<(), crate::config::ConfigErrors> {
+    let errors: Vec<_> = config
+        .services
+        .iter()
+        .filter_map(|s| match (&s.program, &s.user) {
+            (crate::config::Program::Internal(_), RunAs::User { name, .. })
+                if !is_own_account(name) =>
+            {
+                Some(crate::config::ConfigError {
+                    location: s.origin.clone(),
+                    message: format!(
+                        "service {} is internal (it runs inside wininetd) but names user {name:?}, which is not the account wininetd runs as; remove `user`",
+                        s.name
+                    ),
+                })
+            }
+            _ => None,
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(crate::config::ConfigErrors(errors))
+    }
+}
+
+#[cfg(unix)]
+fn is_own_account(name: &str) -> bool {
+    matches!(nix::unistd::User::from_name(name), Ok(Some(u)) if u.uid == nix::unistd::Uid::effective())
+}
+
+#[cfg(windows)]
+fn is_own_account(name: &str) -> bool {
+    std::env::var("USERNAME").is_ok_and(|me| me.eq_ignore_ascii_case(name))
 }

@@ -33,6 +33,8 @@ pub(super) fn launch(
         working_directory: svc.working_directory.as_deref(),
         user: &svc.user,
         stderr: svc.stderr,
+        group: svc.group.as_deref(),
+        argv0: svc.argv0.as_deref(),
     };
     match os::launch(&spec, stdio) {
         Ok(mut launched) => {

@@ -36,7 +36,7 @@ pub fn launch(spec: &LaunchSpec<'_>, stdio: ChildStdio) -> Result<Launched, Laun
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     let user = match spec.user {
-        RunAs::User { name, .. } => Some(resolve_user(name)?),
+        RunAs::User { name, .. } => Some(resolve_user(name, spec.group)?),
         RunAs::Daemon => None,
     };
     if let Some(u) = &user {
@@ -92,6 +92,17 @@ pub fn launch(spec: &LaunchSpec<'_>, stdio: ChildStdio) -> Result<Launched, Laun
             format!("{what} contains a NUL byte"),
         ))
     };
+    // An explicit argv[0] takes the program's place in argv; the program
+    // is then exec'd by its own name.
+    let (program, argv) = match spec.argv0 {
+        Some(a0) => {
+            let program = CString::new(argv[0].as_bytes()).map_err(|_| nul("the command line"))?;
+            let mut v = argv;
+            v[0] = a0.to_string();
+            (Some(program), v)
+        }
+        None => (None, argv),
+    };
     let request = Request {
         argv: argv
             .iter()
@@ -104,6 +115,7 @@ pub fn launch(spec: &LaunchSpec<'_>, stdio: ChildStdio) -> Result<Launched, Laun
             .transpose()?,
         creds: user.and_then(|u| u.creds),
         stdio: [input.as_fd(), output.as_fd(), errors],
+        program,
     };
     let pid = spawn(request)
         .map_err(|e| LaunchError::Spawn(io::Error::new(e.kind(), format!("{}: {e}", argv[0]))))?;
@@ -193,26 +205,35 @@ struct Account {
     creds: Option<Creds>,
 }
 
-fn resolve_user(name: &str) -> Result<Account, LaunchError> {
-    let user = User::from_name(name)
+fn resolve_user(name: &str, group: Option<&str>) -> Result<Account, LaunchError> {
+    let mut user = User::from_name(name)
         .map_err(|e| LaunchError::User(format!("cannot look up user {name:?}: {e}")))?
         .ok_or_else(|| LaunchError::User(format!("unknown user {name:?}")))?;
-    let creds = if user.uid == Uid::effective() {
-        None
-    } else {
-        let cname =
-            CString::new(name).map_err(|_| LaunchError::User(format!("bad user name {name:?}")))?;
-        let groups = nix::unistd::getgrouplist(&cname, user.gid)
-            .map_err(|e| LaunchError::User(format!("cannot read the groups of {name:?}: {e}")))?
-            .into_iter()
-            .map(Gid::as_raw)
-            .collect();
-        Some(Creds {
-            uid: user.uid.as_raw(),
-            gid: user.gid.as_raw(),
-            groups,
-        })
-    };
+    if let Some(g) = group {
+        // `user.group`: that group is the primary one; the user's
+        // supplementary groups stay.
+        user.gid = nix::unistd::Group::from_name(g)
+            .map_err(|e| LaunchError::User(format!("cannot look up group {g:?}: {e}")))?
+            .ok_or_else(|| LaunchError::User(format!("unknown group {g:?}")))?
+            .gid;
+    }
+    let creds =
+        if user.uid == Uid::effective() && group.is_none_or(|_| user.gid == Gid::effective()) {
+            None
+        } else {
+            let cname = CString::new(name)
+                .map_err(|_| LaunchError::User(format!("bad user name {name:?}")))?;
+            let groups = nix::unistd::getgrouplist(&cname, user.gid)
+                .map_err(|e| LaunchError::User(format!("cannot read the groups of {name:?}: {e}")))?
+                .into_iter()
+                .map(Gid::as_raw)
+                .collect();
+            Some(Creds {
+                uid: user.uid.as_raw(),
+                gid: user.gid.as_raw(),
+                groups,
+            })
+        };
     Ok(Account {
         name: user.name,
         home: user.dir.to_string_lossy().into_owned(),

@@ -27,6 +27,8 @@ pub struct Request<'a> {
     /// What becomes fd 0, 1 and 2 (all >= 3 in our process, see
     /// `init_process`); the same descriptor may be given more than once.
     pub stdio: [BorrowedFd<'a>; 3],
+    /// The program when argv[0] is not it (inetd.conf's own argv[0]).
+    pub program: Option<CString>,
 }
 
 /// The identity to take before exec.
@@ -80,11 +82,12 @@ pub fn spawn_std(req: Request<'_>) -> io::Result<u32> {
     use std::process::{Command, Stdio};
 
     let os = |c: &CString| OsStr::from_bytes(c.as_bytes()).to_owned();
-    let Some(program) = req.argv.first() else {
+    let Some(arg0) = req.argv.first() else {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "no program"));
     };
-    let mut cmd = Command::new(os(program));
-    cmd.args(req.argv[1..].iter().map(os))
+    let mut cmd = Command::new(os(req.program.as_ref().unwrap_or(arg0)));
+    cmd.arg0(os(arg0))
+        .args(req.argv[1..].iter().map(os))
         .env_clear()
         .process_group(0);
     for kv in &req.envp {
@@ -391,7 +394,7 @@ mod clone {
         let slot = &mut *pool.slots[at];
         slot.seq = seq;
 
-        slot.candidates = candidates(&req.argv[0]);
+        slot.candidates = candidates(req.program.as_ref().unwrap_or(&req.argv[0]));
         slot.argv = req.argv;
         slot.envp = req.envp;
         slot.cwd = req.cwd;
@@ -626,6 +629,7 @@ mod clone {
                 cwd: None,
                 creds: None,
                 stdio: [null.as_fd(), null.as_fd(), null.as_fd()],
+                program: None,
             })
             .unwrap();
             let waited = started.elapsed();
@@ -681,6 +685,7 @@ mod tests {
             cwd: Some(cs("/tmp")),
             creds: None,
             stdio: [null.as_fd(), w.as_fd(), w.as_fd()],
+            program: None,
         };
         let pid = spawner(req).unwrap();
         drop(w);
@@ -756,6 +761,7 @@ mod tests {
                 cwd: None,
                 creds: None,
                 stdio: [r.as_fd(), null.as_fd(), null.as_fd()],
+                program: None,
             };
             let pid = spawner(req).unwrap();
             drop(r);
@@ -796,6 +802,7 @@ mod tests {
             cwd: None,
             creds: None,
             stdio,
+            program: None,
         }
     }
 
