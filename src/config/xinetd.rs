@@ -77,7 +77,7 @@ pub fn parse(
             "enabled" => enabled
                 .get_or_insert_with(HashSet::new)
                 .extend(a.values.iter().cloned()),
-            name if !DEFAULTS_CARRIED.contains(&name) => {
+            name if !CARRIED.contains(&name) => {
                 let why = lost(name);
                 warnings.push(ConfigError {
                     location: a.location.clone(),
@@ -98,41 +98,77 @@ pub fn parse(
         }
     }
 
+    let mut ids: HashSet<String> = HashSet::new();
     for b in &blocks {
         let Some(name) = &b.service else { continue };
         let attrs = merge(&defaults, &b.attrs);
+        let id = first(&attrs, "id").unwrap_or(name).to_string();
+        let off = disabled_by_defaults.contains(&id)
+            || enabled.as_ref().is_some_and(|e| !e.contains(&id))
+            || first(&attrs, "disable").is_some_and(|v| v == "yes");
         let mut lost_here = Vec::new();
-        match service(name, b, &attrs, table, &mut lost_here) {
-            Ok(Some(mut svc)) => {
-                let id = svc.name.clone();
-                let off = disabled_by_defaults.contains(&id)
-                    || enabled.as_ref().is_some_and(|e| !e.contains(&id))
-                    || first(&attrs, "disable").is_some_and(|v| v == "yes");
-                svc.origin = b.location.clone();
-                if off {
-                    // Kept, commented out, so enabling it is one edit away.
-                    let mut one = Config {
+        let converted = service(name, b, &attrs, table, &mut lost_here);
+        if off {
+            // Kept as a comment, so enabling it is one edit away; what it
+            // would lack is said there, but it is no warning: it is off.
+            let text = match converted {
+                Ok(Some(svc)) => {
+                    let one = Config {
                         globals: Globals::default(),
                         services: vec![svc],
                         warnings: Vec::new(),
                     };
-                    one.services[0].origin = b.location.clone();
-                    let text = super::to_toml(&one, &[]);
-                    notes.push(Note {
-                        place: Place::Before(services.len()),
-                        text: format!(
-                            "{}: service {name} is disabled there; uncomment to enable it:\n{}",
-                            b.location,
-                            text.trim_end()
-                        ),
-                    });
-                    continue;
+                    let lost: Vec<String> = lost_here
+                        .iter()
+                        .map(|(l, a, why)| format!("{l}: {a} -- not carried: {why}"))
+                        .collect();
+                    format!(
+                        "{}: service {id} is disabled there; uncomment to enable it:\n{}{}",
+                        b.location,
+                        super::to_toml(&one, &[]).trim_end(),
+                        lost.iter().map(|l| format!("\n{l}")).collect::<String>()
+                    )
                 }
+                Ok(None) => format!(
+                    "{}: service {id} is disabled there (and could not be served: {})",
+                    b.location,
+                    lost_here.first().map_or("", |l| l.2)
+                ),
+                Err(e) => format!(
+                    "{}: service {id} is disabled there (and could not be converted: {})",
+                    b.location,
+                    e.iter()
+                        .map(|e| e.message.as_str())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+            };
+            notes.push(Note {
+                place: Place::Before(services.len()),
+                text,
+            });
+            continue;
+        }
+        if !ids.insert(id.clone()) {
+            // xinetd refuses a second service with the same id.
+            let why = "a service with this id came before it; xinetd serves only that one";
+            warnings.push(ConfigError {
+                location: b.location.clone(),
+                message: format!("service {id}: not carried: {why}"),
+            });
+            notes.push(Note {
+                place: Place::Before(services.len()),
+                text: format!("{}: service {id} -- not carried: {why}", b.location),
+            });
+            continue;
+        }
+        match converted {
+            Ok(Some(svc)) => {
                 let index = services.len();
                 for (location, attr, why) in lost_here {
                     warnings.push(ConfigError {
                         location: location.clone(),
-                        message: format!("service {name}: `{attr}` is not carried: {why}"),
+                        message: format!("service {id}: `{attr}` is not carried: {why}"),
                     });
                     notes.push(Note {
                         place: Place::In(index),
@@ -145,11 +181,11 @@ pub fn parse(
                 for (location, attr, why) in lost_here {
                     warnings.push(ConfigError {
                         location: location.clone(),
-                        message: format!("service {name}: {why}"),
+                        message: format!("service {id}: not carried: {why}"),
                     });
                     notes.push(Note {
                         place: Place::Before(services.len()),
-                        text: format!("{location}: service {name} ({attr}) -- not carried: {why}"),
+                        text: format!("{location}: service {id} ({attr}) -- not carried: {why}"),
                     });
                 }
             }
@@ -178,24 +214,6 @@ impl Op {
         }
     }
 }
-
-/// Attributes a `defaults` section may hold that services inherit.
-const DEFAULTS_CARRIED: &[&str] = &[
-    "only_from",
-    "no_access",
-    "instances",
-    "per_source",
-    "cps",
-    "bind",
-    "interface",
-    "env",
-    "passenv",
-    "disabled",
-    "enabled",
-    "log_type",
-    "log_on_success",
-    "log_on_failure",
-];
 
 /// Why an attribute wininetd has no equivalent for is not carried.
 fn lost(name: &str) -> &'static str {
@@ -370,11 +388,12 @@ fn attribute(line: &str) -> Result<(String, Op, Vec<String>), String> {
 
 /// The service's attributes on top of the defaults: `=` replaces, `+=`
 /// adds to, `-=` takes from what the defaults (or earlier lines) said.
+/// What the defaults hold that is not carried was said once, for them.
 fn merge(defaults: &[Attr], own: &[Attr]) -> Vec<Attr> {
     let mut out: Vec<Attr> = Vec::new();
     for a in defaults
         .iter()
-        .filter(|a| !matches!(a.name.as_str(), "disabled" | "enabled"))
+        .filter(|a| CARRIED.contains(&a.name.as_str()))
         .chain(own)
     {
         let existing = out.iter_mut().find(|e| e.name == a.name);
@@ -692,16 +711,15 @@ fn service(
         .unwrap_or_default();
 
     let (program, user, group, argv0) = if internal {
-        let kind = Internal::parse(name);
-        if kind.is_none() {
-            fail(
-                get(attrs, "type"),
-                format!(
-                    "internal service {name:?} is not one wininetd has (echo, discard, chargen, daytime, time)"
-                ),
-            );
-        }
-        (kind.map(Program::Internal), RunAs::Daemon, None, None)
+        let Some(kind) = Internal::parse(name) else {
+            lost_here.push((
+                get(attrs, "type").map_or(block.location.clone(), |a| a.location.clone()),
+                format!("type = INTERNAL, service {name}"),
+                "wininetd's internal services are echo, discard, chargen, daytime and time",
+            ));
+            return Ok(None);
+        };
+        (Some(Program::Internal(kind)), RunAs::Daemon, None, None)
     } else {
         let server = first(attrs, "server");
         if server.is_none() {
@@ -968,11 +986,29 @@ service echo
             assert_eq!(s.user, RunAs::Daemon);
             assert!(!s.wait);
         }
-        error(
-            "service tcpmux\n{\ntype = INTERNAL\nsocket_type = stream\nwait = no\n}\n",
-            "x.conf:3",
-            "not one wininetd has",
+        let (c, notes) = ok(
+            "service servers\n{\ntype = INTERNAL\nport = 9099\nsocket_type = stream\nwait = no\n}\n",
         );
+        assert!(c.services.is_empty());
+        assert_eq!(c.warnings[0].location, "x.conf:3");
+        assert!(
+            notes[0].text.contains("internal services are echo"),
+            "{notes:?}"
+        );
+    }
+
+    #[test]
+    fn a_second_service_with_the_same_id_is_not_carried() {
+        let svc = "service echo\n{\ntype = INTERNAL\nid = echo-dgram\nsocket_type = dgram\nwait = yes\n}\n";
+        let (c, _) = ok(&format!("{svc}{svc}"));
+        assert_eq!(c.services.len(), 1);
+        assert_eq!(c.warnings.len(), 1);
+        assert_eq!(c.warnings[0].location, "x.conf:8");
+        // Disabled duplicates are only comments.
+        let off = svc.replace("wait = yes", "wait = yes\ndisable = yes");
+        let (c, notes) = ok(&format!("{svc}{off}"));
+        assert!(c.warnings.is_empty());
+        assert!(notes[0].text.contains("disabled there"));
     }
 
     #[test]
