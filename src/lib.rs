@@ -75,7 +75,7 @@ fn check(cli: &cli::Cli) -> ExitCode {
             ExitCode::FAILURE
         }
         Ok(cfg) => {
-            for w in &cfg.warnings {
+            for w in cfg.warnings.iter().chain(&os::unknown_accounts(&cfg)) {
                 eprintln!("{w}");
             }
             println!(

@@ -299,6 +299,28 @@ fn inetd_conf_is_chosen_by_name_or_format_and_check_lists_what_is_not_served() {
 }
 
 #[test]
+fn check_warns_of_unknown_users_and_groups_with_file_and_line() {
+    let c = check(
+        "inetd.conf",
+        b"7000 stream tcp nowait nosuchuser9 /bin/cat cat\n7001 stream tcp nowait nobody.nosuchgroup9 /bin/cat cat\n7002 stream tcp nowait nobody.daemon /bin/cat cat\n",
+    );
+    assert_eq!(c.code, Some(0), "{}", c.stderr);
+    assert!(
+        c.stderr
+            .contains("inetd.conf:1: service 7000/tcp: unknown user \"nosuchuser9\""),
+        "{}",
+        c.stderr
+    );
+    assert!(
+        c.stderr
+            .contains("inetd.conf:2: service 7001/tcp: unknown group \"nosuchgroup9\""),
+        "{}",
+        c.stderr
+    );
+    assert!(!c.stderr.contains("inetd.conf:3"), "{}", c.stderr);
+}
+
+#[test]
 fn inetd_conf_errors_are_all_listed_with_file_and_line() {
     let c = check(
         "inetd.conf",
@@ -535,6 +557,37 @@ fn convert_exit_codes_and_warnings_name_file_and_line() {
         out.contains("user = \"bob:s3cret\"") && out.contains("command = \"/bin/cat\""),
         "{out}"
     );
+}
+
+/// README's side-by-side: the inetd.conf and xinetd parts convert to its
+/// TOML part (the service's name aside).
+#[test]
+fn readme_side_by_side_is_what_convert_prints() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let block = readme
+        .split("```\n# inetd.conf\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("README has the side-by-side block");
+    let (inetd, rest) = block.split_once("\n# xinetd\n").unwrap();
+    let (xinetd, toml) = rest.split_once("\n# wininetd.toml").unwrap();
+    let toml = toml.split_once('\n').unwrap().1;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| !l.starts_with('#') && !l.starts_with("name = ") && !l.trim().is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let want = keys(toml);
+    assert!(want.len() > 5, "{toml}");
+    for (name, text, from) in [("inetd.conf", inetd, "inetd"), ("x", xinetd, "xinetd")] {
+        let f = write_file(dir.path(), name, text.as_bytes());
+        let (code, out, err) = convert(&f, &["--from", from]);
+        assert_eq!(code, Some(0), "{err}");
+        assert_eq!(keys(&out), want, "{from}:\n{out}");
+    }
 }
 
 // ---- acceptance: openbsd-inetd and wininetd on the same inetd.conf ----

@@ -710,6 +710,43 @@ mod tests {
         );
     }
 
+    /// What only Unix can do is refused on Windows, naming the service's line.
+    #[cfg(windows)]
+    #[test]
+    fn windows_refuses_group_argv0_and_tcp_wait() {
+        let e = parse(concat!(
+            "7000 stream tcp nowait bob.staff c:\\x.exe c:\\x.exe\n",
+            "7001 stream tcp nowait bob c:\\y.exe other\n",
+            "7002 stream tcp wait bob c:\\z.exe c:\\z.exe\n",
+        ))
+        .unwrap_err();
+        let got: Vec<(&str, bool)> =
+            e.0.iter()
+                .map(|e| {
+                    (
+                        e.location.as_str(),
+                        e.message.contains("not supported on Windows"),
+                    )
+                })
+                .collect();
+        assert_eq!(
+            got,
+            [
+                ("inetd.conf:1", true),
+                ("inetd.conf:2", true),
+                ("inetd.conf:3", true)
+            ]
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn unix_runs_group_argv0_and_tcp_wait() {
+        let c = ok("7000 stream tcp wait bob.staff /bin/x other\n");
+        let s = &c.services[0];
+        assert!(s.wait && s.group.is_some() && s.argv0.is_some());
+    }
+
     #[test]
     fn the_file_name_selects_the_format() {
         assert_eq!(Format::detect(Path::new("/etc/inetd.conf")), Format::Inetd);

@@ -30,23 +30,32 @@ pub fn to_toml(config: &Config, notes: &[Note]) -> String {
     let mut out = String::new();
     globals(&mut out, &config.globals);
     for (i, s) in config.services.iter().enumerate() {
-        comments(&mut out, notes, Place::Before(i));
         if !out.is_empty() {
             out.push('\n');
         }
+        comments(&mut out, notes, Place::Before(i));
         service(&mut out, s);
         comments(&mut out, notes, Place::In(i));
     }
     let end = Place::Before(config.services.len());
     if notes.iter().any(|n| n.place == end) {
-        out.push('\n');
+        if !out.is_empty() {
+            out.push('\n');
+        }
         comments(&mut out, notes, end);
     }
     out
 }
 
 fn comments(out: &mut String, notes: &[Note], place: Place) {
+    let (mut first, mut previous_was_block) = (true, false);
     for n in notes.iter().filter(|n| n.place == place) {
+        // A commented-out service stands apart from the notes around it.
+        let block = n.text.lines().nth(1).is_some();
+        if !first && (block || previous_was_block) {
+            out.push('\n');
+        }
+        (first, previous_was_block) = (false, block);
         for line in n.text.lines() {
             let line = line.trim_end();
             if line.is_empty() {

@@ -147,3 +147,51 @@ fn is_own_account(name: &str) -> bool {
 fn is_own_account(name: &str) -> bool {
     std::env::var("USERNAME").is_ok_and(|me| me.eq_ignore_ascii_case(name))
 }
+
+/// Accounts a config names that do not exist here: `--check` and a load
+/// warn (`FILE:LINE`), since each connection of such a service is refused.
+pub fn unknown_accounts(config: &crate::config::Config) -> Vec<crate::config::ConfigError> {
+    let mut out = Vec::new();
+    for s in &config.services {
+        let (crate::config::Program::Command(_), RunAs::User { name, .. }) = (&s.program, &s.user)
+        else {
+            continue;
+        };
+        let mut missing = Vec::new();
+        if !account_exists(name, false) {
+            missing.push(format!("user {name:?}"));
+        }
+        if let Some(g) = &s.group
+            && !account_exists(g, true)
+        {
+            missing.push(format!("group {g:?}"));
+        }
+        if !missing.is_empty() {
+            out.push(crate::config::ConfigError {
+                location: s.origin.clone(),
+                message: format!(
+                    "service {}: unknown {}: its connections are refused until it exists",
+                    s.name,
+                    missing.join(" and ")
+                ),
+            });
+        }
+    }
+    out
+}
+
+#[cfg(unix)]
+fn account_exists(name: &str, group: bool) -> bool {
+    // A failed lookup (no NSS) is not "unknown": say nothing then.
+    if group {
+        !matches!(nix::unistd::Group::from_name(name), Ok(None))
+    } else {
+        !matches!(nix::unistd::User::from_name(name), Ok(None))
+    }
+}
+
+/// Windows logs users on per connection; there is nothing to look up.
+#[cfg(windows)]
+fn account_exists(_name: &str, _group: bool) -> bool {
+    true
+}

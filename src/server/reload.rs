@@ -53,7 +53,7 @@ impl Server {
                 _ => None,
             });
         os::check_users(users).map_err(|m| (EXIT_USERS, m))?;
-        for w in &config.warnings {
+        for w in config.warnings.iter().chain(&os::unknown_accounts(&config)) {
             warn!("{w}");
         }
         warn_ignored_passwords(&config);
