@@ -298,6 +298,28 @@ fn inetd_conf_is_chosen_by_name_or_format_and_check_lists_what_is_not_served() {
     );
 }
 
+/// `--format inetd` holds for reloads too, and the warnings are logged.
+#[test]
+fn an_inetd_conf_under_another_name_runs_and_reloads_with_format_inetd() {
+    let ports = free_ports(4);
+    let (a, b) = (ports[0], ports[2]);
+    let conf = |port: u16, other: u16| {
+        format!(
+            "127.0.0.1:\n{port} stream tcp nowait root /bin/echo echo served {port}\n{other} stream,rcvbuf=1024 tcp nowait root /bin/cat cat\n"
+        )
+    };
+    let d = Daemon::start("services.conf", &conf(a, ports[1]), &["--format", "inetd"]);
+    assert_eq!(exchange(a, b""), format!("served {a}\n").into_bytes());
+    assert!(
+        d.log()
+            .contains("services.conf:3: `rcvbuf=1024` is ignored"),
+        "{}",
+        d.log()
+    );
+    d.reload(&conf(b, ports[3]), "reloaded");
+    assert_eq!(exchange(b, b""), format!("served {b}\n").into_bytes());
+}
+
 #[test]
 fn check_warns_of_unknown_users_and_groups_with_file_and_line() {
     let c = check(

@@ -1491,6 +1491,7 @@ mod tests {
         );
     }
 
+    #[cfg(unix)]
     #[test]
     fn tcp_wait_is_read_for_programs() {
         assert!(service(&with("wait = true")).wait);
@@ -1499,6 +1500,7 @@ mod tests {
         assert!(s.wait && s.protocol == Protocol::Tcp);
     }
 
+    #[cfg(unix)]
     #[test]
     fn tcp_wait_refuses_per_connection_settings() {
         for (key, value) in [
@@ -1517,6 +1519,21 @@ mod tests {
         }
     }
 
+    #[cfg(windows)]
+    #[test]
+    fn group_argv0_and_tcp_wait_are_refused_on_windows() {
+        for extra in [
+            "user = \"x\"\ngroup = \"adm\"",
+            "argv0 = \"x\"",
+            "wait = true",
+        ] {
+            let (location, message) = one_error(&with(extra));
+            assert_eq!(location, "test.toml:1");
+            assert!(message.contains("not supported on Windows"), "{message}");
+        }
+    }
+
+    #[cfg(unix)]
     #[test]
     fn group_and_argv0_are_read() {
         let s = service(&with(

@@ -259,7 +259,9 @@ fn entry(
         Program::Command(CommandLine::Argv(argv))
     };
     let argv0 = match args.first() {
-        Some(a) if !internal && a != program => Some(a.clone()),
+        Some(a) if !internal && a != program && !(cfg!(windows) && names(program, a)) => {
+            Some(a.clone())
+        }
         _ => None,
     };
     if !internal && protocol == Protocol::Udp && !wait {
@@ -289,6 +291,19 @@ fn entry(
         group,
         argv0,
     }))
+}
+
+/// Whether `argv0` is the program's own file name (`c:\bin\x.exe` and `x`
+/// or `x.exe`): on Windows, where a program's argv[0] comes from its
+/// command line, that is what it gets anyway.
+fn names(program: &str, argv0: &str) -> bool {
+    let file = program.rsplit(['/', '\\']).next().unwrap_or(program);
+    let stem = file
+        .len()
+        .checked_sub(4)
+        .filter(|&i| file.is_char_boundary(i) && file[i..].eq_ignore_ascii_case(".exe"))
+        .map_or(file, |i| &file[..i]);
+    file.eq_ignore_ascii_case(argv0) || stem.eq_ignore_ascii_case(argv0)
 }
 
 fn split_options(field: &str) -> (&str, Vec<&str>) {
@@ -406,6 +421,7 @@ mod tests {
         }
     }
 
+    #[cfg(unix)]
     #[test]
     fn the_fields_are_read_and_argv0_is_the_first_argument() {
         let c = ok("ftp stream tcp nowait root /usr/sbin/tcpd in.ftpd -l -a\n");
@@ -434,6 +450,7 @@ mod tests {
         assert_eq!(argv(&c.services[1]), ["/bin/cat"]);
     }
 
+    #[cfg(unix)]
     #[test]
     fn user_group_in_both_spellings() {
         let c = ok(
@@ -581,6 +598,7 @@ mod tests {
         );
     }
 
+    #[cfg(unix)]
     #[test]
     fn stream_wait_is_a_tcp_wait_service_and_dgram_nowait_is_refused() {
         let c = ok("7000 stream tcp wait nobody /usr/bin/python3 python3 -c pass\n");
@@ -737,6 +755,15 @@ mod tests {
                 ("inetd.conf:3", true)
             ]
         );
+    }
+
+    #[test]
+    fn argv0_that_names_the_program_file_is_recognised() {
+        assert!(names("c:\\bin\\Echo.EXE", "echo"));
+        assert!(names("c:\\bin\\echo.exe", "echo.exe"));
+        assert!(names("/bin/cat", "cat"));
+        assert!(!names("/usr/sbin/tcpd", "in.ftpd"));
+        assert!(!names("x.exe", "y"));
     }
 
     #[cfg(unix)]

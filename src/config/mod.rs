@@ -484,7 +484,7 @@ pub fn load_as(file: &Path, format: Option<Format>) -> Result<Config, ConfigErro
     let format = format.unwrap_or_else(|| Format::detect(file));
     let table = match format {
         Format::Inetd => ServiceTable::system(),
-        _ => ServiceTable::builtin(),
+        _ => ServiceTable::default(),
     };
     parse_as(file, &bytes, format, &table)
 }
