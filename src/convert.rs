@@ -155,19 +155,23 @@ pub fn convert(
             "classic WinInetd",
         ),
     };
-    let mut toml = format!("# wininetd convert: from {name} ({what})\n");
+    let mut toml = format!(
+        "# wininetd convert: from {} ({what})\n",
+        config::toml_out::comment_safe(name)
+    );
     if config.services.is_empty() {
         toml.push_str("# (no service is enabled there; wininetd needs at least one)\n");
     }
     toml.push('\n');
     toml.push_str(&config::to_toml(&config, &notes));
-    // What we print must load: a failure here is our bug, not the user's.
+    // What we print must load here (on Windows a Unix-only setting such
+    // as `group` is refused by name).
     if !config.services.is_empty()
         && let Err(e) = config::parse(Path::new("converted.toml"), toml.as_bytes())
     {
         return Err(one(
             name.to_string(),
-            format!("internal error: the converted config does not load:\n{e}"),
+            format!("the converted config would not load on this system:\n{e}"),
         ));
     }
     Ok(Converted {

@@ -57,7 +57,7 @@ fn comments(out: &mut String, notes: &[Note], place: Place) {
         }
         (first, previous_was_block) = (false, block);
         for line in n.text.lines() {
-            let line = line.trim_end();
+            let line = comment_safe(line.trim_end());
             if line.is_empty() {
                 out.push_str("#\n");
             } else {
@@ -65,6 +65,14 @@ fn comments(out: &mut String, notes: &[Note], place: Place) {
             }
         }
     }
+}
+
+/// Text a TOML comment can hold: no control character but tab (a file
+/// name may have any).
+pub fn comment_safe(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() && c != '\t' { '?' } else { c })
+        .collect()
 }
 
 /// A TOML basic string.
@@ -293,6 +301,23 @@ rate = "3/h"
             "inetd.conf",
             "7000 stream tcp6 nowait.30 nobody.nogroup /usr/sbin/tcpd in.x -a\n",
         );
+    }
+
+    #[test]
+    fn comments_never_break_the_toml() {
+        let c = config::parse(
+            Path::new("x.toml"),
+            b"[[service]]\nport = 1\ninternal = \"echo\"\n",
+        )
+        .unwrap();
+        let notes = [Note {
+            place: Place::In(0),
+            text: "a\rb\u{7}c\u{0}\nport = 2".into(),
+        }];
+        let t = to_toml(&c, &notes);
+        assert!(t.contains("# a?b?c?\n# port = 2\n"), "{t:?}");
+        let again = config::parse(Path::new("x.toml"), t.as_bytes()).unwrap();
+        assert_eq!(again.services[0].port, 1);
     }
 
     #[test]

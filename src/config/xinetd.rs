@@ -366,15 +366,18 @@ fn header(line: &str, line_no: usize) -> Result<Option<(Option<String>, usize)>,
 
 /// `name = values`, `name += values`, `name -= values`.
 fn attribute(line: &str) -> Result<(String, Op, Vec<String>), String> {
-    let (name, op, rest) = if let Some(i) = line.find("+=") {
-        (&line[..i], Op::Add, &line[i + 2..])
-    } else if let Some(i) = line.find("-=") {
-        (&line[..i], Op::Remove, &line[i + 2..])
-    } else if let Some(i) = line.find('=') {
-        (&line[..i], Op::Set, &line[i + 1..])
-    } else {
+    // The first `=` is the operator's; values may hold `=`, `+=`, `-=`.
+    let Some(eq) = line.find('=') else {
         return Err(format!("{line:?} is not `attribute = value`"));
     };
+    let (name, op) = match line[..eq].strip_suffix('+') {
+        Some(n) => (n, Op::Add),
+        None => match line[..eq].strip_suffix('-') {
+            Some(n) => (n, Op::Remove),
+            None => (&line[..eq], Op::Set),
+        },
+    };
+    let rest = &line[eq + 1..];
     let name = name.trim();
     if name.is_empty() || name.contains(char::is_whitespace) {
         return Err(format!("{line:?} is not `attribute = value`"));
@@ -1103,5 +1106,24 @@ service c
             "x.conf:3",
             "not `attribute = value`",
         );
+        error(
+            "service a\n{\nserver args = x\n}\n",
+            "x.conf:3",
+            "not `attribute = value`",
+        );
+    }
+
+    #[test]
+    fn operators_are_the_first_equals_sign_and_values_may_hold_them() {
+        let (c, _) = ok(
+            "service a\n{\nport = 7001\nsocket_type = stream\nwait = no\nserver = /bin/x\nserver_args = a+=b c-=d e=f\nenv += K=v=w\n}\n",
+        );
+        match &c.services[0].program {
+            Program::Command(CommandLine::Argv(v)) => {
+                assert_eq!(v, &["/bin/x", "a+=b", "c-=d", "e=f"])
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(c.services[0].env, [("K".into(), "v=w".into())]);
     }
 }
