@@ -73,10 +73,11 @@ pub struct Cli {
 /// Subcommands; without one, wininetd runs (or checks, installs, …).
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Command {
-    /// Print FILE (inetd.conf, xinetd config, or classic WinInetd config)
-    /// as an equivalent `.toml` config on stdout. What has no equivalent is
-    /// a comment there and a FILE:LINE warning on stderr; exit 0 when
-    /// everything was carried, 3 when something was not, 1 on an error.
+    /// Print an inetd.conf, xinetd or classic config as a `.toml` config.
+    ///
+    /// The TOML goes to stdout. What has no equivalent is a comment there
+    /// and a FILE:LINE warning on stderr; exit 0 when everything was
+    /// carried, 3 when something was not, 1 when FILE has errors.
     Convert {
         /// The config to convert.
         file: PathBuf,
