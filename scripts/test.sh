@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests drive: real third-party servers and clients.
-packages=(rsync git tftpd-hpa tftp-hpa curl xinetd python3 netbase
+packages=(rsync git tftpd-hpa tftp-hpa curl xinetd python3 netbase tcpd
           libbsd0 libevent-2.1-7 libtirpc3 libwrap0)
 missing=()
 for p in "${packages[@]}"; do

@@ -643,8 +643,9 @@ time\tstream\ttcp\tnowait\troot\tinternal\n\
 time\tdgram\tudp\twait\troot\tinternal\n\
 {}\tstream\ttcp\tnowait\tnobody.daemon\t{PYTHON}\tshowname\t{d}/show.py\ta\tb\n\
 {}\tstream\ttcp\twait\tnobody\t{PYTHON}\twaitname\t{d}/wait.py\n\
-{}\tdgram\tudp\twait\tnobody\t{PYTHON}\tudpname\t{d}/udp.py\n",
-        ports[0], ports[1], ports[2]
+{}\tdgram\tudp\twait\tnobody\t{PYTHON}\tudpname\t{d}/udp.py\n\
+{}\tstream\ttcp\tnowait\tnobody\t/usr/sbin/tcpd\t{d}/wrapped.sh\tvia-tcpd\n",
+        ports[0], ports[1], ports[2], ports[3]
     )
 }
 
@@ -660,6 +661,7 @@ struct Transcript {
     wait: Vec<String>,
     wait_again: String,
     udp_program: Option<Vec<u8>>,
+    tcpd: String,
 }
 
 fn transcript(ip: [u8; 4], ports: &[u16]) -> Transcript {
@@ -720,6 +722,7 @@ fn transcript(ip: [u8; 4], ports: &[u16]) -> Transcript {
         wait,
         wait_again,
         udp_program: udp(ports[2], b"ping"),
+        tcpd: ask(at(ports[3])),
     }
 }
 
@@ -766,7 +769,17 @@ fn acceptance_the_same_inetd_conf_under_openbsd_inetd_and_wininetd() {
     script(dir.path(), "show.py", SHOW);
     script(dir.path(), "wait.py", WAIT_SERVER);
     script(dir.path(), "udp.py", UDP_SERVER);
-    let ports = [free_port(), free_port(), free_port_tcp_udp()];
+    // tcpd runs its argv[0] (an absolute path here) once hosts.allow agrees.
+    script(
+        dir.path(),
+        "wrapped.sh",
+        "#!/bin/sh\necho \"wrapped $1 as $(id -un)\"\n",
+    );
+    assert!(
+        Path::new("/usr/sbin/tcpd").exists(),
+        "/usr/sbin/tcpd is needed (Debian package tcpd)"
+    );
+    let ports = [free_port(), free_port(), free_port_tcp_udp(), free_port()];
 
     // Three loopback addresses, so the three servers share the port numbers.
     let (inetd_ip, native_ip, converted_ip) = ([127, 0, 77, 1], [127, 0, 77, 2], [127, 0, 77, 3]);
@@ -846,6 +859,7 @@ fn acceptance_the_same_inetd_conf_under_openbsd_inetd_and_wininetd() {
     );
     assert_eq!(reference.wait_again, "waitname nobody n=1 listening=1\n");
     assert_eq!(reference.udp_program.as_deref(), Some(&b"udpname ping"[..]));
+    assert_eq!(reference.tcpd, "wrapped via-tcpd as nobody\n");
 
     assert_eq!(native_t, reference, "native:\n{}", native.log());
     assert_eq!(
