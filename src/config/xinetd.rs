@@ -25,6 +25,8 @@ pub type Reader<'r> = dyn FnMut(&str, bool) -> Result<Vec<(String, Vec<u8>)>, St
 
 /// How deep `include`s may nest (a file including itself stops here).
 const MAX_DEPTH: usize = 8;
+/// How many files the includes may read in all.
+const MAX_FILES: usize = 1000;
 
 #[derive(Debug, Clone)]
 struct Attr {
@@ -58,7 +60,23 @@ pub fn parse(
 ) -> Result<(Config, Vec<Note>), ConfigErrors> {
     let mut blocks = Vec::new();
     let mut errors = Vec::new();
-    read_file(file, bytes, read, 0, &mut blocks, &mut errors);
+    // Includes fan out as well as nest: bound the files read in all.
+    // Past the bound nothing more is read, and that is said once.
+    let (mut files, mut said) = (0usize, false);
+    let mut counted = |path: &str, dir: bool| {
+        if files >= MAX_FILES {
+            if said {
+                return Ok(Vec::new());
+            }
+            said = true;
+            return Err(format!("more than {MAX_FILES} files included in all"));
+        }
+        let mut got = read(path, dir)?;
+        got.truncate(MAX_FILES - files);
+        files += got.len();
+        Ok(got)
+    };
+    read_file(file, bytes, &mut counted, 0, &mut blocks, &mut errors);
 
     let mut defaults: Vec<Attr> = Vec::new();
     let mut notes = Vec::new();
@@ -316,11 +334,11 @@ fn read_file(
         match (words.next(), words.next(), words.next()) {
             (Some(kw @ ("include" | "includedir")), Some(path), None) => {
                 if depth >= MAX_DEPTH {
-                    err(
-                        errors,
-                        line_no,
-                        format!("includes nest deeper than {MAX_DEPTH}"),
-                    );
+                    // Said once: a file including itself would say it often.
+                    let m = format!("includes nest deeper than {MAX_DEPTH}");
+                    if !errors.iter().any(|e| e.message == m) {
+                        err(errors, line_no, m);
+                    }
                     continue;
                 }
                 match read(path, kw == "includedir") {
@@ -1075,6 +1093,37 @@ service c
         // A reader's failure is an error on the include line.
         let e = parse_text("include /nowhere\n").unwrap_err();
         assert_eq!(e.0[0].location, "x.conf:1");
+    }
+
+    #[test]
+    fn includes_are_bounded_in_depth_and_in_number() {
+        // A file that includes itself ten times would read 10^8 files.
+        let mut reads = 0;
+        let mut read = |_: &str, _: bool| -> Result<Vec<(String, Vec<u8>)>, String> {
+            reads += 1;
+            Ok(vec![("self".into(), b"include self\n".repeat(10))])
+        };
+        let e = parse(
+            "main",
+            b"include self\n",
+            &ServiceTable::builtin(),
+            &mut read,
+        )
+        .unwrap_err();
+        assert!(reads <= 1000, "{reads} reads");
+        assert!(e.0.len() <= 2, "{e}");
+        assert!(e.to_string().contains("more than 1000 files"), "{e}");
+        let mut chain = |_: &str, _: bool| -> Result<Vec<(String, Vec<u8>)>, String> {
+            Ok(vec![("self".into(), b"include self\n".to_vec())])
+        };
+        let e = parse(
+            "main",
+            b"include self\n",
+            &ServiceTable::builtin(),
+            &mut chain,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("nest deeper than 8"), "{e}");
     }
 
     #[test]
