@@ -672,6 +672,11 @@ mod tests {
 
     /// Runs `sh -c script` with stdout to a pipe and returns what it wrote.
     fn run(spawner: Spawner, argv: &[&str]) -> String {
+        run_program(spawner, None, argv)
+    }
+
+    /// `run`, exec'ing `program` (argv[0] is then only argv[0]).
+    fn run_program(spawner: Spawner, program: Option<&str>, argv: &[&str]) -> String {
         // As the daemon does: nothing inherited by the test may leak.
         crate::os::init_process();
         let (r, w) = pipe();
@@ -685,7 +690,7 @@ mod tests {
             cwd: Some(cs("/tmp")),
             creds: None,
             stdio: [null.as_fd(), w.as_fd(), w.as_fd()],
-            program: None,
+            program: program.map(cs),
         };
         let pid = spawner(req).unwrap();
         drop(w);
@@ -707,6 +712,17 @@ mod tests {
         assert_eq!(lines.next(), Some("hi there"), "{out}");
         assert_eq!(lines.next(), Some("/tmp"), "{out}");
         assert_eq!(lines.next(), Some("own-group"), "{out}");
+    }
+
+    #[test]
+    fn an_explicit_program_runs_with_the_argv0_given() {
+        for spawner in [spawn as Spawner, spawn_std] {
+            let out = run_program(spawner, Some("/bin/sh"), &["in.probe", "-c", "echo \"$0\""]);
+            assert_eq!(out, "in.probe\n");
+            // Looked up in PATH like argv[0] would be.
+            let out = run_program(spawner, Some("sh"), &["other", "-c", "echo \"$0\""]);
+            assert_eq!(out, "other\n");
+        }
     }
 
     #[test]
