@@ -710,7 +710,9 @@ fn transcript(ip: [u8; 4], ports: &[u16]) -> Transcript {
     let show = ask(at(ports[0]));
     let wait: Vec<String> = (0..3).map(|_| ask(at(ports[1]))).collect();
     // Idle for 1.5 s the program exits; the next client gets a new one.
-    std::thread::sleep(Duration::from_millis(2500));
+    wait_until("the wait program exits", Duration::from_secs(20), || {
+        running_as("waitname") == 0
+    });
     let wait_again = ask(at(ports[1]));
     Transcript {
         echo_tcp,
@@ -724,6 +726,15 @@ fn transcript(ip: [u8; 4], ports: &[u16]) -> Transcript {
         udp_program: udp(ports[2], b"ping"),
         tcpd: ask(at(ports[3])),
     }
+}
+
+/// How many processes run with this argv[0] (whoever started them).
+fn running_as(argv0: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .filter(|c| c.split(|&b| b == 0).next() == Some(argv0.as_bytes()))
+        .count()
 }
 
 /// A daytime answer as "one CRLF line, time HH:MM:SS within 5 s of now".
