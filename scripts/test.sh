@@ -29,7 +29,6 @@ fi
 if [ ! -x /opt/openbsd-inetd/usr/sbin/inetd ]; then
     echo "== unpacking openbsd-inetd into /opt/openbsd-inetd"
     tmp=$(mktemp -d)
-    chmod a+rx "$tmp"   # apt's download user writes there
     (cd "$tmp" && apt-get download openbsd-inetd)
     dpkg-deb -x "$tmp"/openbsd-inetd_*.deb /opt/openbsd-inetd
     rm -rf "$tmp"
