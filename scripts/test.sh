@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests drive: real third-party servers and clients.
-packages=(rsync git tftpd-hpa tftp-hpa curl python3)
+packages=(rsync git tftpd-hpa tftp-hpa curl xinetd python3 netbase tcpd
+          libbsd0 libevent-2.1-7 libtirpc3 libwrap0)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -21,6 +22,16 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}"
     [ $had_policy = 1 ] || rm -f "$policy"
+fi
+
+# openbsd-inetd (the reference for tests/migration.rs) conflicts with xinetd
+# as a package: its .deb is unpacked, not installed (its libraries are above).
+if [ ! -x /opt/openbsd-inetd/usr/sbin/inetd ]; then
+    echo "== unpacking openbsd-inetd into /opt/openbsd-inetd"
+    tmp=$(mktemp -d)
+    (cd "$tmp" && apt-get download openbsd-inetd)
+    dpkg-deb -x "$tmp"/openbsd-inetd_*.deb /opt/openbsd-inetd
+    rm -rf "$tmp"
 fi
 
 echo "== cargo fmt --check"

@@ -11,6 +11,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod convert;
 pub mod os;
 
 mod admission;
@@ -31,6 +32,9 @@ use crate::config::{Program, RunAs};
 /// The whole program: `main` only calls this.
 pub fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    if let Some(cli::Command::Convert { file, from }) = &cli.command {
+        return convert::run(file, *from);
+    }
     if cli.install {
         return report(os::install(&cli.service_args()));
     }
@@ -61,13 +65,20 @@ fn report(r: Result<String, String>) -> ExitCode {
 
 /// `--check`: every error at once, or the list of services.
 fn check(cli: &cli::Cli) -> ExitCode {
-    match config::load(&cli.cfgfile) {
+    let loaded = config::load_as(&cli.cfgfile, cli.format).and_then(|c| {
+        os::check_internal_users(&c)?;
+        Ok(c)
+    });
+    match loaded {
         Err(errors) => {
             eprintln!("{errors}");
             eprintln!("{}: {} error(s)", cli.cfgfile.display(), errors.0.len());
             ExitCode::FAILURE
         }
         Ok(cfg) => {
+            for w in cfg.warnings.iter().chain(&os::unknown_accounts(&cfg)) {
+                eprintln!("{w}");
+            }
             println!(
                 "{}: OK, {} service(s)",
                 cli.cfgfile.display(),

@@ -11,7 +11,7 @@
 
 use std::time::Instant;
 
-use crate::config::StderrMode;
+use crate::config::{RunAs, StderrMode};
 
 #[cfg(unix)]
 mod unix;
@@ -131,4 +131,92 @@ pub trait ServiceHost {
     async fn next(&mut self) -> Control;
     /// Reports our state (READY only once every listener is bound).
     fn status(&mut self, status: HostStatus);
+}
+
+/// An internal service runs inside wininetd: a `user` on it may only name
+/// the account wininetd runs as (converted inetd/xinetd configs say `root`).
+pub fn check_internal_users(
+    config: &crate::config::Config,
+) -> Result<(), crate::config::ConfigErrors> {
+    let errors: Vec<_> = config
+        .services
+        .iter()
+        .filter_map(|s| match (&s.program, &s.user) {
+            (crate::config::Program::Internal(_), RunAs::User { name, .. })
+                if !is_own_account(name) =>
+            {
+                Some(crate::config::ConfigError {
+                    location: s.origin.clone(),
+                    message: format!(
+                        "service {} is internal (it runs inside wininetd) but names user {name:?}, which is not the account wininetd runs as; remove `user`",
+                        s.name
+                    ),
+                })
+            }
+            _ => None,
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(crate::config::ConfigErrors(errors))
+    }
+}
+
+#[cfg(unix)]
+fn is_own_account(name: &str) -> bool {
+    matches!(nix::unistd::User::from_name(name), Ok(Some(u)) if u.uid == nix::unistd::Uid::effective())
+}
+
+#[cfg(windows)]
+fn is_own_account(name: &str) -> bool {
+    std::env::var("USERNAME").is_ok_and(|me| me.eq_ignore_ascii_case(name))
+}
+
+/// Accounts a config names that do not exist here: `--check` and a load
+/// warn (`FILE:LINE`), since each connection of such a service is refused.
+pub fn unknown_accounts(config: &crate::config::Config) -> Vec<crate::config::ConfigError> {
+    let mut out = Vec::new();
+    for s in &config.services {
+        let (crate::config::Program::Command(_), RunAs::User { name, .. }) = (&s.program, &s.user)
+        else {
+            continue;
+        };
+        let mut missing = Vec::new();
+        if !account_exists(name, false) {
+            missing.push(format!("user {name:?}"));
+        }
+        if let Some(g) = &s.group
+            && !account_exists(g, true)
+        {
+            missing.push(format!("group {g:?}"));
+        }
+        if !missing.is_empty() {
+            out.push(crate::config::ConfigError {
+                location: s.origin.clone(),
+                message: format!(
+                    "service {}: unknown {}: its connections are refused until it exists",
+                    s.name,
+                    missing.join(" and ")
+                ),
+            });
+        }
+    }
+    out
+}
+
+#[cfg(unix)]
+fn account_exists(name: &str, group: bool) -> bool {
+    // A failed lookup (no NSS) is not "unknown": say nothing then.
+    if group {
+        !matches!(nix::unistd::Group::from_name(name), Ok(None))
+    } else {
+        !matches!(nix::unistd::User::from_name(name), Ok(None))
+    }
+}
+
+/// Windows logs users on per connection; there is nothing to look up.
+#[cfg(windows)]
+fn account_exists(_name: &str, _group: bool) -> bool {
+    true
 }

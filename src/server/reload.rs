@@ -21,7 +21,7 @@ impl Server {
     /// listener whose (protocol, address, port) is unchanged.
     pub(super) async fn reload(&mut self) {
         info!("reloading {}", self.opts.cfgfile.display());
-        match config::load(&self.opts.cfgfile) {
+        match config::load_as(&self.opts.cfgfile, self.opts.format) {
             Err(errors) => {
                 for e in &errors.0 {
                     error!("{e}");
@@ -44,11 +44,18 @@ impl Server {
 
     /// Makes `config` the served one. On error nothing has changed.
     pub(super) async fn apply(&mut self, config: Config) -> Result<(), (u32, String)> {
-        let users = config.services.iter().filter_map(|s| match &s.user {
-            RunAs::User { name, .. } => Some(name.as_str()),
-            RunAs::Daemon => None,
-        });
+        os::check_internal_users(&config).map_err(|e| (EXIT_CONFIG, e.to_string()))?;
+        let users = config
+            .services
+            .iter()
+            .filter_map(|s| match (&s.user, &s.program) {
+                (RunAs::User { name, .. }, Program::Command(_)) => Some(name.as_str()),
+                _ => None,
+            });
         os::check_users(users).map_err(|m| (EXIT_USERS, m))?;
+        for w in config.warnings.iter().chain(&os::unknown_accounts(&config)) {
+            warn!("{w}");
+        }
         warn_ignored_passwords(&config);
 
         // What should listen, and with which settings.

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::handoff::{connection_env, launch};
+use super::wait::{WAIT_RETRY_PAUSE, run_wait_program};
 use super::{Active, Ctx, refused};
 use crate::admission::Lease;
 use crate::config::{Handoff, Program, Protocol};
@@ -37,6 +38,10 @@ pub(super) async fn accept_tcp(
         if in_a_row == ACCEPT_BATCH {
             in_a_row = 0;
             tokio::task::yield_now().await;
+        }
+        if is_wait(&active.borrow()) {
+            wait_tcp(&listener, &active, &ctx).await;
+            continue;
         }
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -91,6 +96,77 @@ pub(super) async fn accept_tcp(
             Program::Command(_) => hand_off_tcp(&ctx, &active, stream, peer, lease),
         }
     }
+}
+
+fn is_wait(active: &Active) -> bool {
+    active.svc.wait && matches!(active.svc.program, Program::Command(_))
+}
+
+/// A TCP `wait` service: when a connection is pending, its program gets
+/// the listening socket and accepts by itself; the socket is watched again
+/// once the program has exited.
+async fn wait_tcp(listener: &Acceptor, active: &watch::Receiver<Arc<Active>>, ctx: &Arc<Ctx>) {
+    if let Err(e) = listener.pending().await {
+        warn!("waiting on a TCP wait listener failed: {e}; pausing 1 s");
+        tokio::time::sleep(WAIT_RETRY_PAUSE).await;
+        return;
+    }
+    let active = active.borrow().clone();
+    if !is_wait(&active) {
+        return; // a reload changed the service meanwhile
+    }
+    let svc = &active.svc;
+    let local = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            warn!(service = %svc.name, "cannot read the listener's address: {e}");
+            tokio::time::sleep(WAIT_RETRY_PAUSE).await;
+            return;
+        }
+    };
+    // Over the rate (inetd's `wait.N`): the one connection that woke us is
+    // refused, not left to wake us again at once.
+    let lease = match active.gate.admit(local.ip()) {
+        Ok(l) => l,
+        Err(why) => {
+            if let Some((_, peer)) = accept_one(listener).await {
+                refused(ctx, &active, peer.ip(), why);
+            }
+            return;
+        }
+    };
+    let dup = match listener.try_clone_socket() {
+        Ok(d) => d,
+        Err(e) => {
+            warn!(service = %svc.name, "cannot duplicate the listening socket: {e}; pausing 1 s");
+            tokio::time::sleep(WAIT_RETRY_PAUSE).await;
+            return;
+        }
+    };
+    let env = connection_env(Protocol::Tcp, None, Some(local));
+    let ran = run_wait_program(ctx, &active, dup, &env, local, lease, || {
+        listener.has_pending()
+    })
+    .await;
+    // The program had the socket in blocking mode; the flag is shared.
+    if let Err(e) = listener.restore_nonblocking() {
+        warn!(service = %svc.name, "cannot restore the listening socket: {e}");
+    }
+    if !ran {
+        // Cannot start: refuse the pending connection rather than spin.
+        if let Some((_, peer)) = accept_one(listener).await {
+            info!(service = %svc.name, %peer, "closed: the program could not start");
+        }
+        tokio::time::sleep(WAIT_RETRY_PAUSE).await;
+    }
+}
+
+/// The pending connection, to close it; bounded in case it went away.
+async fn accept_one(listener: &Acceptor) -> Option<(std::net::TcpStream, SocketAddr)> {
+    tokio::time::timeout(Duration::from_millis(100), listener.accept())
+        .await
+        .ok()?
+        .ok()
 }
 
 /// Starts the service's program on an accepted connection.

@@ -9,13 +9,12 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tracing::{error, warn};
 
-use super::handoff::{connection_env, launch};
+use super::handoff::connection_env;
+use super::wait::run_wait_program;
 use super::{Active, Ctx, refused};
 use crate::admission::{Lease, RefusalLine};
-use crate::children::Ended;
 use crate::config::{Internal, Program, Protocol};
 use crate::internal;
-use crate::os::ChildStdio;
 use crate::udp_guard::{self, Dropped};
 
 /// A UDP listener: internal services answer each datagram; a `wait`
@@ -138,9 +137,6 @@ fn dropped(ctx: &Ctx, active: &Active, peer: SocketAddr, why: Dropped) {
     );
 }
 
-/// The least time between two starts of a `wait` program that fails.
-const WAIT_RETRY_PAUSE: Duration = Duration::from_secs(1);
-
 /// Runs a `wait` service's program on the socket and does not watch the
 /// socket again until the program has exited.
 async fn wait_service(
@@ -161,26 +157,7 @@ async fn wait_service(
         }
     };
     let env = connection_env(Protocol::Udp, Some(peer), None);
-    let launched = launch(ctx, active, &env, ChildStdio::Socket(dup), peer, lease);
-    let ran = match launched {
-        Some(l) => {
-            let exited = ctx.children().watch(l.id);
-            let how = exited.await.unwrap_or(Ended::Failed);
-            // A program that fails at once without reading its datagram
-            // would be restarted in a tight loop: at most once a second.
-            let ran = l.started.elapsed();
-            if how == Ended::Failed && ran < WAIT_RETRY_PAUSE {
-                warn!(
-                    service = %svc.name,
-                    "program failed after {} ms; watching the socket again in a second",
-                    ran.as_millis()
-                );
-                tokio::time::sleep(WAIT_RETRY_PAUSE - ran).await;
-            }
-            how != Ended::NotStarted
-        }
-        None => false,
-    };
+    let ran = run_wait_program(ctx, active, dup, &env, peer, lease, || false).await;
     // The program had the socket in blocking mode; the flag is shared.
     if let Err(e) = socket2::SockRef::from(sock).set_nonblocking(true) {
         error!(service = %svc.name, "cannot restore the socket: {e}");

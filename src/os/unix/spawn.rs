@@ -35,10 +35,20 @@ pub struct Program {
 impl Program {
     /// `path` is the program's own PATH (`None`: execvp's default), so the
     /// search is the one a shell in the program's environment would make.
-    pub fn new(argv: Vec<CString>, path: Option<&[u8]>, cwd: Option<CString>) -> Program {
+    /// `argv0` replaces argv[0] after the program is looked up by it
+    /// (inetd.conf's explicit argv[0], xinetd's NAMEINARGS).
+    pub fn new(
+        mut argv: Vec<CString>,
+        argv0: Option<CString>,
+        path: Option<&[u8]>,
+        cwd: Option<CString>,
+    ) -> Program {
         let candidates = argv
             .first()
             .map_or_else(Vec::new, |name| candidates(name, path));
+        if let (Some(a0), Some(first)) = (argv0, argv.first_mut()) {
+            *first = a0;
+        }
         Program {
             argv,
             candidates,
@@ -978,6 +988,7 @@ mod clone {
                 vec![CString::new("/bin/true").unwrap()],
                 None,
                 None,
+                None,
             ));
             let started = std::time::Instant::now();
             let mut pids = Vec::new();
@@ -1060,13 +1071,22 @@ mod tests {
 
     /// Runs `sh -c script` with stdout to a pipe and returns what it wrote.
     fn run(spawner: Spawner, argv: &[&str]) -> String {
+        run_program(spawner, None, argv)
+    }
+
+    /// `run`, exec'ing `program` (argv[0] is then only argv[0]).
+    fn run_program(spawner: Spawner, program: Option<&str>, argv: &[&str]) -> String {
         // As the daemon does: nothing inherited by the test may leak.
         crate::os::init_process();
         let (r, w) = pipe();
         let null: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+        // The program is looked up by its own name; argv[0] is then set.
+        let mut words: Vec<CString> = argv.iter().map(|a| cs(a)).collect();
+        let argv0 = program.map(|p| std::mem::replace(&mut words[0], cs(p)));
         let req = Request {
             program: Arc::new(Program::new(
-                argv.iter().map(|a| cs(a)).collect(),
+                words,
+                argv0,
                 Some(b"/usr/bin:/bin"),
                 Some(cs("/tmp")),
             )),
@@ -1095,6 +1115,17 @@ mod tests {
         assert_eq!(lines.next(), Some("hi there"), "{out}");
         assert_eq!(lines.next(), Some("/tmp"), "{out}");
         assert_eq!(lines.next(), Some("own-group"), "{out}");
+    }
+
+    #[test]
+    fn an_explicit_program_runs_with_the_argv0_given() {
+        for spawner in [spawn as Spawner, spawn_std] {
+            let out = run_program(spawner, Some("/bin/sh"), &["in.probe", "-c", "echo \"$0\""]);
+            assert_eq!(out, "in.probe\n");
+            // Looked up in PATH like argv[0] would be.
+            let out = run_program(spawner, Some("sh"), &["other", "-c", "echo \"$0\""]);
+            assert_eq!(out, "other\n");
+        }
     }
 
     #[test]
@@ -1154,6 +1185,7 @@ mod tests {
             let req = Request {
                 program: Arc::new(Program::new(
                     vec![cs("wininetd-path-probe"), cs("x y")],
+                    None,
                     Some(path.as_bytes()),
                     None,
                 )),
@@ -1178,7 +1210,7 @@ mod tests {
             let (r, w) = pipe();
             let null: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
             let req = Request {
-                program: Arc::new(Program::new(vec![cs("/usr/bin/env")], None, None)),
+                program: Arc::new(Program::new(vec![cs("/usr/bin/env")], None, None, None)),
                 env: Arc::from(vec![cs("A=1"), cs("CLIENT_IP=stale"), cs("B=2")]),
                 extra: vec![cs("CLIENT_IP=127.0.0.1"), cs("CLIENT_PORT=9")],
                 creds: None,
@@ -1313,6 +1345,7 @@ mod tests {
         Request {
             program: Arc::new(Program::new(
                 argv.iter().map(|a| cs(a)).collect(),
+                None,
                 Some(b"/usr/bin:/bin"),
                 None,
             )),

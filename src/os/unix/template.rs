@@ -36,6 +36,8 @@ struct Inner {
     fixed: Vec<(Vec<u8>, Vec<u8>)>,
     /// `None`: the daemon's own account.
     user: Option<String>,
+    /// The primary group instead of the user's own (`user.group`).
+    group: Option<String>,
     state: Mutex<State>,
 }
 
@@ -108,7 +110,12 @@ impl ExecTemplate {
             .rev()
             .find(|(k, _)| k == b"PATH")
             .map_or(DEFAULT_PATH.as_bytes(), |(_, v)| v.as_slice());
-        let program = Arc::new(Program::new(argv, Some(path), cwd));
+        let argv0 = svc
+            .argv0
+            .as_ref()
+            .map(|a| CString::new(a.as_str()).map_err(|_| nul("argv0")))
+            .transpose()?;
+        let program = Arc::new(Program::new(argv, argv0, Some(path), cwd));
         let (user, state) = match &svc.user {
             RunAs::Daemon => (None, State::Ready(Ready::default())),
             RunAs::User { name, .. } => (
@@ -126,6 +133,7 @@ impl ExecTemplate {
             program,
             fixed,
             user,
+            group: svc.group.clone(),
             state: Mutex::new(state),
         });
         if inner.user.is_none() {
@@ -210,7 +218,7 @@ impl Inner {
             self.set(State::Ready(Ready { env, creds: None }));
             return None;
         };
-        match lookup(name) {
+        match lookup(name, self.group.as_deref()) {
             Ok((account, creds)) => {
                 let env = self.compose(&account);
                 self.set(State::Ready(Ready {
@@ -283,11 +291,20 @@ fn daemon_account_from_env() -> Account {
 
 /// A configured account: its variables, and the identity to switch to
 /// (`None` when it is the daemon's own).
-fn lookup(name: &str) -> Result<(Account, Option<Creds>), String> {
-    let user = User::from_name(name)
+fn lookup(name: &str, group: Option<&str>) -> Result<(Account, Option<Creds>), String> {
+    let mut user = User::from_name(name)
         .map_err(|e| format!("cannot look up user {name:?}: {e}"))?
         .ok_or_else(|| format!("unknown user {name:?}"))?;
-    let creds = if user.uid == Uid::effective() {
+    if let Some(g) = group {
+        // `user.group`: that group is the primary one; the user's
+        // supplementary groups stay.
+        user.gid = nix::unistd::Group::from_name(g)
+            .map_err(|e| format!("cannot look up group {g:?}: {e}"))?
+            .ok_or_else(|| format!("unknown group {g:?}"))?
+            .gid;
+    }
+    let creds = if user.uid == Uid::effective() && (group.is_none() || user.gid == Gid::effective())
+    {
         None
     } else {
         let cname = CString::new(name).map_err(|_| format!("bad user name {name:?}"))?;
@@ -367,6 +384,7 @@ mod tests {
         assert_eq!(t.program().candidates[0].to_bytes(), b"/usr/bin/env");
         let words = Program::new(
             vec![CString::new("env").unwrap()],
+            None,
             Some(DEFAULT_PATH.as_bytes()),
             None,
         );
