@@ -394,15 +394,37 @@ pub fn parse(file: &Path, bytes: &[u8]) -> Result<Config, ConfigErrors> {
     Ok(config)
 }
 
-/// Reads and parses a config file.
+/// Reads and parses a config file. As root (LocalSystem), a config or a
+/// password file that another user could change is refused.
 pub fn load(file: &Path) -> Result<Config, ConfigErrors> {
-    let bytes = std::fs::read(file).map_err(|e| {
+    let refused = |message: String| {
         ConfigErrors(vec![ConfigError {
             location: file.display().to_string(),
-            message: format!("cannot read the config: {e}"),
+            message,
         }])
-    })?;
-    parse(file, &bytes)
+    };
+    crate::os::check_config_file(file).map_err(|why| refused(format!("refused: {why}")))?;
+    let bytes = std::fs::read(file).map_err(|e| refused(format!("cannot read the config: {e}")))?;
+    let config = parse(file, &bytes)?;
+    let mut errors = Vec::new();
+    for s in &config.services {
+        if let RunAs::User {
+            secret: Some(Secret::File(pw)),
+            ..
+        } = &s.user
+            && let Err(why) = crate::os::check_password_file(pw)
+        {
+            errors.push(ConfigError {
+                location: s.origin.clone(),
+                message: format!("service {}: password file refused: {why}", s.name),
+            });
+        }
+    }
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(errors))
+    }
 }
 
 /// Checks that hold for both formats: distinct listeners and names, at

@@ -1,10 +1,12 @@
 //! Unix: fork/exec on a socket, SIGCHLD reaping, signals, systemd.
 
+mod file_trust;
 mod launch;
 mod service;
 mod signals;
 mod spawn;
 
+pub use file_trust::{check_config_file, check_password_file};
 pub use launch::{Exits, PipeReader, PipeWriter, check_users, init_process, launch, terminate};
 pub use service::{Host, install, reload, remove, unit_text};
 

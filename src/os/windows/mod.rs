@@ -3,11 +3,14 @@
 
 mod env;
 mod eventlog;
+mod file_trust;
 mod launch;
 mod logon;
+mod security;
 mod service;
 
 pub use eventlog::EventLog;
+pub use file_trust::{check_config_file, check_password_file};
 pub use launch::{
     Exits, PipeReader, PipeWriter, check_users, init_process, launch, new_socket, terminate,
 };
