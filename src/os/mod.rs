@@ -34,6 +34,9 @@ pub struct LaunchSpec<'a> {
     pub working_directory: Option<&'a Path>,
     pub user: &'a RunAs,
     pub stderr: StderrMode,
+    /// The user's logon, done beforehand off the accept loop
+    /// ([`logon_pending`]); `None` where none is needed.
+    pub logon: Option<Logon>,
 }
 
 /// What the program's standard handles are.

@@ -21,6 +21,7 @@ pub(super) fn launch(
     stdio: ChildStdio,
     peer: SocketAddr,
     lease: Lease,
+    logon: Option<os::Logon>,
 ) -> Option<os::Launched> {
     let svc = &active.svc;
     let Program::Command(command) = &svc.program else {
@@ -33,6 +34,7 @@ pub(super) fn launch(
         working_directory: svc.working_directory.as_deref(),
         user: &svc.user,
         stderr: svc.stderr,
+        logon,
     };
     match os::launch(&spec, stdio) {
         Ok(mut launched) => {

@@ -7,14 +7,14 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::handoff::{connection_env, launch};
 use super::{Active, Ctx, refused};
 use crate::admission::Lease;
 use crate::config::{Handoff, Program, Protocol};
 use crate::listener::{self, Acceptor};
-use crate::os::ChildStdio;
+use crate::os::{self, ChildStdio};
 use crate::{internal, relay};
 
 /// Connections accepted back to back before the runtime polls its
@@ -88,7 +88,21 @@ pub(super) async fn accept_tcp(
                     );
                 });
             }
-            Program::Command(_) => hand_off_tcp(&ctx, &active, stream, peer, lease),
+            // A logon (Windows USER services) may wait on a domain
+            // controller: it runs off this loop, and only this connection
+            // waits for it.
+            Program::Command(_) => match os::logon_pending(&active.svc.user) {
+                None => hand_off_tcp(&ctx, &active, stream, peer, lease, None),
+                Some(pending) => {
+                    let ctx = Arc::clone(&ctx);
+                    tokio::spawn(async move {
+                        match pending.await {
+                            Ok(l) => hand_off_tcp(&ctx, &active, stream, peer, lease, Some(l)),
+                            Err(e) => error!(service = %active.svc.name, %peer, "{e}"),
+                        }
+                    });
+                }
+            },
         }
     }
 }
@@ -100,6 +114,7 @@ fn hand_off_tcp(
     stream: std::net::TcpStream,
     peer: SocketAddr,
     lease: Lease,
+    logon: Option<os::Logon>,
 ) {
     let svc = &active.svc;
     let local = stream.local_addr().ok();
@@ -110,10 +125,18 @@ fn hand_off_tcp(
             warn!(service = %svc.name, %peer, "cannot set socket options: {e}");
         }
         // Our copy of the socket closes when `launch` returns.
-        launch(ctx, active, &env, ChildStdio::Socket(sock), peer, lease);
+        launch(
+            ctx,
+            active,
+            &env,
+            ChildStdio::Socket(sock),
+            peer,
+            lease,
+            logon,
+        );
         return;
     }
-    let Some(launched) = launch(ctx, active, &env, ChildStdio::Pipes, peer, lease) else {
+    let Some(launched) = launch(ctx, active, &env, ChildStdio::Pipes, peer, lease, logon) else {
         return;
     };
     let stream = match into_tokio(stream) {

@@ -15,7 +15,7 @@ use crate::admission::Lease;
 use crate::children::Ended;
 use crate::config::{Program, Protocol};
 use crate::internal;
-use crate::os::ChildStdio;
+use crate::os::{self, ChildStdio};
 
 /// A UDP listener: internal services answer each datagram; a `wait`
 /// service gets the socket itself while its program runs, as inetd does.
@@ -93,7 +93,26 @@ async fn wait_service(
         }
     };
     let env = connection_env(svc, Protocol::Udp, Some(peer), None);
-    let launched = launch(ctx, active, &env, ChildStdio::Socket(dup), peer, lease);
+    let logon = match os::logon_pending(&svc.user) {
+        None => None,
+        Some(pending) => match pending.await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                error!(service = %svc.name, %peer, "{e}");
+                let _ = sock.try_recv_from(buf);
+                return;
+            }
+        },
+    };
+    let launched = launch(
+        ctx,
+        active,
+        &env,
+        ChildStdio::Socket(dup),
+        peer,
+        lease,
+        logon,
+    );
     let ran = match launched {
         Some(l) => {
             let exited = ctx.children().watch(l.id);

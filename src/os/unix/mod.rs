@@ -10,6 +10,16 @@ pub use file_trust::{check_config_file, check_password_file};
 pub use launch::{Exits, PipeReader, PipeWriter, check_users, init_process, launch, terminate};
 pub use service::{Host, install, reload, remove, unit_text};
 
+/// Unix needs no logon: a program switches to its user with setuid.
+pub enum Logon {}
+
+/// Nothing to wait for before a launch on Unix.
+pub fn logon_pending(
+    _user: &crate::config::RunAs,
+) -> Option<std::future::Ready<Result<Logon, crate::os::LaunchError>>> {
+    None
+}
+
 /// A socket for a listener: close-on-exec (socket2's default), and
 /// SO_REUSEADDR so a restart rebinds at once despite TIME_WAIT connections.
 pub fn new_socket(domain: socket2::Domain, ty: socket2::Type) -> std::io::Result<socket2::Socket> {

@@ -91,14 +91,18 @@ pub fn launch(spec: &LaunchSpec<'_>, stdio: ChildStdio) -> Result<Launched, Laun
         None => None,
     };
 
-    // Log on first: a failed logon must not leave pipes or a process behind.
-    let token = match spec.user {
-        RunAs::Daemon => None,
-        RunAs::User { name, secret } => {
-            Some(logon::logon(name, secret.as_ref()).map_err(LaunchError::User)?)
+    // Logged on first (normally off the accept loop, by logon_pending): a
+    // failed logon must not leave pipes or a process behind.
+    let here;
+    let token = match (spec.user, &spec.logon) {
+        (RunAs::Daemon, _) => None,
+        (RunAs::User { .. }, Some(l)) => Some(&l.0),
+        (RunAs::User { name, secret }, None) => {
+            here = logon::logon(name, secret.as_ref()).map_err(LaunchError::User)?;
+            Some(&here)
         }
     };
-    let mut env_block = match &token {
+    let mut env_block = match token {
         None => env::block(std::env::vars_os(), spec.env),
         Some(t) => {
             let vars = user_environment(t).map_err(|e| {
@@ -141,7 +145,7 @@ pub fn launch(spec: &LaunchSpec<'_>, stdio: ChildStdio) -> Result<Launched, Laun
     };
 
     let pi = create_process(
-        token.as_ref(),
+        token,
         &mut cmdline_w,
         &mut env_block,
         cwd_w.as_deref(),

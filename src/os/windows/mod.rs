@@ -14,4 +14,5 @@ pub use file_trust::{check_config_file, check_password_file};
 pub use launch::{
     Exits, PipeReader, PipeWriter, check_users, init_process, launch, new_socket, terminate,
 };
+pub use logon::{Logon, logon_pending};
 pub use service::{Host, install, reload, remove, run_as_service};
