@@ -48,7 +48,7 @@ fn stall(dir: &Path) {
 
 /// Starts wininetd (as a daemon: no `--debug`) on `cfg`, in a private mount
 /// namespace where `which` is the socket bound at DIR/log.sock.
-fn start(dir: &Path, cfg: &Path, which: LogSocket, log_level: Option<&str>) -> Child {
+fn start(dir: &Path, cfg: &Path, which: LogSocket, log_level: Option<&str>) -> Running {
     assert!(
         is_root(),
         "this test needs root (a private mount namespace with tmpfs mounts); CI runs as root"
@@ -130,7 +130,18 @@ fn start(dir: &Path, cfg: &Path, which: LogSocket, log_level: Option<&str>) -> C
             ))
         });
     }
-    cmd.spawn().expect("start wininetd")
+    Running(cmd.spawn().expect("start wininetd"))
+}
+
+/// A daemon this test started, killed (by its PID) when dropped, also when
+/// an assertion fails.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Waits until `port` accepts and serves a connection.
@@ -170,9 +181,8 @@ fn connections_in(port: u16, window: Duration) -> (u32, u32) {
     (ok, failed)
 }
 
-fn stop(mut child: Child) {
-    let _ = child.kill();
-    let _ = child.wait();
+fn stop(child: Running) {
+    drop(child);
 }
 
 /// A config serving `/bin/echo hi` on a free port.
@@ -212,7 +222,7 @@ fn without_debug_lines_go_to_syslog_with_facility_and_severity() {
         format!("{port} bob:TopSecretPw /bin/echo hi\n").as_bytes(),
     );
     let child = start(dir.path(), &cfg, LogSocket::Syslog, None);
-    let pid = child.id();
+    let pid = child.0.id();
     let lines = read_until(&sock, "serving");
     stop(child);
     let all = lines.join("\n");
@@ -232,7 +242,7 @@ fn with_journal_stream_lines_go_to_journald_natively() {
     let sock = log_socket(dir.path());
     let (port, cfg) = echo_config(dir.path());
     let child = start(dir.path(), &cfg, LogSocket::Journald, None);
-    let pid = child.id();
+    let pid = child.0.id();
     read_until(&sock, "serving");
     one_connection(port).unwrap();
     let lines = read_until(&sock, "ended");
