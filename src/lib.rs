@@ -129,6 +129,7 @@ fn run(cli: &cli::Cli) -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             tracing::error!("cannot start the runtime: {e}");
+            logging::flush(std::time::Duration::from_secs(2));
             return ExitCode::from(server::EXIT_RUNTIME as u8);
         }
     };
@@ -142,7 +143,7 @@ fn run(cli: &cli::Cli) -> ExitCode {
     });
     // Programs still running are not ours to wait for.
     runtime.shutdown_background();
-    match result {
+    let code = match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             for line in e.message.lines() {
@@ -151,5 +152,8 @@ fn run(cli: &cli::Cli) -> ExitCode {
             tracing::error!("wininetd did not start");
             ExitCode::from(e.code as u8)
         }
-    }
+    };
+    // The last lines (why it did not start) must reach the sink.
+    logging::flush(std::time::Duration::from_secs(2));
+    code
 }

@@ -494,6 +494,46 @@ fn a_password_file_that_cannot_be_read_refuses_the_connection() {
     assert!(!log.contains("started"), "{log}");
 }
 
+/// A password file whose read never returns (a FIFO nobody writes, like a
+/// share that hangs) stalls only its own connection: the logon and the
+/// file read run off the accept loop, and another service is served
+/// meanwhile.
+#[test]
+#[ignore = "needs Wine and the Windows build; run by scripts/test.sh"]
+fn a_hung_password_file_read_delays_only_its_own_connection() {
+    let [slow, quick] = [free_port(), free_port()];
+    let fifo_dir = tempfile::tempdir().unwrap();
+    let fifo = fifo_dir.path().join("secret");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    // A writer that never writes: a read waits (Wine opens a FIFO without
+    // waiting for one, and reads EOF when there is none).
+    let _writer = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .unwrap();
+    let d = Daemon::start(
+        "w.conf",
+        &format!(
+            "{slow} davide:@{} cmd.exe /c echo slow\n{quick} none cmd.exe /c echo quick\n",
+            win_path(&fifo)
+        ),
+        &[],
+    );
+    let hung = connect(slow);
+    hung.shutdown(Shutdown::Write).unwrap();
+    // Past the accept of the first connection (it reaches the file read).
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..3 {
+        let mut s = connect(quick);
+        s.shutdown(Shutdown::Write).unwrap();
+        assert_eq!(read_all(&mut s), b"quick\r\n", "log:\n{}", d.log());
+    }
+    let log = d.log();
+    assert!(!log.contains(&format!("service=tcp/{slow}")), "{log}");
+    drop(hung);
+}
+
 /// The SCM tests share the one service name of the prefix.
 static SCM: Mutex<()> = Mutex::new(());
 

@@ -533,20 +533,42 @@ pub fn load(file: &Path) -> Result<Config, ConfigErrors> {
 
 /// Reads and parses a config file; `format` overrides detection. inetd.conf
 /// names are looked up in the system's services file (built-in table if
-/// it cannot be read).
+/// it cannot be read). As root (LocalSystem), a config or a password file
+/// that another user could change is refused.
 pub fn load_as(file: &Path, format: Option<Format>) -> Result<Config, ConfigErrors> {
-    let bytes = std::fs::read(file).map_err(|e| {
+    let refused = |message: String| {
         ConfigErrors(vec![ConfigError {
             location: file.display().to_string(),
-            message: format!("cannot read the config: {e}"),
+            message,
         }])
-    })?;
+    };
+    crate::os::check_config_file(file).map_err(|why| refused(format!("refused: {why}")))?;
+    let bytes = std::fs::read(file).map_err(|e| refused(format!("cannot read the config: {e}")))?;
     let format = format.unwrap_or_else(|| Format::detect(file));
     let table = match format {
         Format::Inetd => ServiceTable::system(),
         _ => ServiceTable::default(),
     };
-    parse_as(file, &bytes, format, &table)
+    let config = parse_as(file, &bytes, format, &table)?;
+    let mut errors = Vec::new();
+    for s in &config.services {
+        if let RunAs::User {
+            secret: Some(Secret::File(pw)),
+            ..
+        } = &s.user
+            && let Err(why) = crate::os::check_password_file(pw)
+        {
+            errors.push(ConfigError {
+                location: s.origin.clone(),
+                message: format!("service {}: password file refused: {why}", s.name),
+            });
+        }
+    }
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(errors))
+    }
 }
 
 /// Checks that hold for both formats: distinct listeners and names, at

@@ -1,10 +1,15 @@
 //! What differs between Unix and Windows, behind two small interfaces.
 //!
 //! **Launching** ([`launch`], [`Exits`]): start a program with a connection
-//! (or a pair of pipes) as its stdin/stdout/stderr, and learn when it ends.
+//! (or a pair of pipes) as its stdin/stdout/stderr, and learn when it ends;
+//! before that, [`logon_pending`] (Windows USER services: a logon off the
+//! accept loop; nothing on Unix).
 //! **Being a service** ([`Host`], [`install`], [`remove`]): receive stop and
 //! reload requests from the service manager, report our state to it, and
 //! register or unregister ourselves with it.
+//!
+//! **Trusting files** ([`check_config_file`], [`check_password_file`]): as
+//! root or LocalSystem, refuse a file another account could change.
 //!
 //! Each platform module provides the same names; the core in `server.rs`
 //! uses only these.
@@ -34,6 +39,9 @@ pub struct LaunchSpec<'a> {
     /// template's environment.
     pub env: &'a [(String, String)],
     pub stderr: StderrMode,
+    /// The user's logon, done beforehand off the accept loop
+    /// ([`logon_pending`]); `None` where none is needed.
+    pub logon: Option<Logon>,
 }
 
 /// The daemon's variables a program never gets, whatever `pass_env` says:

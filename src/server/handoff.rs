@@ -21,6 +21,7 @@ pub(super) fn launch(
     stdio: ChildStdio,
     peer: SocketAddr,
     lease: Lease,
+    logon: Option<os::Logon>,
 ) -> Option<os::Launched> {
     let svc = &active.svc;
     let template = active.exec.as_ref()?;
@@ -29,6 +30,7 @@ pub(super) fn launch(
         template,
         env,
         stderr: svc.stderr,
+        logon,
     };
     match os::launch(&spec, stdio) {
         Ok(mut launched) => {

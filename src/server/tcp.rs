@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::handoff::{connection_env, launch};
 use super::wait::{WAIT_RETRY_PAUSE, run_wait_program};
@@ -93,7 +93,21 @@ pub(super) async fn accept_tcp(
                     );
                 });
             }
-            Program::Command(_) => hand_off_tcp(&ctx, &active, stream, peer, lease),
+            // A logon (Windows USER services) may wait on a domain
+            // controller: it runs off this loop, and only this connection
+            // waits for it.
+            Program::Command(_) => match os::logon_pending(&active.svc.user) {
+                None => hand_off_tcp(&ctx, &active, stream, peer, lease, None),
+                Some(pending) => {
+                    let ctx = Arc::clone(&ctx);
+                    tokio::spawn(async move {
+                        match pending.await {
+                            Ok(l) => hand_off_tcp(&ctx, &active, stream, peer, lease, Some(l)),
+                            Err(e) => error!(service = %active.svc.name, %peer, "{e}"),
+                        }
+                    });
+                }
+            },
         }
     }
 }
@@ -176,6 +190,7 @@ fn hand_off_tcp(
     stream: std::net::TcpStream,
     peer: SocketAddr,
     lease: Lease,
+    logon: Option<os::Logon>,
 ) {
     let svc = &active.svc;
     let local = stream.local_addr().ok();
@@ -186,7 +201,15 @@ fn hand_off_tcp(
             warn!(service = %svc.name, %peer, "cannot set socket options: {e}");
         }
         // Our copy of the socket closes when `launch` returns.
-        launch(ctx, active, &env, ChildStdio::Socket(sock), peer, lease);
+        launch(
+            ctx,
+            active,
+            &env,
+            ChildStdio::Socket(sock),
+            peer,
+            lease,
+            logon,
+        );
         return;
     }
     // Wide pipes while the budget lasts; the grant is held until both the
@@ -195,7 +218,7 @@ fn hand_off_tcp(
     let stdio = ChildStdio::Pipes {
         wide: grant.is_some(),
     };
-    let Some(launched) = launch(ctx, active, &env, stdio, peer, lease) else {
+    let Some(launched) = launch(ctx, active, &env, stdio, peer, lease, logon) else {
         return;
     };
     let mut exited = ctx.children().watch(launched.id);

@@ -6,13 +6,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::warn;
+use tracing::{error, warn};
 
 use super::handoff::launch;
 use super::{Active, Ctx};
 use crate::admission::Lease;
 use crate::children::Ended;
-use crate::os::ChildStdio;
+use crate::os::{self, ChildStdio};
 
 /// The least time between two starts of a `wait` program that fails.
 pub(super) const WAIT_RETRY_PAUSE: Duration = Duration::from_secs(1);
@@ -30,7 +30,27 @@ pub(super) async fn run_wait_program(
     lease: Lease,
     unserved: impl FnOnce() -> bool,
 ) -> bool {
-    let Some(l) = launch(ctx, active, env, ChildStdio::Socket(sock), peer, lease) else {
+    // A logon (Windows USER services) runs off the event loop; only this
+    // socket's task waits for it.
+    let logon = match os::logon_pending(&active.svc.user) {
+        None => None,
+        Some(pending) => match pending.await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                error!(service = %active.svc.name, %peer, "{e}");
+                return false;
+            }
+        },
+    };
+    let Some(l) = launch(
+        ctx,
+        active,
+        env,
+        ChildStdio::Socket(sock),
+        peer,
+        lease,
+        logon,
+    ) else {
         return false;
     };
     let exited = ctx.children().watch(l.id);

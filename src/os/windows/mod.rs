@@ -3,14 +3,18 @@
 
 mod env;
 mod eventlog;
+mod file_trust;
 mod launch;
 mod logon;
+mod security;
 mod service;
 mod template;
 
 pub use eventlog::EventLog;
+pub use file_trust::{check_config_file, check_password_file};
 pub use launch::{
     Exits, PipeReader, PipeWriter, check_users, init_process, launch, new_socket, terminate,
 };
+pub use logon::{Logon, logon_pending};
 pub use service::{Host, install, reload, remove, run_as_service};
 pub use template::ExecTemplate;
