@@ -246,11 +246,15 @@ if has_server wininetd && [[ -z ${WININETD_BIN-} ]]; then
 fi
 
 # ---------------------------------------------------------------- servers
-read -r -a PORTS <<<"$("$LOADGEN" free-ports -n 6)"
+read -r -a PORTS <<<"$("$LOADGEN" free-ports -n 7)"
 declare -A PORT=(
     [wininetd]=${PORTS[0]} [xinetd]=${PORTS[1]} [openbsd-inetd]=${PORTS[2]}
     [tcpserver]=${PORTS[3]} [wininetd-iecho]=${PORTS[4]} [wininetd-pipe]=${PORTS[5]}
+    [wininetd-user]=${PORTS[6]}
 )
+# Scenario (g), the user-switching spawn path, needs root (a service as nobody).
+USER_PATH=0
+((EUID == 0)) && USER_PATH=1
 
 # Start "$@" in the background with output to $WORK/$name.log; record its PID.
 launch() {
@@ -350,13 +354,26 @@ bind = ["127.0.0.1"]
 command = ["/bin/cat"]
 handoff = "pipe"
 EOF
+    if ((USER_PATH)); then
+        cat >>"$WORK/wininetd-ext.toml" <<EOF
+
+[[service]]
+name = "usercat"
+port = ${PORT[wininetd-user]}
+bind = ["127.0.0.1"]
+command = ["/bin/cat"]
+user = "nobody"
+EOF
+    fi
     if ! timeout 10 "$WININETD" --check --cfgfile "$WORK/wininetd-ext.toml" >"$WORK/wininetd-check.log" 2>&1; then
         note "scenario (f) skipped: 'wininetd --check' does not accept the internal-echo / pipe-handoff config yet:"
         sed 's/^/    /' "$WORK/wininetd-check.log" | tail -5 >&2
         return 1
     fi
     launch wininetd-ext env WININETD_LOG="$WININETD_LOG_LEVEL" "$WININETD" --debug --cfgfile "$WORK/wininetd-ext.toml"
-    await_listen wininetd-ext "${PORT[wininetd-iecho]}" "${PORT[wininetd-pipe]}"
+    local ports=("${PORT[wininetd-iecho]}" "${PORT[wininetd-pipe]}")
+    ((USER_PATH)) && ports+=("${PORT[wininetd-user]}")
+    await_listen wininetd-ext "${ports[@]}"
 }
 
 ACTIVE=() # servers that came up, in the order given
@@ -425,6 +442,12 @@ run_ext_round() { # round
     fi
     lg stream --target "127.0.0.1:${PORT[wininetd-pipe]}" --bytes "$STREAM_BYTES" \
         --server-pid "$pid" --server wininetd-pipe --round "$r"
+    # (g) the same rate scenario as (a), through a service run as nobody:
+    # the spawn path without shared memory.
+    if ((USER_PATH)); then
+        lg rate --target "127.0.0.1:${PORT[wininetd-user]}" -n "$CONNS" -c "$CONC" --payload-size "$PAYLOAD" \
+            --server-pid "$pid" --server wininetd-user --round "$r"
+    fi
     alive wininetd-ext || true
 }
 

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use crate::config::Handoff;
+use crate::config::{Format, Handoff};
 
 /// wininetd: an inetd-like super-server for Windows and Unix. Each
 /// connection to a configured port runs a program with the connection as
@@ -62,6 +62,11 @@ pub struct Cli {
     #[arg(long, hide = true)]
     pub service: bool,
 
+    /// The config's format, instead of guessing it from the file name
+    /// (`*.toml`: toml, `inetd.conf`: inetd, anything else: classic).
+    #[arg(long, value_name = "FORMAT", value_parser = parse_format)]
+    pub format: Option<Format>,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -77,6 +82,39 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print an inetd.conf, xinetd or classic config as a `.toml` config.
+    ///
+    /// The TOML goes to stdout. What has no equivalent is a comment there
+    /// and a FILE:LINE warning on stderr; exit 0 when everything was
+    /// carried, 3 when something was not, 1 when FILE has errors.
+    Convert {
+        /// The config to convert.
+        file: PathBuf,
+        /// Its format, instead of guessing from its name and contents.
+        #[arg(long, value_name = "FORMAT", value_parser = parse_source)]
+        from: Option<Source>,
+    },
+}
+
+/// What `convert` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Inetd,
+    Xinetd,
+    Classic,
+}
+
+fn parse_source(s: &str) -> Result<Source, String> {
+    match s {
+        "inetd" => Ok(Source::Inetd),
+        "xinetd" => Ok(Source::Xinetd),
+        "classic" => Ok(Source::Classic),
+        _ => Err(format!("{s:?} is not `inetd`, `xinetd` or `classic`")),
+    }
+}
+
+fn parse_format(s: &str) -> Result<Format, String> {
+    Format::parse(s).ok_or_else(|| format!("{s:?} is not `classic`, `toml` or `inetd`"))
 }
 
 fn parse_handoff(s: &str) -> Result<Handoff, String> {
@@ -110,6 +148,9 @@ impl Cli {
         }
         if self.kill_on_stop {
             args.push("--kill-on-stop".into());
+        }
+        if let Some(f) = self.format {
+            args.extend(["--format".into(), f.as_str().into()]);
         }
         args
     }
@@ -153,6 +194,34 @@ mod tests {
         assert_eq!(c.cfgfile, PathBuf::from("/etc/wininetd.conf"));
         #[cfg(windows)]
         assert!(c.cfgfile.ends_with("wininetd.conf"));
+    }
+
+    #[test]
+    fn format_and_convert_parse_and_flags_alone_still_work() {
+        let c = Cli::try_parse_from(["wininetd", "--format", "inetd", "--cfgfile", "x"]).unwrap();
+        assert_eq!(c.format, Some(Format::Inetd));
+        assert!(c.command.is_none());
+        assert!(
+            c.service_args()
+                .ends_with(&["--format".into(), "inetd".into()])
+        );
+        assert!(Cli::try_parse_from(["wininetd", "--format", "xml"]).is_err());
+        let c = Cli::try_parse_from(["wininetd", "convert", "/etc/inetd.conf"]).unwrap();
+        match c.command {
+            Some(Command::Convert { file, from: None }) => {
+                assert_eq!(file, PathBuf::from("/etc/inetd.conf"))
+            }
+            other => panic!("{other:?}"),
+        }
+        let c = Cli::try_parse_from(["wininetd", "convert", "--from", "xinetd", "f"]).unwrap();
+        assert!(matches!(
+            c.command,
+            Some(Command::Convert {
+                from: Some(Source::Xinetd),
+                ..
+            })
+        ));
+        assert!(Cli::try_parse_from(["wininetd", "convert"]).is_err());
     }
 
     #[test]

@@ -11,6 +11,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod convert;
 pub mod os;
 
 mod admission;
@@ -33,8 +34,10 @@ use crate::config::{Program, RunAs};
 /// The whole program: `main` only calls this.
 pub fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    if let Some(cli::Command::Status { json }) = cli.command {
-        return status(json);
+    match &cli.command {
+        Some(cli::Command::Status { json }) => return status(*json),
+        Some(cli::Command::Convert { file, from }) => return convert::run(file, *from),
+        None => {}
     }
     if cli.install {
         return report(os::install(&cli.service_args()));
@@ -138,13 +141,20 @@ fn control_failure(e: &std::io::Error) -> String {
 
 /// `--check`: every error at once, or the list of services.
 fn check(cli: &cli::Cli) -> ExitCode {
-    match config::load(&cli.cfgfile) {
+    let loaded = config::load_as(&cli.cfgfile, cli.format).and_then(|c| {
+        os::check_internal_users(&c)?;
+        Ok(c)
+    });
+    match loaded {
         Err(errors) => {
             eprintln!("{errors}");
             eprintln!("{}: {} error(s)", cli.cfgfile.display(), errors.0.len());
             ExitCode::FAILURE
         }
         Ok(cfg) => {
+            for w in cfg.warnings.iter().chain(&os::unknown_accounts(&cfg)) {
+                eprintln!("{w}");
+            }
             println!(
                 "{}: OK, {} service(s)",
                 cli.cfgfile.display(),
@@ -195,6 +205,7 @@ fn run(cli: &cli::Cli) -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             tracing::error!("cannot start the runtime: {e}");
+            logging::flush(std::time::Duration::from_secs(2));
             return ExitCode::from(server::EXIT_RUNTIME as u8);
         }
     };
@@ -208,7 +219,7 @@ fn run(cli: &cli::Cli) -> ExitCode {
     });
     // Programs still running are not ours to wait for.
     runtime.shutdown_background();
-    match result {
+    let code = match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             for line in e.message.lines() {
@@ -217,5 +228,8 @@ fn run(cli: &cli::Cli) -> ExitCode {
             tracing::error!("wininetd did not start");
             ExitCode::from(e.code as u8)
         }
-    }
+    };
+    // The last lines (why it did not start) must reach the sink.
+    logging::flush(std::time::Duration::from_secs(2));
+    code
 }

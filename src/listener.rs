@@ -55,6 +55,59 @@ impl Acceptor {
         }
     }
 
+    /// Waits until a connection is pending, without accepting it: a TCP
+    /// `wait` service's program accepts it. Readiness seen while that
+    /// program ran may be stale, so the socket itself is asked.
+    pub async fn pending(&self) -> io::Result<()> {
+        #[cfg(unix)]
+        loop {
+            let mut ready = self.inner.readable().await?;
+            if self.has_pending() {
+                return Ok(());
+            }
+            ready.clear_ready();
+        }
+        #[cfg(windows)]
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "TCP wait services are not supported on Windows",
+        ))
+    }
+
+    /// Whether a connection is waiting to be accepted, now.
+    pub fn has_pending(&self) -> bool {
+        #[cfg(unix)]
+        {
+            use std::os::fd::AsRawFd;
+            let mut fd = libc::pollfd {
+                fd: self.inner.get_ref().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one pollfd on our own descriptor, no waiting.
+            unsafe { libc::poll(&mut fd, 1, 0) > 0 }
+        }
+        #[cfg(windows)]
+        false
+    }
+
+    /// A duplicate of the listening socket, for a TCP `wait` program.
+    pub fn try_clone_socket(&self) -> io::Result<socket2::Socket> {
+        #[cfg(unix)]
+        return socket2::SockRef::from(self.inner.get_ref()).try_clone();
+        #[cfg(windows)]
+        return socket2::SockRef::from(&self.inner).try_clone();
+    }
+
+    /// Back to non-blocking after a `wait` program had the socket (the flag
+    /// is shared with its duplicate).
+    pub fn restore_nonblocking(&self) -> io::Result<()> {
+        #[cfg(unix)]
+        return self.inner.get_ref().set_nonblocking(true);
+        #[cfg(windows)]
+        return socket2::SockRef::from(&self.inner).set_nonblocking(true);
+    }
+
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         #[cfg(unix)]
         return self.inner.get_ref().local_addr();

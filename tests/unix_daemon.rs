@@ -42,6 +42,146 @@ fn program_gets_the_connection_variables() {
 }
 
 #[test]
+fn a_program_gets_a_defined_environment_not_the_daemons() {
+    defined_environment(None);
+}
+
+#[test]
+fn the_portable_spawn_path_gives_the_same_environment() {
+    // The test hook: the std::process::Command path, as on other systems.
+    defined_environment(Some("portable"));
+}
+
+fn defined_environment(spawn_path: Option<&str>) {
+    let port = free_port();
+    let d = Daemon::start_with(
+        "w.conf",
+        &classic(&[format!("{port} none /usr/bin/env")]),
+        &[],
+        |c| {
+            c.env_clear();
+            if let Some(p) = spawn_path {
+                c.env("WININETD_SPAWN", p);
+            }
+            c.env("PATH", "/root/bin:/usr/bin:/bin")
+                .env("MY_SECRET", "s3cret")
+                .env("WININETD_TEST", "x")
+                .env("TZ", "UTC")
+                .env("LC_TIME", "C");
+        },
+    );
+    let out = String::from_utf8(exchange(port, b"")).unwrap();
+    let names: BTreeSet<&str> = out.lines().filter_map(|l| l.split('=').next()).collect();
+    let want: BTreeSet<&str> = [
+        "CLIENT_IP",
+        "CLIENT_PORT",
+        "HOME",
+        "LC_TIME",
+        "LOGNAME",
+        "PATH",
+        "PROTO",
+        "REMOTE_ADDR",
+        "REMOTE_PORT",
+        "SHELL",
+        "TCPLOCALIP",
+        "TCPLOCALPORT",
+        "TCPREMOTEIP",
+        "TCPREMOTEPORT",
+        "TZ",
+        "USER",
+    ]
+    .into();
+    assert_eq!(names, want, "{out}");
+    let me = nix::unistd::User::from_uid(nix::unistd::Uid::effective())
+        .unwrap()
+        .unwrap();
+    for line in [
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+        format!("USER={}", me.name),
+        format!("HOME={}", me.dir.display()),
+        "TZ=UTC".to_string(),
+    ] {
+        assert!(out.lines().any(|l| l == line), "{line} not in {out}");
+    }
+    drop(d);
+}
+
+/// Opens a pseudo-terminal pair; returns (master, slave).
+fn pty() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the classic posix_openpt sequence; descriptors checked.
+    unsafe {
+        let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+        assert!(m >= 0, "posix_openpt: {}", std::io::Error::last_os_error());
+        assert_eq!(libc::grantpt(m), 0);
+        assert_eq!(libc::unlockpt(m), 0);
+        let mut name = [0 as libc::c_char; 128];
+        assert_eq!(libc::ptsname_r(m, name.as_mut_ptr(), name.len()), 0);
+        let s = libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY);
+        assert!(s >= 0, "open pts: {}", std::io::Error::last_os_error());
+        (
+            std::os::fd::OwnedFd::from_raw_fd(m),
+            std::os::fd::OwnedFd::from_raw_fd(s),
+        )
+    }
+}
+
+#[test]
+fn a_program_cannot_open_the_daemons_controlling_terminal() {
+    no_controlling_terminal(None);
+}
+
+#[test]
+fn on_the_portable_spawn_path_either_a_program_cannot_open_the_terminal() {
+    no_controlling_terminal(Some("portable"));
+}
+
+fn no_controlling_terminal(spawn_path: Option<&str>) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let port = free_port();
+    let (_master, slave) = pty();
+    let tty = slave.as_raw_fd();
+    // As an admin running `--debug` in a terminal: the daemon leads a
+    // session whose controlling terminal is the pty.
+    let d = Daemon::start_with(
+        "w.conf",
+        &classic(&[format!(
+            "{port} none /bin/sh -c 'exec 3<>/dev/tty && echo the-tty-opened'"
+        )]),
+        &[],
+        move |c| {
+            if let Some(p) = spawn_path {
+                c.env("WININETD_SPAWN", p);
+            }
+            // SAFETY: setsid and TIOCSCTTY only, in the forked child.
+            unsafe {
+                c.pre_exec(move || {
+                    if libc::setsid() < 0 || libc::ioctl(tty, libc::TIOCSCTTY, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        },
+    );
+    // Field 7 of /proc/PID/stat: the controlling terminal (0: none).
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", d.pid())).unwrap();
+    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+    let tty_nr: i64 = after_comm.split(' ').nth(4).unwrap().parse().unwrap();
+    assert_ne!(
+        tty_nr, 0,
+        "the daemon must have a controlling terminal: {stat}"
+    );
+    let out = String::from_utf8_lossy(&exchange(port, b"")).into_owned();
+    assert!(!out.contains("the-tty-opened"), "{out}");
+    assert!(
+        out.contains("No such device or address"),
+        "ENXIO expected: {out}"
+    );
+}
+
+#[test]
 fn fifty_concurrent_connections_each_get_their_own_echo() {
     let port = free_port();
     let d = Daemon::start("w.conf", &classic(&[format!("{port} none /bin/cat")]), &[]);
@@ -345,9 +485,11 @@ fn services_run_as_the_configured_user() {
 
 #[test]
 fn an_unknown_user_refuses_the_connection_and_no_password_is_logged() {
-    if !is_root() {
-        return; // a non-root daemon refuses to start instead (tested above)
-    }
+    // (A non-root daemon refuses to start instead: tested above.)
+    assert!(
+        is_root(),
+        "this test needs root (a daemon that switches users); CI runs as root"
+    );
     let [port, other] = free_ports(2)[..] else {
         panic!()
     };
@@ -365,6 +507,41 @@ fn an_unknown_user_refuses_the_connection_and_no_password_is_logged() {
     assert!(!log.contains("SuperSecret123"), "password leaked:\n{log}");
     assert!(d.alive());
     assert_eq!(exchange(other, b"x"), b"x");
+}
+
+#[test]
+fn an_unknown_user_is_looked_up_at_load_and_its_refusals_do_not_flood_the_log() {
+    assert!(
+        is_root(),
+        "switching users needs root: run the tests as root (CI does)"
+    );
+    let port = free_port();
+    let d = Daemon::start(
+        "w.conf",
+        &classic(&[format!("{port} no-such-user-y /bin/echo ran")]),
+        &[],
+    );
+    // Said once at load, naming the service and the user.
+    let log = d.wait_log("its connections are refused", Duration::from_secs(5));
+    assert!(log.contains(&format!("tcp/{port}")), "{log}");
+    let started = Instant::now();
+    for _ in 0..20 {
+        assert!(exchange(port, b"").is_empty(), "nothing may run");
+    }
+    let elapsed = started.elapsed();
+    d.wait_log(
+        "connections are refused until it can be looked up",
+        Duration::from_secs(5),
+    );
+    // One line per 5 s window, not one per connection.
+    let lines = d
+        .lines_with("connections are refused until it can be looked up")
+        .len();
+    let windows = 1 + (elapsed.as_secs() / 5) as usize;
+    assert!(
+        lines <= windows + 1,
+        "{lines} lines for 20 refusals in {elapsed:?}"
+    );
 }
 
 #[test]

@@ -88,9 +88,10 @@ struct Daemon {
 
 impl Daemon {
     fn spawn(name: &str, config: &str, args: &[&str]) -> Daemon {
-        Self::spawn_env(name, config, args, &[])
+        Daemon::spawn_env(name, config, args, &[])
     }
 
+    /// With `env` added to the daemon's environment.
     fn spawn_env(name: &str, config: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join(name);
@@ -319,6 +320,45 @@ fn cmd_echo_output_and_client_address_reach_the_client() {
 
 #[test]
 #[ignore = "needs Wine and the Windows build; run by scripts/test.sh"]
+fn a_program_gets_its_accounts_environment_not_the_daemons() {
+    let port = free_port();
+    let d = Daemon::spawn_env(
+        "w.conf",
+        &format!("{port} none cmd.exe /c set\n"),
+        &[],
+        &[
+            ("MY_SECRET", "s3cret"),
+            ("WININETD_TEST", "x"),
+            ("LC_WININETD", "passed"),
+        ],
+    );
+    d.wait_log("serving", Duration::from_secs(60));
+    let mut s = connect(port);
+    s.shutdown(Shutdown::Write).unwrap();
+    let out = String::from_utf8_lossy(&read_all(&mut s)).into_owned();
+    let has = |name: &str| {
+        out.lines().any(|l| {
+            l.to_uppercase()
+                .starts_with(&format!("{}=", name.to_uppercase()))
+        })
+    };
+    for name in [
+        "SystemRoot",
+        "windir",
+        "ComSpec",
+        "Path",
+        "CLIENT_IP",
+        "LC_WININETD",
+    ] {
+        assert!(has(name), "{name} missing:\n{out}");
+    }
+    for name in ["MY_SECRET", "WININETD_TEST"] {
+        assert!(!has(name), "{name} leaked:\n{out}");
+    }
+}
+
+#[test]
+#[ignore = "needs Wine and the Windows build; run by scripts/test.sh"]
 fn a_missing_program_closes_the_connection_and_the_daemon_goes_on() {
     let [bad, good] = [free_port(), free_port()];
     let mut d = Daemon::start(
@@ -458,6 +498,46 @@ fn a_password_file_that_cannot_be_read_refuses_the_connection() {
         "{log}"
     );
     assert!(!log.contains("started"), "{log}");
+}
+
+/// A password file whose read never returns (a FIFO nobody writes, like a
+/// share that hangs) stalls only its own connection: the logon and the
+/// file read run off the accept loop, and another service is served
+/// meanwhile.
+#[test]
+#[ignore = "needs Wine and the Windows build; run by scripts/test.sh"]
+fn a_hung_password_file_read_delays_only_its_own_connection() {
+    let [slow, quick] = [free_port(), free_port()];
+    let fifo_dir = tempfile::tempdir().unwrap();
+    let fifo = fifo_dir.path().join("secret");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    // A writer that never writes: a read waits (Wine opens a FIFO without
+    // waiting for one, and reads EOF when there is none).
+    let _writer = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .unwrap();
+    let d = Daemon::start(
+        "w.conf",
+        &format!(
+            "{slow} davide:@{} cmd.exe /c echo slow\n{quick} none cmd.exe /c echo quick\n",
+            win_path(&fifo)
+        ),
+        &[],
+    );
+    let hung = connect(slow);
+    hung.shutdown(Shutdown::Write).unwrap();
+    // Past the accept of the first connection (it reaches the file read).
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..3 {
+        let mut s = connect(quick);
+        s.shutdown(Shutdown::Write).unwrap();
+        assert_eq!(read_all(&mut s), b"quick\r\n", "log:\n{}", d.log());
+    }
+    let log = d.log();
+    assert!(!log.contains(&format!("service=tcp/{slow}")), "{log}");
+    drop(hung);
 }
 
 /// The SCM tests share the one service name of the prefix.

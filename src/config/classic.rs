@@ -36,6 +36,9 @@ pub(super) fn parse(file: &str, bytes: &[u8]) -> Result<Config, ConfigErrors> {
                 limits: Limits::default(),
                 access: Access::default(),
                 timeout: None,
+                pass_env: None,
+                group: None,
+                argv0: None,
             }),
             Err(message) => errors.push(ConfigError { location, message }),
         }
@@ -44,6 +47,7 @@ pub(super) fn parse(file: &str, bytes: &[u8]) -> Result<Config, ConfigErrors> {
         Ok(Config {
             globals: Globals::default(),
             services,
+            warnings: Vec::new(),
         })
     } else {
         Err(ConfigErrors(errors))

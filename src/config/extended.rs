@@ -32,6 +32,7 @@ const GLOBAL_KEYS: &[&str] = &[
     "service",
     "pipe_budget",
     "ipv6_source_prefix",
+    "pass_env",
 ];
 
 const SERVICE_KEYS: &[&str] = &[
@@ -55,6 +56,9 @@ const SERVICE_KEYS: &[&str] = &[
     "deny",
     "timeout",
     "per_source_rate",
+    "pass_env",
+    "group",
+    "argv0",
 ];
 
 /// Keys that only mean something when a program runs.
@@ -66,6 +70,9 @@ const PROGRAM_KEYS: &[&str] = &[
     "env",
     "working_directory",
     "wait",
+    "pass_env",
+    "group",
+    "argv0",
 ];
 
 /// Windows keeps SO_LINGER in an unsigned 16-bit field.
@@ -144,6 +151,11 @@ pub(super) fn parse(file: &str, bytes: &[u8]) -> Result<Config, ConfigErrors> {
                     globals.ipv6_source_prefix = n as u8;
                 }
             }
+            "pass_env" => {
+                if let Some(names) = r.pass_env(value) {
+                    globals.pass_env = names;
+                }
+            }
             other => {
                 let hint = if SERVICE_KEYS.contains(&other) {
                     format!(" (`{other}` is a service setting: put it after a [[service]] header)")
@@ -158,7 +170,11 @@ pub(super) fn parse(file: &str, bytes: &[u8]) -> Result<Config, ConfigErrors> {
         }
     }
     if r.errors.is_empty() {
-        Ok(Config { globals, services })
+        Ok(Config {
+            globals,
+            services,
+            warnings: Vec::new(),
+        })
     } else {
         Err(r.finish())
     }
@@ -458,6 +474,21 @@ impl Report<'_> {
         if is_internal {
             for key in PROGRAM_KEYS {
                 if let Some(v) = get(key) {
+                    // What restates wininetd's own behaviour is accepted:
+                    // converted inetd/xinetd configs carry these.
+                    if (*key == "wait" && v.get_ref().as_bool() == Some(false))
+                        || (*key == "user" && v.get_ref().as_str() == Some("none"))
+                    {
+                        continue;
+                    }
+                    if *key == "user"
+                        && let Some(name) = v.get_ref().as_str()
+                        && !name.is_empty()
+                        && !name.contains(':')
+                    {
+                        // Checked against the daemon's account when applied.
+                        continue;
+                    }
                     self.at(
                         v.span(),
                         format!(
@@ -475,18 +506,13 @@ impl Report<'_> {
         if get("command").is_some()
             && let (Some(protocol), Some(wait)) = (protocol, wait)
         {
-            match (protocol, wait) {
-                (Protocol::Tcp, true) => self.at(
-                    get("wait").map_or(header.clone(), |v| v.span()),
-                    "`wait = true` is not supported for TCP services: wininetd accepts each connection and starts one program per connection; remove `wait`",
-                ),
-                (Protocol::Udp, false) => self.at(
+            if (protocol, wait) == (Protocol::Udp, false) {
+                self.at(
                     get("wait")
                         .or(get("protocol"))
                         .map_or(header.clone(), |v| v.span()),
                     "a UDP service's program gets the bound socket and reads the datagrams itself (inetd's dgram `wait`), so it needs `wait = true`; or use an `internal` service",
-                ),
-                _ => {}
+                );
             }
             if protocol == Protocol::Udp
                 && let Some(v) = get("handoff")
@@ -499,7 +525,15 @@ impl Report<'_> {
         }
 
         let user = if is_internal {
-            Some(RunAs::Daemon)
+            // A plain name here must be the daemon's own account (checked
+            // when the config is applied).
+            match get("user").and_then(|v| v.get_ref().as_str()) {
+                Some(name) if name != "none" => Some(RunAs::User {
+                    name: name.to_string(),
+                    secret: None,
+                }),
+                _ => Some(RunAs::Daemon),
+            }
         } else {
             self.user(get("user"), get("password_file"))
         };
@@ -583,6 +617,11 @@ impl Report<'_> {
             None => Some(None),
         };
 
+        let pass_env = match get("pass_env") {
+            Some(v) if !is_internal => self.pass_env(v).map(Some),
+            _ => Some(None),
+        };
+
         // Settings the core would ignore for UDP must not look as if they
         // protected anything.
         if protocol == Some(Protocol::Udp) {
@@ -614,6 +653,32 @@ impl Report<'_> {
             }
         }
 
+        let group = match get("group") {
+            Some(v) if !is_internal => self.nonempty_string("group", v).map(|g| {
+                if get("user").is_none() {
+                    self.at(
+                        v.span(),
+                        "`group` needs a `user`: the group replaces that user's primary group",
+                    );
+                }
+                Some(g.to_string())
+            }),
+            _ => Some(None),
+        };
+        let argv0 = match get("argv0") {
+            Some(v) if !is_internal => {
+                if get("command").is_some_and(|c| c.get_ref().as_str().is_some()) {
+                    self.at(
+                        v.span(),
+                        "`argv0` needs `command` as an array: a string command line is split (or, on Windows, passed) as it is",
+                    );
+                }
+                self.nonempty_string("argv0", v)
+                    .map(|a| Some(a.to_string()))
+            }
+            _ => Some(None),
+        };
+
         if self.errors.len() != errors_before {
             return None;
         }
@@ -643,6 +708,9 @@ impl Report<'_> {
                 deny: deny?,
             },
             timeout: timeout?,
+            pass_env: pass_env?,
+            group: group?,
+            argv0: argv0?,
         })
     }
 
@@ -813,6 +881,23 @@ impl Report<'_> {
                     );
                     ok = false;
                 }
+            }
+        }
+        ok.then_some(out)
+    }
+
+    /// `pass_env`: variable names, or prefixes ending in `*`.
+    fn pass_env(&mut self, v: &Value) -> Option<Vec<String>> {
+        let items = self.strings("pass_env", v)?;
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (name, span) in items {
+            match super::pass_env_error(name) {
+                Some(e) => {
+                    self.at(span, e);
+                    ok = false;
+                }
+                None => out.push(name.to_string()),
             }
         }
         ok.then_some(out)
@@ -1288,6 +1373,21 @@ mod tests {
     }
 
     #[test]
+    fn pass_env_is_read_globally_and_per_service_with_a_default() {
+        let c = parse_ok(&with(""));
+        assert_eq!(c.globals.pass_env, ["TZ", "LANG", "LC_*"]);
+        assert_eq!(c.services[0].pass_env, None);
+        let c = parse_ok(&format!("pass_env = [\"TZ\", \"MY_*\"]\n{}", with("")));
+        assert_eq!(c.globals.pass_env, ["TZ", "MY_*"]);
+        let s = service(&with("pass_env = []"));
+        assert_eq!(s.pass_env, Some(Vec::new()));
+        assert_error(&with("pass_env = [\"A=B\"]"), 4, "`pass_env`");
+        assert_error(&with("pass_env = [\"*X\"]"), 4, "prefix ending in `*`");
+        assert_error(&with("pass_env = [\"\"]"), 4, "`pass_env`");
+        assert_error(&internal_with("pass_env = [\"TZ\"]"), 4, "no meaning");
+    }
+
+    #[test]
     fn env_is_read() {
         let s = service(&with(
             "env = { GREETING = \"hi\", \"Lower.case\" = \"x=y\" }",
@@ -1574,14 +1674,71 @@ mod tests {
         );
     }
 
+    #[cfg(unix)]
     #[test]
-    fn tcp_wait_is_not_supported() {
+    fn tcp_wait_is_read_for_programs() {
+        assert!(service(&with("wait = true")).wait);
+        assert!(!service(&with("wait = false")).wait);
+        let s = service(&with("protocol = \"tcp\"\nwait = true\nrate = \"10/m\""));
+        assert!(s.wait && s.protocol == Protocol::Tcp);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn tcp_wait_refuses_per_connection_settings() {
+        for (key, value) in [
+            ("allow", "[\"127.0.0.1\"]"),
+            ("deny", "[\"127.0.0.1\"]"),
+            ("per_source", "1"),
+            ("max_instances", "1"),
+            ("handoff", "\"pipe\""),
+        ] {
+            let (location, message) = one_error(&with(&format!("wait = true\n{key} = {value}")));
+            assert_eq!(location, "test.toml:1");
+            assert!(
+                message.contains(&format!("`{key}` has no meaning for a TCP `wait` service")),
+                "{message}"
+            );
+        }
+    }
+
+    #[cfg(windows)]
+    #[test]
+    fn group_argv0_and_tcp_wait_are_refused_on_windows() {
+        for extra in [
+            "user = \"x\"\ngroup = \"adm\"",
+            "argv0 = \"x\"",
+            "wait = true",
+        ] {
+            let (location, message) = one_error(&with(extra));
+            assert_eq!(location, "test.toml:1");
+            assert!(message.contains("not supported on Windows"), "{message}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn group_and_argv0_are_read() {
+        let s = service(&with(
+            "user = \"nobody\"\ngroup = \"nogroup\"\nargv0 = \"in.cat\"",
+        ));
+        assert_eq!(s.group.as_deref(), Some("nogroup"));
+        assert_eq!(s.argv0.as_deref(), Some("in.cat"));
+        let plain = service(&with(""));
+        assert_eq!((plain.group, plain.argv0), (None, None));
+        assert_error(&with("group = \"adm\""), 4, "`group` needs a `user`");
         assert_error(
-            &with("wait = true"),
-            4,
-            "`wait = true` is not supported for TCP services",
+            &with("user = \"none\"\ngroup = \"adm\""),
+            1,
+            "a `group` needs a `user`",
         );
-        assert_error(&with("protocol = \"tcp\"\nwait = true"), 5, "not supported");
+        assert_error(&with("user = \"x\"\ngroup = \"\""), 5, "`group` is empty");
+        assert_error(&with("argv0 = \"\""), 4, "`argv0` is empty");
+        assert_error(
+            "[[service]]\nport = 7000\ncommand = \"/bin/cat\"\nargv0 = \"x\"\n",
+            4,
+            "needs `command` as an array",
+        );
     }
 
     #[test]
@@ -1636,14 +1793,15 @@ mod tests {
     #[test]
     fn program_keys_are_errors_for_internal_services() {
         for (key, value) in [
-            ("user", "\"bob\""),
+            ("user", "\"bob:secret\""),
             ("password_file", "\"/x\""),
             ("stderr", "\"log\""),
             ("handoff", "\"pipe\""),
             ("env", "{ A = \"1\" }"),
             ("working_directory", "\"/tmp\""),
             ("wait", "true"),
-            ("wait", "false"),
+            ("group", "\"adm\""),
+            ("argv0", "\"x\""),
         ] {
             assert_error(
                 &internal_with(&format!("{key} = {value}")),
@@ -1655,6 +1813,23 @@ mod tests {
             &format!("{}protocol = \"udp\"\nwait = true\n", internal_with("")),
             5,
             "`wait` has no meaning for an internal service",
+        );
+    }
+
+    #[test]
+    fn internal_services_accept_what_restates_wininetd() {
+        let s = service(&internal_with("wait = false\nuser = \"none\""));
+        assert!(!s.wait);
+        assert_eq!(s.user, RunAs::Daemon);
+        // A named user is kept, to be checked against the daemon's own
+        // account when the config is applied.
+        let s = service(&internal_with("user = \"root\""));
+        assert_eq!(
+            s.user,
+            RunAs::User {
+                name: "root".into(),
+                secret: None
+            }
         );
     }
 

@@ -8,7 +8,16 @@ mod classic;
 mod extended;
 mod secret;
 
+mod inetd;
+mod services;
+pub mod toml_out;
+pub mod xinetd;
+
 pub use secret::{Password, Secret};
+
+pub use services::ServiceTable;
+pub use toml_out::to_toml;
+pub use xinetd::parse as parse_xinetd;
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -21,6 +30,9 @@ use ipnet::IpNet;
 pub struct Config {
     pub globals: Globals,
     pub services: Vec<Service>,
+    /// What was read but is not carried (an inetd.conf's `sndbuf=`, …):
+    /// `--check` lists these, the daemon logs them, `convert` comments them.
+    pub warnings: Vec<ConfigError>,
 }
 
 /// Settings that apply to every service unless a service overrides them.
@@ -37,6 +49,9 @@ pub struct Globals {
     pub pipe_budget: u64,
     /// IPv6 sources are counted per prefix of this length (1-128).
     pub ipv6_source_prefix: u8,
+    /// The daemon's variables a program gets (`pass_env`): names, or
+    /// prefixes ending in `*`.
+    pub pass_env: Vec<String>,
 }
 
 impl Default for Globals {
@@ -48,8 +63,32 @@ impl Default for Globals {
             log_format: LogFormat::Text,
             pipe_budget: DEFAULT_PIPE_BUDGET,
             ipv6_source_prefix: DEFAULT_IPV6_SOURCE_PREFIX,
+            pass_env: DEFAULT_PASS_ENV.iter().map(|s| s.to_string()).collect(),
         }
     }
+}
+
+/// `pass_env` unless a config says otherwise (both formats).
+pub const DEFAULT_PASS_ENV: [&str; 3] = ["TZ", "LANG", "LC_*"];
+
+/// Whether `pass_env` entry `pattern` names variable `name`: equal, or a
+/// prefix when it ends in `*`.
+pub fn pass_env_matches(pattern: &str, name: &[u8]) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix.as_bytes()),
+        None => name == pattern.as_bytes(),
+    }
+}
+
+/// Why a `pass_env` entry is invalid, if it is.
+pub fn pass_env_error(pattern: &str) -> Option<String> {
+    let name = pattern.strip_suffix('*').unwrap_or(pattern);
+    if pattern.is_empty() || name.contains(['=', '\0', '*']) {
+        return Some(format!(
+            "`pass_env`: {pattern:?} is not a variable name or a prefix ending in `*` (no `=`, NUL, or `*` elsewhere)"
+        ));
+    }
+    None
 }
 
 /// WinInetd's default for `--linger-timeout`.
@@ -131,6 +170,12 @@ pub struct Service {
     pub access: Access,
     /// Overrides the global timeout; `Some(0)` switches it off.
     pub timeout: Option<u32>,
+    /// Overrides the global `pass_env`.
+    pub pass_env: Option<Vec<String>>,
+    /// The primary group (inetd's `user.group`), instead of the user's own.
+    pub group: Option<String>,
+    /// argv[0] when it is not the program (inetd.conf, xinetd NAMEINARGS).
+    pub argv0: Option<String>,
 }
 
 impl Service {
@@ -418,27 +463,117 @@ pub fn is_extended(path: &Path) -> bool {
         .is_some_and(|e| e.eq_ignore_ascii_case("toml"))
 }
 
+/// The file formats wininetd runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// WinInetd's `PORT USER[:PASS] CMDLINE`.
+    Classic,
+    /// The extended format.
+    Toml,
+    /// BSD inetd.conf, as openbsd-inetd and netkit inetd read it.
+    Inetd,
+}
+
+impl Format {
+    /// By the file name: `*.toml` is TOML, `inetd.conf` is inetd.conf,
+    /// anything else (`wininetd.conf` included) classic.
+    pub fn detect(path: &Path) -> Format {
+        if is_extended(path) {
+            Format::Toml
+        } else if path
+            .file_name()
+            .is_some_and(|n| n.eq_ignore_ascii_case("inetd.conf"))
+        {
+            Format::Inetd
+        } else {
+            Format::Classic
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Classic => "classic",
+            Format::Toml => "toml",
+            Format::Inetd => "inetd",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Format> {
+        match s {
+            "classic" => Some(Format::Classic),
+            "toml" => Some(Format::Toml),
+            "inetd" => Some(Format::Inetd),
+            _ => None,
+        }
+    }
+}
+
 /// Parses config text; `file` names it in messages and picks the format.
+/// inetd.conf service names are looked up in the built-in table.
 pub fn parse(file: &Path, bytes: &[u8]) -> Result<Config, ConfigErrors> {
+    parse_as(file, bytes, Format::detect(file), &ServiceTable::builtin())
+}
+
+/// Parses config text in `format`; `services` resolves inetd.conf's names.
+pub fn parse_as(
+    file: &Path,
+    bytes: &[u8],
+    format: Format,
+    services: &ServiceTable,
+) -> Result<Config, ConfigErrors> {
     let name = file.display().to_string();
-    let config = if is_extended(file) {
-        extended::parse(&name, bytes)?
-    } else {
-        classic::parse(&name, bytes)?
+    let config = match format {
+        Format::Toml => extended::parse(&name, bytes)?,
+        Format::Classic => classic::parse(&name, bytes)?,
+        Format::Inetd => inetd::parse(&name, bytes, services)?,
     };
     validate(&name, &config)?;
     Ok(config)
 }
 
-/// Reads and parses a config file.
+/// Reads and parses a config file, in the format its name says.
 pub fn load(file: &Path) -> Result<Config, ConfigErrors> {
-    let bytes = std::fs::read(file).map_err(|e| {
+    load_as(file, None)
+}
+
+/// Reads and parses a config file; `format` overrides detection. inetd.conf
+/// names are looked up in the system's services file (built-in table if
+/// it cannot be read). As root (LocalSystem), a config or a password file
+/// that another user could change is refused.
+pub fn load_as(file: &Path, format: Option<Format>) -> Result<Config, ConfigErrors> {
+    let refused = |message: String| {
         ConfigErrors(vec![ConfigError {
             location: file.display().to_string(),
-            message: format!("cannot read the config: {e}"),
+            message,
         }])
-    })?;
-    parse(file, &bytes)
+    };
+    crate::os::check_config_file(file).map_err(|why| refused(format!("refused: {why}")))?;
+    let bytes = std::fs::read(file).map_err(|e| refused(format!("cannot read the config: {e}")))?;
+    let format = format.unwrap_or_else(|| Format::detect(file));
+    let table = match format {
+        Format::Inetd => ServiceTable::system(),
+        _ => ServiceTable::default(),
+    };
+    let config = parse_as(file, &bytes, format, &table)?;
+    let mut errors = Vec::new();
+    for s in &config.services {
+        if let RunAs::User {
+            secret: Some(Secret::File(pw)),
+            ..
+        } = &s.user
+            && let Err(why) = crate::os::check_password_file(pw)
+        {
+            errors.push(ConfigError {
+                location: s.origin.clone(),
+                message: format!("service {}: password file refused: {why}", s.name),
+            });
+        }
+    }
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(errors))
+    }
 }
 
 /// Checks that hold for both formats: distinct listeners and names, at
@@ -506,6 +641,12 @@ fn validate(file: &str, config: &Config) -> Result<(), ConfigErrors> {
                 message: e,
             });
         }
+        for message in service_rules(s) {
+            errors.push(ConfigError {
+                location: s.origin.clone(),
+                message,
+            });
+        }
     }
     if errors.is_empty() && config.services.is_empty() {
         errors.push(ConfigError {
@@ -518,4 +659,52 @@ fn validate(file: &str, config: &Config) -> Result<(), ConfigErrors> {
     } else {
         Err(ConfigErrors(errors))
     }
+}
+
+/// Rules on `group`, `argv0` and TCP `wait` that hold whatever the format.
+fn service_rules(s: &Service) -> Vec<String> {
+    let mut out = Vec::new();
+    let program = matches!(s.program, Program::Command(_));
+    if s.group.is_some() && (s.user == RunAs::Daemon || !program) {
+        out.push(format!(
+            "service {}: a `group` needs a `user`: the group replaces that user's primary group",
+            s.name
+        ));
+    }
+    if cfg!(windows) && s.group.is_some() {
+        out.push(format!(
+            "service {}: `group` is not supported on Windows (a program runs with its user's token)",
+            s.name
+        ));
+    }
+    if cfg!(windows) && s.argv0.is_some() {
+        out.push(format!(
+            "service {}: `argv0` is not supported on Windows (the command line's first word names the program)",
+            s.name
+        ));
+    }
+    if s.wait && s.protocol == Protocol::Tcp && program {
+        if cfg!(windows) {
+            out.push(format!(
+                "service {}: TCP `wait` services are not supported on Windows",
+                s.name
+            ));
+        }
+        let per_connection = [
+            ("allow", !s.access.allow.is_empty()),
+            ("deny", !s.access.deny.is_empty()),
+            ("per_source", s.limits.per_source.is_some()),
+            ("max_instances", s.limits.max_instances.is_some()),
+            ("handoff", s.handoff.is_some()),
+        ];
+        for (key, set) in per_connection {
+            if set {
+                out.push(format!(
+                    "service {}: `{key}` has no meaning for a TCP `wait` service: its one program accepts the connections itself (`rate` limits how often it is started)",
+                    s.name
+                ));
+            }
+        }
+    }
+    out
 }

@@ -1,18 +1,22 @@
 //! What differs between Unix and Windows, behind two small interfaces.
 //!
 //! **Launching** ([`launch`], [`Exits`]): start a program with a connection
-//! (or a pair of pipes) as its stdin/stdout/stderr, and learn when it ends.
+//! (or a pair of pipes) as its stdin/stdout/stderr, and learn when it ends;
+//! before that, [`logon_pending`] (Windows USER services: a logon off the
+//! accept loop; nothing on Unix).
 //! **Being a service** ([`Host`], [`install`], [`remove`]): receive stop and
 //! reload requests from the service manager, report our state to it, and
 //! register or unregister ourselves with it.
 //!
+//! **Trusting files** ([`check_config_file`], [`check_password_file`]): as
+//! root or LocalSystem, refuse a file another account could change.
+//!
 //! Each platform module provides the same names; the core in `server.rs`
 //! uses only these.
 
-use std::path::Path;
 use std::time::Instant;
 
-use crate::config::{CommandLine, RunAs, StderrMode};
+use crate::config::{RunAs, StderrMode};
 
 #[cfg(unix)]
 mod unix;
@@ -28,12 +32,30 @@ pub use windows::*;
 pub struct LaunchSpec<'a> {
     /// The service's name, for messages.
     pub service: &'a str,
-    pub command: &'a CommandLine,
-    /// Variables added to the daemon's own environment (CLIENT_IP, …).
+    /// What is fixed for the service's program ([`ExecTemplate`], built
+    /// once per config).
+    pub template: &'a ExecTemplate,
+    /// The connection's variables (CLIENT_IP, …), set on top of the
+    /// template's environment.
     pub env: &'a [(String, String)],
-    pub working_directory: Option<&'a Path>,
-    pub user: &'a RunAs,
     pub stderr: StderrMode,
+    /// The user's logon, done beforehand off the accept loop
+    /// ([`logon_pending`]); `None` where none is needed.
+    pub logon: Option<Logon>,
+}
+
+/// The daemon's variables a program never gets, whatever `pass_env` says:
+/// they describe the daemon's own service manager and settings.
+pub fn never_passed(name: &[u8]) -> bool {
+    name == b"NOTIFY_SOCKET" || name.starts_with(b"LISTEN_") || name.starts_with(b"WININETD_")
+}
+
+/// Whether the daemon's variable `name` goes to programs under `pass_env`.
+pub fn passed_from_daemon(pass_env: &[String], name: &[u8]) -> bool {
+    !never_passed(name)
+        && pass_env
+            .iter()
+            .any(|p| crate::config::pass_env_matches(p, name))
 }
 
 /// What the program's standard handles are.
@@ -79,6 +101,9 @@ pub enum LaunchError {
     User(String),
     /// The program could not be started.
     Spawn(std::io::Error),
+    /// Refused for a reason logged a moment ago (not logged again, so a
+    /// flood of connections is not a flood of lines).
+    Quiet,
 }
 
 impl std::fmt::Display for LaunchError {
@@ -86,6 +111,7 @@ impl std::fmt::Display for LaunchError {
         match self {
             LaunchError::User(m) => f.write_str(m),
             LaunchError::Spawn(e) => write!(f, "cannot start the program: {e}"),
+            LaunchError::Quiet => f.write_str("refused (the reason was logged a moment ago)"),
         }
     }
 }
@@ -113,4 +139,92 @@ pub trait ServiceHost {
     async fn next(&mut self) -> Control;
     /// Reports our state (READY only once every listener is bound).
     fn status(&mut self, status: HostStatus);
+}
+
+/// An internal service runs inside wininetd: a `user` on it may only name
+/// the account wininetd runs as (converted inetd/xinetd configs say `root`).
+pub fn check_internal_users(
+    config: &crate::config::Config,
+) -> Result<(), crate::config::ConfigErrors> {
+    let errors: Vec<_> = config
+        .services
+        .iter()
+        .filter_map(|s| match (&s.program, &s.user) {
+            (crate::config::Program::Internal(_), RunAs::User { name, .. })
+                if !is_own_account(name) =>
+            {
+                Some(crate::config::ConfigError {
+                    location: s.origin.clone(),
+                    message: format!(
+                        "service {} is internal (it runs inside wininetd) but names user {name:?}, which is not the account wininetd runs as; remove `user`",
+                        s.name
+                    ),
+                })
+            }
+            _ => None,
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(crate::config::ConfigErrors(errors))
+    }
+}
+
+#[cfg(unix)]
+fn is_own_account(name: &str) -> bool {
+    matches!(nix::unistd::User::from_name(name), Ok(Some(u)) if u.uid == nix::unistd::Uid::effective())
+}
+
+#[cfg(windows)]
+fn is_own_account(name: &str) -> bool {
+    std::env::var("USERNAME").is_ok_and(|me| me.eq_ignore_ascii_case(name))
+}
+
+/// Accounts a config names that do not exist here: `--check` and a load
+/// warn (`FILE:LINE`), since each connection of such a service is refused.
+pub fn unknown_accounts(config: &crate::config::Config) -> Vec<crate::config::ConfigError> {
+    let mut out = Vec::new();
+    for s in &config.services {
+        let (crate::config::Program::Command(_), RunAs::User { name, .. }) = (&s.program, &s.user)
+        else {
+            continue;
+        };
+        let mut missing = Vec::new();
+        if !account_exists(name, false) {
+            missing.push(format!("user {name:?}"));
+        }
+        if let Some(g) = &s.group
+            && !account_exists(g, true)
+        {
+            missing.push(format!("group {g:?}"));
+        }
+        if !missing.is_empty() {
+            out.push(crate::config::ConfigError {
+                location: s.origin.clone(),
+                message: format!(
+                    "service {}: unknown {}: its connections are refused until it exists",
+                    s.name,
+                    missing.join(" and ")
+                ),
+            });
+        }
+    }
+    out
+}
+
+#[cfg(unix)]
+fn account_exists(name: &str, group: bool) -> bool {
+    // A failed lookup (no NSS) is not "unknown": say nothing then.
+    if group {
+        !matches!(nix::unistd::Group::from_name(name), Ok(None))
+    } else {
+        !matches!(nix::unistd::User::from_name(name), Ok(None))
+    }
+}
+
+/// Windows logs users on per connection; there is nothing to look up.
+#[cfg(windows)]
+fn account_exists(_name: &str, _group: bool) -> bool {
+    true
 }

@@ -10,7 +10,7 @@ use tracing::{debug, error, info};
 use super::{Active, Ctx};
 use crate::admission::Lease;
 use crate::children::Record;
-use crate::config::{self, Program, Protocol, Service};
+use crate::config::{self, Protocol};
 use crate::metrics::Outcome;
 use crate::os::{self, ChildStdio, LaunchSpec};
 
@@ -22,18 +22,16 @@ pub(super) fn launch(
     stdio: ChildStdio,
     peer: SocketAddr,
     lease: Lease,
+    logon: Option<os::Logon>,
 ) -> Option<os::Launched> {
     let svc = &active.svc;
-    let Program::Command(command) = &svc.program else {
-        return None;
-    };
+    let template = active.exec.as_ref()?;
     let spec = LaunchSpec {
         service: &svc.name,
-        command,
+        template,
         env,
-        working_directory: svc.working_directory.as_deref(),
-        user: &svc.user,
         stderr: svc.stderr,
+        logon,
     };
     match os::launch(&spec, stdio) {
         Ok(mut launched) => {
@@ -57,10 +55,15 @@ pub(super) fn launch(
             );
             Some(launched)
         }
+        // The user could not be looked up; said a moment ago.
+        Err(os::LaunchError::Quiet) => {
+            lease.stats().connection(Outcome::UserFailed);
+            None
+        }
         Err(e) => {
             lease.stats().connection(match e {
-                os::LaunchError::User(_) => Outcome::UserFailed,
                 os::LaunchError::Spawn(_) => Outcome::SpawnFailed,
+                os::LaunchError::User(_) | os::LaunchError::Quiet => Outcome::UserFailed,
             });
             lease.stats().error(e.to_string());
             error!(service = %svc.name, %peer, "{e}");
@@ -87,16 +90,15 @@ async fn log_stderr(service: String, pid: os::ChildId, stderr: os::PipeReader) {
         }
     }
 }
-/// The variables a program gets on top of the daemon's environment: the
-/// service's `env`, then WinInetd's CLIENT_IP/CLIENT_PORT, the UCSPI
+/// The connection's variables, set on top of the service's environment
+/// (its exec template): WinInetd's CLIENT_IP/CLIENT_PORT, the UCSPI
 /// (tcpserver) names and systemd's REMOTE_ADDR/REMOTE_PORT.
 pub(super) fn connection_env(
-    svc: &Service,
     protocol: Protocol,
     peer: Option<SocketAddr>,
     local: Option<SocketAddr>,
 ) -> Vec<(String, String)> {
-    let mut env = svc.env.clone();
+    let mut env = Vec::with_capacity(9);
     env.push((
         "PROTO".into(),
         match protocol {

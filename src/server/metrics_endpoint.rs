@@ -54,9 +54,7 @@ fn scrape(ctx: &Ctx) -> String {
     metrics::render(&Snapshot {
         services: &views,
         daemon: &ctx.daemon,
-        // Hook: the logging queue's count (`crate::logging::dropped_lines()`
-        // once the bounded log queue is merged).
-        log_lines_dropped: 0,
+        log_lines_dropped: crate::logging::dropped_lines(),
         process: crate::os::process_stats(),
     })
 }

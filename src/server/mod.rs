@@ -6,6 +6,7 @@
 //!
 //! - `tcp`: accept → check → hand off, per TCP listener;
 //! - `udp`: datagrams for internal services, and `wait` services;
+//! - `wait`: a `wait` program's run (TCP and UDP);
 //! - `handoff`: a program's environment, its launch and its record;
 //! - `reload`: the reload transaction (bind first, apply or change nothing);
 //! - here: startup, stop, and the reaper.
@@ -34,6 +35,7 @@ mod metrics_endpoint;
 mod reload;
 mod tcp;
 mod udp;
+mod wait;
 
 /// Settings from the command line, which win over the config's globals.
 #[derive(Debug, Clone)]
@@ -43,6 +45,8 @@ pub struct Options {
     pub linger_timeout: Option<u32>,
     pub handoff: Option<Handoff>,
     pub kill_on_stop: bool,
+    /// `--format`: overrides detection by file name.
+    pub format: Option<config::Format>,
 }
 
 impl From<&crate::cli::Cli> for Options {
@@ -53,6 +57,7 @@ impl From<&crate::cli::Cli> for Options {
             linger_timeout: c.linger_timeout,
             handoff: c.handoff,
             kill_on_stop: c.kill_on_stop,
+            format: c.format,
         }
     }
 }
@@ -75,7 +80,7 @@ pub const EXIT_RUNTIME: u32 = 4;
 /// Loads the config, binds every listener, reports READY, then serves until
 /// the host asks to stop. Errors before READY are returned, not logged.
 pub async fn serve<H: ServiceHost>(opts: Options, host: &mut H) -> Result<(), StartError> {
-    let config = config::load(&opts.cfgfile).map_err(|e| StartError {
+    let config = config::load_as(&opts.cfgfile, opts.format).map_err(|e| StartError {
         code: EXIT_CONFIG,
         message: e.to_string(),
     })?;
@@ -149,6 +154,8 @@ struct Active {
     /// Every UDP port of the served config, sorted: no client sends from
     /// one of them.
     udp_ports: Arc<[u16]>,
+    /// What is fixed for starting its program (`None`: an internal service).
+    exec: Option<os::ExecTemplate>,
 }
 
 struct Listening {

@@ -9,7 +9,7 @@ use tracing::{error, info, warn};
 
 use super::tcp::accept_tcp;
 use super::udp::serve_udp;
-use super::{Active, EXIT_BIND, EXIT_USERS, Key, Listening, Served, Server, seconds};
+use super::{Active, EXIT_BIND, EXIT_CONFIG, EXIT_USERS, Key, Listening, Served, Server, seconds};
 use crate::admission::{Gate, fair_floor};
 use crate::config::{self, Config, Handoff, Program, Protocol, RunAs, Secret, Service};
 use crate::listener::{self, Bound};
@@ -22,7 +22,7 @@ impl Server {
     /// the new config is served.
     pub(super) async fn reload(&mut self) -> bool {
         info!("reloading {}", self.opts.cfgfile.display());
-        match config::load(&self.opts.cfgfile) {
+        match config::load_as(&self.opts.cfgfile, self.opts.format) {
             Err(errors) => {
                 for e in &errors.0 {
                     error!("{e}");
@@ -50,11 +50,18 @@ impl Server {
 
     /// Makes `config` the served one. On error nothing has changed.
     pub(super) async fn apply(&mut self, config: Config) -> Result<(), (u32, String)> {
-        let users = config.services.iter().filter_map(|s| match &s.user {
-            RunAs::User { name, .. } => Some(name.as_str()),
-            RunAs::Daemon => None,
-        });
+        os::check_internal_users(&config).map_err(|e| (EXIT_CONFIG, e.to_string()))?;
+        let users = config
+            .services
+            .iter()
+            .filter_map(|s| match (&s.user, &s.program) {
+                (RunAs::User { name, .. }, Program::Command(_)) => Some(name.as_str()),
+                _ => None,
+            });
         os::check_users(users).map_err(|m| (EXIT_USERS, m))?;
+        for w in config.warnings.iter().chain(&os::unknown_accounts(&config)) {
+            warn!("{w}");
+        }
         warn_ignored_passwords(&config);
 
         // What should listen, and with which settings.
@@ -75,6 +82,7 @@ impl Server {
         let mut rule_updates = Vec::new();
         // Each gate and the most live programs its service can hold.
         let mut holds = Vec::new();
+        let mut templates = Vec::new();
         for svc in config.services {
             let gate = match self.gates.get(&svc.name) {
                 Some(g) => {
@@ -103,7 +111,18 @@ impl Server {
                 )
                 .then(|| Arc::clone(&udp_guard)),
             });
+            let exec = match &svc.program {
+                Program::Command(_) => {
+                    let pass_env = svc.pass_env.as_ref().unwrap_or(&config.globals.pass_env);
+                    let t = os::ExecTemplate::new(&svc, pass_env)
+                        .map_err(|m| (EXIT_CONFIG, format!("{}: {m}", svc.origin)))?;
+                    templates.push(t.clone());
+                    Some(t)
+                }
+                Program::Internal(_) => None,
+            };
             let active = Arc::new(Active {
+                exec,
                 handoff: svc
                     .handoff
                     .or(self.opts.handoff)
@@ -118,6 +137,19 @@ impl Server {
             for addr in active.svc.addrs() {
                 wanted.insert((active.svc.protocol, addr), Arc::clone(&active));
             }
+        }
+
+        // The accounts (NSS may be remote), looked up off this thread; a
+        // user not found yet is retried later, its connections refused.
+        let resolved = tokio::task::spawn_blocking(move || {
+            templates
+                .iter()
+                .filter_map(os::ExecTemplate::resolve)
+                .collect::<Vec<_>>()
+        })
+        .await;
+        for warning in resolved.unwrap_or_default() {
+            warn!("{warning}");
         }
 
         // Bind what is new before touching what runs, so a failure changes

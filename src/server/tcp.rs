@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::handoff::{connection_env, launch};
-use super::{Active, Ctx, metrics_endpoint, refused_connection};
+use super::wait::{WAIT_RETRY_PAUSE, run_wait_program};
+use super::{Active, Ctx, metrics_endpoint, refused, refused_connection};
 use crate::admission::Lease;
 use crate::children::Ended;
 use crate::config::Internal;
@@ -40,6 +41,10 @@ pub(super) async fn accept_tcp(
         if in_a_row == ACCEPT_BATCH {
             in_a_row = 0;
             tokio::task::yield_now().await;
+        }
+        if is_wait(&active.borrow()) {
+            wait_tcp(&listener, &active, &ctx).await;
+            continue;
         }
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -102,9 +107,94 @@ pub(super) async fn accept_tcp(
                     );
                 });
             }
-            Program::Command(_) => hand_off_tcp(&ctx, &active, stream, peer, lease),
+            // A logon (Windows USER services) may wait on a domain
+            // controller: it runs off this loop, and only this connection
+            // waits for it.
+            Program::Command(_) => match os::logon_pending(&active.svc.user) {
+                None => hand_off_tcp(&ctx, &active, stream, peer, lease, None),
+                Some(pending) => {
+                    let ctx = Arc::clone(&ctx);
+                    tokio::spawn(async move {
+                        match pending.await {
+                            Ok(l) => hand_off_tcp(&ctx, &active, stream, peer, lease, Some(l)),
+                            Err(e) => error!(service = %active.svc.name, %peer, "{e}"),
+                        }
+                    });
+                }
+            },
         }
     }
+}
+
+fn is_wait(active: &Active) -> bool {
+    active.svc.wait && matches!(active.svc.program, Program::Command(_))
+}
+
+/// A TCP `wait` service: when a connection is pending, its program gets
+/// the listening socket and accepts by itself; the socket is watched again
+/// once the program has exited.
+async fn wait_tcp(listener: &Acceptor, active: &watch::Receiver<Arc<Active>>, ctx: &Arc<Ctx>) {
+    if let Err(e) = listener.pending().await {
+        warn!("waiting on a TCP wait listener failed: {e}; pausing 1 s");
+        tokio::time::sleep(WAIT_RETRY_PAUSE).await;
+        return;
+    }
+    let active = active.borrow().clone();
+    if !is_wait(&active) {
+        return; // a reload changed the service meanwhile
+    }
+    let svc = &active.svc;
+    let local = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            warn!(service = %svc.name, "cannot read the listener's address: {e}");
+            tokio::time::sleep(WAIT_RETRY_PAUSE).await;
+            return;
+        }
+    };
+    // Over the rate (inetd's `wait.N`): the one connection that woke us is
+    // refused, not left to wake us again at once.
+    let lease = match active.gate.admit(local.ip()) {
+        Ok(l) => l,
+        Err(why) => {
+            if let Some((_, peer)) = accept_one(listener).await {
+                refused(ctx, &active, peer.ip(), why);
+            }
+            return;
+        }
+    };
+    let dup = match listener.try_clone_socket() {
+        Ok(d) => d,
+        Err(e) => {
+            warn!(service = %svc.name, "cannot duplicate the listening socket: {e}; pausing 1 s");
+            tokio::time::sleep(WAIT_RETRY_PAUSE).await;
+            return;
+        }
+    };
+    let env = connection_env(Protocol::Tcp, None, Some(local));
+    let ran = run_wait_program(ctx, &active, dup, &env, local, lease, || {
+        listener.has_pending()
+    })
+    .await;
+    // The program had the socket in blocking mode; the flag is shared.
+    if let Err(e) = listener.restore_nonblocking() {
+        warn!(service = %svc.name, "cannot restore the listening socket: {e}");
+    }
+    if !ran {
+        // Cannot start: refuse the pending connection rather than spin.
+        if let Some((_, peer)) = accept_one(listener).await {
+            info!(service = %svc.name, %peer, "closed: the program could not start");
+        }
+        tokio::time::sleep(WAIT_RETRY_PAUSE).await;
+    }
+}
+
+/// The pending connection, to close it; bounded in case it went away.
+async fn accept_one(listener: &Acceptor) -> Option<(std::net::TcpStream, SocketAddr)> {
+    tokio::time::timeout(Duration::from_millis(100), listener.accept())
+        .await
+        .ok()?
+        .ok()
 }
 
 /// Starts the service's program on an accepted connection.
@@ -114,17 +204,26 @@ fn hand_off_tcp(
     stream: std::net::TcpStream,
     peer: SocketAddr,
     lease: Lease,
+    logon: Option<os::Logon>,
 ) {
     let svc = &active.svc;
     let local = stream.local_addr().ok();
-    let env = connection_env(svc, Protocol::Tcp, Some(peer), local);
+    let env = connection_env(Protocol::Tcp, Some(peer), local);
     if active.handoff == Handoff::Direct {
         let sock = socket2::Socket::from(stream);
         if let Err(e) = direct_socket_options(&sock, active) {
             warn!(service = %svc.name, %peer, "cannot set socket options: {e}");
         }
         // Our copy of the socket closes when `launch` returns.
-        launch(ctx, active, &env, ChildStdio::Socket(sock), peer, lease);
+        launch(
+            ctx,
+            active,
+            &env,
+            ChildStdio::Socket(sock),
+            peer,
+            lease,
+            logon,
+        );
         return;
     }
     // Wide pipes while the budget lasts; the grant is held until both the
@@ -133,7 +232,7 @@ fn hand_off_tcp(
     let stdio = ChildStdio::Pipes {
         wide: grant.is_some(),
     };
-    let Some(launched) = launch(ctx, active, &env, stdio, peer, lease) else {
+    let Some(launched) = launch(ctx, active, &env, stdio, peer, lease, logon) else {
         return;
     };
     let relayed = into_tokio(stream).map(|s| (s, launched.pipes));

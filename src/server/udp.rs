@@ -9,14 +9,13 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tracing::{error, warn};
 
-use super::handoff::{connection_env, launch};
+use super::handoff::connection_env;
+use super::wait::run_wait_program;
 use super::{Active, Ctx, refused, refused_connection};
 use crate::admission::{Lease, RefusalLine};
-use crate::children::Ended;
 use crate::config::{Internal, Program, Protocol};
 use crate::internal;
 use crate::metrics::Datagram;
-use crate::os::ChildStdio;
 use crate::udp_guard::{self, Dropped};
 
 /// A UDP listener: internal services answer each datagram; a `wait`
@@ -141,9 +140,6 @@ fn dropped(ctx: &Ctx, active: &Active, peer: SocketAddr, why: Dropped) {
     );
 }
 
-/// The least time between two starts of a `wait` program that fails.
-const WAIT_RETRY_PAUSE: Duration = Duration::from_secs(1);
-
 /// Runs a `wait` service's program on the socket and does not watch the
 /// socket again until the program has exited.
 async fn wait_service(
@@ -163,27 +159,8 @@ async fn wait_service(
             return;
         }
     };
-    let env = connection_env(svc, Protocol::Udp, Some(peer), None);
-    let launched = launch(ctx, active, &env, ChildStdio::Socket(dup), peer, lease);
-    let ran = match launched {
-        Some(l) => {
-            let exited = ctx.children().watch(l.id, None);
-            let how = exited.await.map_or(Ended::Failed, |(how, _)| how);
-            // A program that fails at once without reading its datagram
-            // would be restarted in a tight loop: at most once a second.
-            let ran = l.started.elapsed();
-            if how == Ended::Failed && ran < WAIT_RETRY_PAUSE {
-                warn!(
-                    service = %svc.name,
-                    "program failed after {} ms; watching the socket again in a second",
-                    ran.as_millis()
-                );
-                tokio::time::sleep(WAIT_RETRY_PAUSE - ran).await;
-            }
-            how != Ended::NotStarted
-        }
-        None => false,
-    };
+    let env = connection_env(Protocol::Udp, Some(peer), None);
+    let ran = run_wait_program(ctx, active, dup, &env, peer, lease, || false).await;
     // The program had the socket in blocking mode; the flag is shared.
     if let Err(e) = socket2::SockRef::from(sock).set_nonblocking(true) {
         error!(service = %svc.name, "cannot restore the socket: {e}");
@@ -236,6 +213,7 @@ mod tests {
             linger: None,
             udp_guard: Arc::clone(&guard),
             udp_ports: vec![client.local_addr().unwrap().port()].into(),
+            exec: None,
         });
         let ctx = Arc::new(Ctx {
             global: Global::new(10),

@@ -275,6 +275,30 @@ fn rows() -> Vec<RowSpec> {
                 "≥ 0.8× direct",
             )
         },
+        RowSpec {
+            subject_suffix: "-user",
+            show_peers: false,
+            reference: Reference::Subject("", "rate.conns_per_s"),
+            ..row(
+                "(g) rate, as another user: conns/s (÷ as its own)",
+                "rate.conns_per_s",
+                true,
+                Target::None,
+                "",
+            )
+        },
+        RowSpec {
+            subject_suffix: "-user",
+            show_peers: false,
+            reference: Reference::Subject("", "rate.server_cpu_us_per_conn"),
+            ..row(
+                "(g) as another user: own CPU, µs/conn (÷ as its own)",
+                "rate.server_cpu_us_per_conn",
+                false,
+                Target::None,
+                "",
+            )
+        },
     ]
 }
 
@@ -413,6 +437,9 @@ pub fn render(text: &str, subject: &str, peers: &[String]) -> String {
                 .map(|(n, s)| (n.to_string(), s)),
             Reference::BestPeerOf(m) => {
                 best_peer(&d, peers, m, spec.higher_better).map(|(n, s)| (n.to_string(), s))
+            }
+            Reference::Subject("", m) => {
+                get(subject, m).map(|s| (format!("{subject} (a), same rounds"), s))
             }
             Reference::Subject(suffix, m) => get(&format!("{subject}{suffix}"), m)
                 .map(|s| (format!("{subject} direct, measured alongside"), s))

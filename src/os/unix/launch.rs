@@ -1,21 +1,19 @@
 //! Starting a program on a connection, and reaping it, on Unix.
 
-use std::borrow::Cow;
 use std::collections::VecDeque;
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use nix::unistd::{Gid, Uid, User};
+use nix::unistd::{Uid, User};
 
 use super::signals::{Signals, block_taken};
-use super::spawn::{Creds, Request, note_dispositions, spawn, start_error};
-use crate::config::{RunAs, StderrMode};
+use super::spawn::{Request, note_dispositions, spawn, start_error};
+use crate::config::StderrMode;
 use crate::os::{ChildStdio, Exit, LaunchError, LaunchSpec, Launched};
 
 pub type PipeWriter = tokio::net::unix::pipe::Sender;
@@ -23,30 +21,22 @@ pub type PipeReader = tokio::net::unix::pipe::Receiver;
 
 /// Starts the program of `spec` with `stdio` as its standard handles.
 ///
-/// The program gets its own process group, default signal handling, and no
+/// The program gets its own session, default signal handling, and no
 /// descriptor but 0, 1 and 2.
 pub fn launch(spec: &LaunchSpec<'_>, stdio: ChildStdio) -> Result<Launched, LaunchError> {
-    let argv = spec
-        .command
-        .argv()
-        .map_err(|e| LaunchError::Spawn(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
-    let mut extra: Vec<(&str, &str)> = spec
+    let template = spec.template;
+    let ready = template.ready()?;
+    let nul = |what: &str| {
+        LaunchError::Spawn(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{what} contains a NUL byte"),
+        ))
+    };
+    let extra = spec
         .env
         .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let user = match spec.user {
-        RunAs::User { name, .. } => Some(resolve_user(name)?),
-        RunAs::Daemon => None,
-    };
-    if let Some(u) = &user {
-        extra.extend([
-            ("HOME", u.home.as_str()),
-            ("USER", u.name.as_str()),
-            ("LOGNAME", u.name.as_str()),
-            ("SHELL", u.shell.as_str()),
-        ]);
-    }
+        .map(|(k, v)| CString::new(format!("{k}={v}")).map_err(|_| nul("the environment")))
+        .collect::<Result<Vec<_>, _>>()?;
 
     let mut pipes = None;
     let mut stderr_reader = None;
@@ -88,27 +78,21 @@ pub fn launch(spec: &LaunchSpec<'_>, stdio: ChildStdio) -> Result<Launched, Laun
         (None, _) => output.as_fd(),
     };
 
-    let nul = |what: &str| {
-        LaunchError::Spawn(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{what} contains a NUL byte"),
-        ))
-    };
+    let program = template.program();
     let request = Request {
-        argv: argv
-            .iter()
-            .map(|a| CString::new(a.as_bytes()).map_err(|_| nul("the command line")))
-            .collect::<Result<_, _>>()?,
-        envp: environment(&extra).map_err(|_| nul("the environment"))?,
-        cwd: spec
-            .working_directory
-            .map(|d| CString::new(d.as_os_str().as_bytes()).map_err(|_| nul("working_directory")))
-            .transpose()?,
-        creds: user.and_then(|u| u.creds),
+        program: Arc::clone(program),
+        env: ready.env,
+        extra,
+        creds: ready.creds,
         stdio: [input.as_fd(), output.as_fd(), errors],
     };
-    let pid = spawn(request)
-        .map_err(|e| LaunchError::Spawn(io::Error::new(e.kind(), format!("{}: {e}", argv[0]))))?;
+    let pid = spawn(request).map_err(|e| {
+        let name = program.argv.first().map(|a| a.to_string_lossy());
+        LaunchError::Spawn(io::Error::new(
+            e.kind(),
+            format!("{}: {e}", name.unwrap_or_default()),
+        ))
+    })?;
     // Our copies of the child's ends close on return; the child itself is
     // reaped by [`Exits`], never waited on per connection.
     Ok(Launched {
@@ -152,75 +136,6 @@ fn dev_null() -> Result<BorrowedFd<'static>, LaunchError> {
             format!("/dev/null: {e}"),
         ))),
     }
-}
-
-/// The daemon's environment with `extra` set on top, as `KEY=value`
-/// strings. The daemon's own part is captured once (it does not change)
-/// and borrowed by every program's.
-fn environment(extra: &[(&str, &str)]) -> Result<Vec<Cow<'static, CStr>>, std::ffi::NulError> {
-    static BASE: OnceLock<Vec<(Vec<u8>, CString)>> = OnceLock::new();
-    let base = BASE.get_or_init(|| {
-        std::env::vars_os()
-            .filter_map(|(k, v)| {
-                let mut kv = k.as_bytes().to_vec();
-                kv.push(b'=');
-                kv.extend_from_slice(v.as_bytes());
-                Some((k.as_bytes().to_vec(), CString::new(kv).ok()?))
-            })
-            .collect()
-    });
-    let mut env: Vec<Cow<'static, CStr>> = Vec::with_capacity(base.len() + extra.len());
-    env.extend(
-        base.iter()
-            .filter(|(k, _)| !extra.iter().any(|(e, _)| e.as_bytes() == k.as_slice()))
-            .map(|(_, kv)| Cow::Borrowed(kv.as_c_str())),
-    );
-    for (i, (k, v)) in extra.iter().enumerate() {
-        // A later setting of the same variable wins.
-        if extra[i + 1..].iter().any(|(later, _)| later == k) {
-            continue;
-        }
-        env.push(Cow::Owned(CString::new(format!("{k}={v}"))?));
-    }
-    Ok(env)
-}
-
-/// A configured account, looked up per connection so that a user added
-/// later works.
-struct Account {
-    name: String,
-    home: String,
-    shell: String,
-    /// `None` when the account is the daemon's own: nothing to switch.
-    creds: Option<Creds>,
-}
-
-fn resolve_user(name: &str) -> Result<Account, LaunchError> {
-    let user = User::from_name(name)
-        .map_err(|e| LaunchError::User(format!("cannot look up user {name:?}: {e}")))?
-        .ok_or_else(|| LaunchError::User(format!("unknown user {name:?}")))?;
-    let creds = if user.uid == Uid::effective() {
-        None
-    } else {
-        let cname =
-            CString::new(name).map_err(|_| LaunchError::User(format!("bad user name {name:?}")))?;
-        let groups = nix::unistd::getgrouplist(&cname, user.gid)
-            .map_err(|e| LaunchError::User(format!("cannot read the groups of {name:?}: {e}")))?
-            .into_iter()
-            .map(Gid::as_raw)
-            .collect();
-        Some(Creds {
-            uid: user.uid.as_raw(),
-            gid: user.gid.as_raw(),
-            groups,
-        })
-    };
-    Ok(Account {
-        name: user.name,
-        home: user.dir.to_string_lossy().into_owned(),
-        shell: user.shell.to_string_lossy().into_owned(),
-        creds,
-    })
 }
 
 /// Makes sure 0, 1 and 2 are open (so no socket or pipe of ours can take

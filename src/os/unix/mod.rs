@@ -1,18 +1,32 @@
 //! Unix: fork/exec on a socket, SIGCHLD reaping, signals, systemd.
 
 mod control;
+mod file_trust;
 mod launch;
 mod process_stats;
 mod service;
 mod signals;
 mod spawn;
+mod template;
 
 pub use control::{
     ControlListener, ControlStream, control_address, control_listen, control_request,
 };
+pub use file_trust::{check_config_file, check_password_file};
 pub use launch::{Exits, PipeReader, PipeWriter, check_users, init_process, launch, terminate};
 pub use process_stats::process_stats;
 pub use service::{Host, install, reload, remove, unit_text};
+pub use template::{DEFAULT_PATH, ExecTemplate};
+
+/// Unix needs no logon: a program switches to its user with setuid.
+pub enum Logon {}
+
+/// Nothing to wait for before a launch on Unix.
+pub fn logon_pending(
+    _user: &crate::config::RunAs,
+) -> Option<std::future::Ready<Result<Logon, crate::os::LaunchError>>> {
+    None
+}
 
 /// A socket for a listener: close-on-exec (socket2's default), and
 /// SO_REUSEADDR so a restart rebinds at once despite TIME_WAIT connections.

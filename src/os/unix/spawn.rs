@@ -7,42 +7,200 @@
 //! program's loader has started) unless two children per CPU are still
 //! before theirs (see `max_starting`). The kernel zeroes a word in the slot when
 //! the child has exec'd or exited, which is when the slot may be reused; a
-//! failed exec leaves its errno there for [`start_error`]. Other Unix
-//! systems (and other architectures) use `std::process::Command`.
+//! failed exec leaves its errno there for [`start_error`]. A child that
+//! takes another identity is cloned without `CLONE_VM`: it must never run
+//! as that user inside the daemon's memory. Other Unix systems (and other
+//! architectures) use `std::process::Command` to fork, and the same child
+//! setup and PATH search as the clone path.
 
-use std::borrow::Cow;
 use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::BorrowedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use libc::{c_char, c_int};
+
+/// What is fixed for a service's program: built once per config.
+#[derive(Debug)]
+pub struct Program {
+    /// argv; `argv[0]` is also the program, looked up in PATH without '/'.
+    pub argv: Vec<CString>,
+    /// Where execvp would look for `argv[0]`, in order.
+    pub candidates: Vec<CString>,
+    pub cwd: Option<CString>,
+}
+
+impl Program {
+    /// `path` is the program's own PATH (`None`: execvp's default), so the
+    /// search is the one a shell in the program's environment would make.
+    /// `argv0` replaces argv[0] after the program is looked up by it
+    /// (inetd.conf's explicit argv[0], xinetd's NAMEINARGS).
+    pub fn new(
+        mut argv: Vec<CString>,
+        argv0: Option<CString>,
+        path: Option<&[u8]>,
+        cwd: Option<CString>,
+    ) -> Program {
+        let candidates = argv
+            .first()
+            .map_or_else(Vec::new, |name| candidates(name, path));
+        if let (Some(a0), Some(first)) = (argv0, argv.first_mut()) {
+            *first = a0;
+        }
+        Program {
+            argv,
+            candidates,
+            cwd,
+        }
+    }
+}
+
+/// Where execvp would look for `name` with `path` as PATH.
+fn candidates(name: &CStr, path: Option<&[u8]>) -> Vec<CString> {
+    let bytes = name.to_bytes();
+    if bytes.contains(&b'/') {
+        return vec![name.to_owned()];
+    }
+    if bytes.is_empty() {
+        return Vec::new(); // execvp's ENOENT
+    }
+    path.unwrap_or(b"/bin:/usr/bin")
+        .split(|&b| b == b':')
+        .filter_map(|dir| {
+            let mut full = dir.to_vec();
+            if !full.is_empty() {
+                full.push(b'/');
+            }
+            full.extend_from_slice(bytes);
+            CString::new(full).ok()
+        })
+        .collect()
+}
 
 /// Everything the child needs, computed in the parent.
 pub struct Request<'a> {
-    /// argv; `argv[0]` is also the program, looked up in PATH without '/'.
-    pub argv: Vec<CString>,
-    /// The complete environment, `KEY=value` each; the daemon's own
-    /// variables are borrowed, not copied for each program.
-    pub envp: Vec<Cow<'static, CStr>>,
-    pub cwd: Option<CString>,
-    pub creds: Option<Creds>,
+    pub program: Arc<Program>,
+    /// The service's environment, `NAME=value` each, shared by its programs.
+    pub env: Arc<[CString]>,
+    /// This connection's variables, `NAME=value`; each replaces the
+    /// variable of that name in `env`.
+    pub extra: Vec<CString>,
+    pub creds: Option<Arc<Creds>>,
     /// What becomes fd 0, 1 and 2 (all >= 3 in our process, see
     /// `init_process`); the same descriptor may be given more than once.
     pub stdio: [BorrowedFd<'a>; 3],
 }
 
 /// The identity to take before exec.
+#[derive(Debug)]
 pub struct Creds {
     pub uid: libc::uid_t,
     pub gid: libc::gid_t,
     pub groups: Vec<libc::gid_t>,
 }
 
-/// Starts the program; returns its pid. The program gets its own process
-/// group, default signal dispositions, an empty signal mask and exactly the
-/// descriptors 0, 1 and 2. On the clone path an exec that fails shows as
-/// the child's exit (127), with the reason from [`start_error`].
+const SHELL: &CStr = c"/bin/sh";
+
+/// The signals whose disposition is not SIG_DFL in this process (bit n:
+/// signal n + 1), which a child must reset before exec; all of them until
+/// [`note_dispositions`] has looked.
+static NOT_DEFAULT: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// The pointer arrays a child reads, rebuilt in place for each child.
+#[derive(Default)]
+struct Pointers {
+    /// `[/bin/sh, argv..., NULL]`: argv starts at index 1; a script
+    /// without `#!` runs as `/bin/sh path args` (execvp's rule).
+    shell_argv: Vec<*const c_char>,
+    env: Vec<*const c_char>,
+    candidates: Vec<*const c_char>,
+}
+
+impl Pointers {
+    fn fill(&mut self, program: &Program, env: &[CString], extra: &[CString]) {
+        self.shell_argv.clear();
+        self.shell_argv.push(SHELL.as_ptr());
+        self.shell_argv
+            .extend(program.argv.iter().map(|c| c.as_ptr()));
+        self.shell_argv.push(std::ptr::null());
+        self.env.clear();
+        fn name(kv: &CString) -> &[u8] {
+            let b = kv.as_bytes();
+            &b[..b.iter().position(|&c| c == b'=').unwrap_or(b.len())]
+        }
+        self.env.extend(
+            env.iter()
+                .filter(|kv| !extra.iter().any(|e| name(e) == name(kv)))
+                .map(|c| c.as_ptr()),
+        );
+        self.env.extend(extra.iter().map(|c| c.as_ptr()));
+        self.env.push(std::ptr::null());
+        self.candidates.clear();
+        self.candidates
+            .extend(program.candidates.iter().map(|c| c.as_ptr()));
+        self.candidates.push(std::ptr::null());
+    }
+}
+
+/// execvp's search over `candidates`, with its rules for which errors go
+/// on, and for a file the kernel cannot execute (ENOEXEC: run it with
+/// `/bin/sh`). `execve` returns the errno of a failed exec. Returns the
+/// errno to report (it returns only on failure).
+///
+/// # Safety
+/// Every pointer is valid and NUL-terminated as built by [`Pointers`].
+unsafe fn exec_search(
+    shell_argv: *mut *const c_char,
+    envp: *const *const c_char,
+    candidates: *const *const c_char,
+    execve: impl Fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int,
+) -> c_int {
+    // SAFETY: per the contract above.
+    unsafe {
+        let argv = shell_argv.add(1);
+        let mut denied = false;
+        let mut last = libc::ENOENT;
+        let mut i = 0;
+        while !(*candidates.add(i)).is_null() {
+            let path = *candidates.add(i);
+            i += 1;
+            last = execve(path, argv, envp);
+            match last {
+                libc::ENOEXEC => {
+                    *argv = path;
+                    return execve(SHELL.as_ptr(), shell_argv, envp);
+                }
+                libc::EACCES => denied = true,
+                libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT => {}
+                _ => return last,
+            }
+        }
+        if denied { libc::EACCES } else { last }
+    }
+}
+
+/// Starts the program; returns its pid. The program gets its own session
+/// (no controlling terminal), default signal dispositions, an empty signal
+/// mask and exactly the descriptors 0, 1 and 2. On the clone path an exec
+/// that fails shows as the child's exit (127), with the reason from
+/// [`start_error`].
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub fn spawn(req: Request<'_>) -> io::Result<u32> {
+    if portable_forced() {
+        return spawn_std(req);
+    }
     clone::spawn(req)
+}
+
+/// Test hook: `WININETD_SPAWN=portable` in the daemon's environment makes
+/// it start programs by the portable path here too, so that the tests of
+/// the whole daemon can run against it (read once).
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn portable_forced() -> bool {
+    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| std::env::var_os("WININETD_SPAWN").is_some_and(|v| v == "portable"))
 }
 
 #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
@@ -62,62 +220,147 @@ pub fn start_error(_pid: u32) -> Option<io::Error> {
     None
 }
 
-/// Records which signals the children must reset (see `init_process`).
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+/// Looks at every signal's disposition once (called at start, after which
+/// the daemon changes none: it reads signals by signalfd), so a child
+/// resets only those (usually SIGPIPE alone) instead of making 62 system
+/// calls before its exec.
 pub fn note_dispositions() {
-    clone::note_dispositions()
+    let mut set = 0u64;
+    for sig in 1..=64 {
+        if !is_default(sig) {
+            set |= 1 << (sig - 1);
+        }
+    }
+    NOT_DEFAULT.store(set, Ordering::Relaxed);
+}
+
+/// Whether `sig` has its default disposition (an invalid number has).
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+fn is_default(sig: usize) -> bool {
+    // struct kernel_sigaction; handler first. Raw, so that the signals
+    // libc keeps for itself are seen too.
+    let mut old = [0u64; 4];
+    // SAFETY: rt_sigaction with no new action only reads into `old`.
+    let r = unsafe { clone::sys(libc::SYS_rt_sigaction, sig, 0, old.as_mut_ptr() as usize, 8) };
+    r == 0 && old[0] == 0
 }
 
 #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
-pub fn note_dispositions() {}
+fn is_default(sig: usize) -> bool {
+    // SAFETY: a query only; `old` is an out value.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(sig as c_int, std::ptr::null(), &mut old) != 0
+            || old.sa_sigaction == libc::SIG_DFL
+    }
+}
 
-/// The portable path, also tested on Linux.
+/// Sets `sig` to SIG_DFL in a forked child. On Linux by the system call:
+/// libc refuses the signals it keeps for itself, which may be ignored.
+#[cfg_attr(all(target_os = "linux", target_arch = "x86_64"), allow(dead_code))]
+unsafe fn reset_signal(sig: c_int) {
+    // SAFETY: setting a disposition to the default, in the child.
+    unsafe {
+        #[cfg(target_os = "linux")]
+        {
+            // struct kernel_sigaction: SIG_DFL, no flags, empty mask.
+            let dfl = [0u64; 4];
+            libc::syscall(libc::SYS_rt_sigaction, sig, dfl.as_ptr(), 0usize, 8usize);
+        }
+        #[cfg(not(target_os = "linux"))]
+        libc::signal(sig, libc::SIG_DFL);
+    }
+}
+
+/// Raw pointers the forked child reads (its own copy of our memory).
+struct ChildPlan {
+    ptrs: Pointers,
+    cwd: *const c_char,
+    creds: Option<(libc::uid_t, libc::gid_t, *const libc::gid_t, usize)>,
+    to_reset: u64,
+}
+
+// SAFETY: only read in the forked child, whose copy it is; the parent
+// keeps the pointees alive until `spawn` returns (std waits for the exec).
+unsafe impl Send for ChildPlan {}
+unsafe impl Sync for ChildPlan {}
+
+/// The portable path: std forks and sets up the descriptors; the child
+/// then does what the clone path's does (session, signals, identity,
+/// directory, the same PATH search), so both start a program alike.
 #[cfg_attr(all(target_os = "linux", target_arch = "x86_64"), allow(dead_code))]
 pub fn spawn_std(req: Request<'_>) -> io::Result<u32> {
-    use std::ffi::OsStr;
-    use std::os::unix::ffi::OsStrExt;
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
 
-    let os = |c: &CString| OsStr::from_bytes(c.as_bytes()).to_owned();
-    let Some(program) = req.argv.first() else {
+    let Some(first) = req.program.argv.first() else {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "no program"));
     };
-    let mut cmd = Command::new(os(program));
-    cmd.args(req.argv[1..].iter().map(os))
-        .env_clear()
-        .process_group(0);
-    for kv in &req.envp {
-        let kv = kv.to_bytes();
-        if let Some(eq) = kv.iter().position(|&b| b == b'=') {
-            cmd.env(
-                OsStr::from_bytes(&kv[..eq]),
-                OsStr::from_bytes(&kv[eq + 1..]),
-            );
-        }
-    }
-    if let Some(dir) = &req.cwd {
-        cmd.current_dir(os(dir));
-    }
-    let creds = req.creds.as_ref().map(|c| (c.uid, c.gid, c.groups.clone()));
-    // SAFETY: only async-signal-safe system calls between fork and exec.
+    let mut ptrs = Pointers::default();
+    ptrs.fill(&req.program, &req.env, &req.extra);
+    let mut plan = ChildPlan {
+        ptrs,
+        cwd: req
+            .program
+            .cwd
+            .as_ref()
+            .map_or(std::ptr::null(), |c| c.as_ptr()),
+        creds: req
+            .creds
+            .as_ref()
+            .map(|c| (c.uid, c.gid, c.groups.as_ptr(), c.groups.len())),
+        to_reset: NOT_DEFAULT.load(Ordering::Relaxed),
+    };
+    // std runs `program` only if our own exec fails without an error
+    // (never): the search is ours.
+    let mut cmd = Command::new(std::ffi::OsStr::from_bytes(first.as_bytes()));
+    cmd.env_clear();
+    // SAFETY: only async-signal-safe calls between fork and exec; the
+    // plan's pointees outlive `spawn`, which waits for the exec.
     unsafe {
         cmd.pre_exec(move || {
-            // The daemon blocks the signals it reads by signalfd; std
-            // leaves the mask as it is.
-            let empty = nix::sys::signal::SigSet::empty();
-            let rc = libc::pthread_sigmask(libc::SIG_SETMASK, empty.as_ref(), std::ptr::null_mut());
+            let p = &mut plan;
+            let err = |r: c_int| io::Error::from_raw_os_error(r);
+            let last = || io::Error::last_os_error();
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            let rc = libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
             if rc != 0 {
-                return Err(io::Error::from_raw_os_error(rc));
+                return Err(err(rc));
             }
-            if let Some((uid, gid, groups)) = &creds
-                && (libc::setgroups(groups.len() as _, groups.as_ptr()) != 0
-                    || libc::setgid(*gid) != 0
-                    || libc::setuid(*uid) != 0)
+            for sig in 1..=64 {
+                if p.to_reset & (1 << (sig - 1)) != 0
+                    && sig != libc::SIGKILL
+                    && sig != libc::SIGSTOP
+                {
+                    reset_signal(sig);
+                }
+            }
+            if libc::setsid() < 0 {
+                return Err(last());
+            }
+            if let Some((uid, gid, groups, n)) = p.creds
+                && (libc::setgroups(n as _, groups) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0)
             {
-                return Err(io::Error::last_os_error());
+                return Err(last());
             }
-            Ok(())
+            if !p.cwd.is_null() && libc::chdir(p.cwd) != 0 {
+                return Err(last());
+            }
+            let e = exec_search(
+                p.ptrs.shell_argv.as_mut_ptr(),
+                p.ptrs.env.as_ptr(),
+                p.ptrs.candidates.as_ptr(),
+                |path, argv, envp| {
+                    libc::execve(path, argv, envp);
+                    io::Error::last_os_error()
+                        .raw_os_error()
+                        .unwrap_or(libc::EIO)
+                },
+            );
+            Err(err(e))
         });
     }
     let [a, b, c] = &req.stdio;
@@ -129,66 +372,39 @@ pub fn spawn_std(req: Request<'_>) -> io::Result<u32> {
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod clone {
-    use std::borrow::Cow;
-    use std::collections::VecDeque;
-    use std::ffi::{CStr, CString};
+    use std::collections::HashMap;
     use std::io;
-    use std::os::fd::AsRawFd;
-    use std::os::unix::ffi::OsStrExt;
-    use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
-    use std::sync::{Mutex, OnceLock};
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::sync::atomic::{AtomicI32, Ordering};
+    use std::sync::{Arc, LazyLock, Mutex, OnceLock};
+    use std::time::Duration;
 
     use libc::{c_char, c_int, c_long};
 
-    use super::Request;
+    use super::{NOT_DEFAULT, Pointers, Program, Request, exec_search};
 
     /// Reserved per slot; only the pages the child touches become resident.
     const STACK_BYTES: usize = 64 * 1024;
-    /// Failed execs whose slot was reused before the reaper asked.
-    const FAILED_KEPT: usize = 64;
     /// How long a spawn waits for a child to exec when every slot is taken,
     /// before it adds a slot anyway (a child stopped before its exec must
     /// not stall the daemon).
-    const SLOT_WAIT: std::time::Duration = std::time::Duration::from_millis(10);
-    const SHELL: &CStr = c"/bin/sh";
-
-    /// The signals whose disposition is not SIG_DFL in this process (bit
-    /// n: signal n + 1), which a child must reset before exec; all of them
-    /// until [`note_dispositions`] has looked.
-    static NOT_DEFAULT: AtomicU64 = AtomicU64::new(u64::MAX);
-
-    /// Looks at every signal's disposition once (called at start, after
-    /// which the daemon changes none: it reads signals by signalfd), so a
-    /// child resets only those (usually SIGPIPE alone) instead of making 62
-    /// system calls before its exec.
-    pub fn note_dispositions() {
-        let mut set = 0u64;
-        for sig in 1..=64usize {
-            // struct kernel_sigaction; handler first.
-            let mut old = [0u64; 4];
-            // SAFETY: rt_sigaction with no new action only reads into `old`.
-            let r = unsafe { sys(libc::SYS_rt_sigaction, sig, 0, old.as_mut_ptr() as usize, 8) };
-            if r != 0 || old[0] != 0 {
-                set |= 1 << (sig - 1);
-            }
-        }
-        NOT_DEFAULT.store(set, Ordering::Relaxed);
-    }
+    const SLOT_WAIT: Duration = Duration::from_millis(10);
 
     /// What the child reads: raw pointers into its slot, which the parent
-    /// leaves alone until the child has exec'd or exited.
+    /// leaves alone until the child has exec'd or exited (or, without
+    /// `CLONE_VM`, into the child's own copy of it).
     #[derive(Clone, Copy)]
     struct Plan {
-        /// `[/bin/sh, argv..., NULL]`: argv starts at index 1; a script
-        /// without `#!` runs as `/bin/sh path args` (execvp's rule).
         shell_argv: *mut *const c_char,
         envp: *const *const c_char,
         candidates: *const *const c_char,
-        n_candidates: usize,
         cwd: *const c_char,
         creds: Option<(libc::uid_t, libc::gid_t, *const libc::gid_t, usize)>,
         fds: [c_int; 3],
         errno: *const AtomicI32,
+        /// Where a child without shared memory reports a failed exec
+        /// (`[pid, errno]`), or -1.
+        report: c_int,
         /// Bit n set: signal n + 1 is not SIG_DFL here, so the child resets it.
         to_reset: u64,
     }
@@ -204,16 +420,16 @@ mod clone {
         pid: i32,
         /// Spawn order, to wait for the oldest child.
         seq: u64,
+        /// Its child was waited for in vain once: it is not waited for
+        /// again, nor counted as starting (it may be stopped for good).
+        stuck: bool,
         stack: Vec<u128>,
         plan: Plan,
-        argv: Vec<CString>,
-        envp: Vec<Cow<'static, CStr>>,
-        cwd: Option<CString>,
-        groups: Vec<libc::gid_t>,
-        candidates: Vec<CString>,
-        shell_argv: Vec<*const c_char>,
-        env_ptrs: Vec<*const c_char>,
-        candidate_ptrs: Vec<*const c_char>,
+        program: Option<Arc<Program>>,
+        env: Option<Arc<[std::ffi::CString]>>,
+        extra: Vec<std::ffi::CString>,
+        creds: Option<Arc<super::Creds>>,
+        ptrs: Pointers,
     }
 
     // SAFETY: the raw pointers point into the slot's own vectors (or static
@@ -225,15 +441,30 @@ mod clone {
         /// child reads it, and the kernel writes its `busy` word.
         #[allow(clippy::vec_box)]
         slots: Vec<Box<Slot>>,
-        /// (pid, errno, program) of failed execs moved out of reused slots.
-        failed: VecDeque<(i32, i32, CString)>,
+        /// The slot of children cloned without `CLONE_VM`: free again as
+        /// soon as the clone returns (the child has its own copy).
+        private: Box<Slot>,
+        /// Failed execs whose slot was reused (or whose child had its own
+        /// memory) before the reaper asked, by pid. Every child is reaped
+        /// and asked about, so this holds at most the unreaped children.
+        failed: HashMap<i32, (i32, Arc<Program>)>,
+        /// The program of each child cloned without `CLONE_VM`, until it is
+        /// reaped (for the reason of a failed exec).
+        private_children: HashMap<i32, Arc<Program>>,
+        /// Read end, write end of the pipe such children report on.
+        reports: Option<(OwnedFd, OwnedFd)>,
         spawned: u64,
     }
 
-    static POOL: Mutex<Pool> = Mutex::new(Pool {
-        slots: Vec::new(),
-        failed: VecDeque::new(),
-        spawned: 0,
+    static POOL: LazyLock<Mutex<Pool>> = LazyLock::new(|| {
+        Mutex::new(Pool {
+            slots: Vec::new(),
+            private: new_slot(),
+            failed: HashMap::new(),
+            private_children: HashMap::new(),
+            reports: None,
+            spawned: 0,
+        })
     });
 
     /// Children allowed between clone and exec at once: two per CPU. When
@@ -241,9 +472,7 @@ mod clone {
     /// and starting more would only have them queue for the CPUs together
     /// and finish late together; waiting for the oldest instead keeps the
     /// other connections in the kernel's accept queue, first come first
-    /// served (loadgen rate 5000 x 16 on 2 CPUs: p99 17-18 -> 10-12 ms, for
-    /// ~3 us more of our CPU per connection: we sleep more), and bounds the
-    /// slots' memory.
+    /// served, and bounds the slots' memory (figures: the README).
     fn max_starting() -> usize {
         static MAX: OnceLock<usize> = OnceLock::new();
         *MAX.get_or_init(|| {
@@ -258,6 +487,7 @@ mod clone {
             errno: AtomicI32::new(0),
             pid: 0,
             seq: 0,
+            stuck: false,
             // Reserved, never written by us: only the few pages the child
             // touches become resident.
             stack: Vec::with_capacity(STACK_BYTES / 16),
@@ -265,21 +495,18 @@ mod clone {
                 shell_argv: std::ptr::null_mut(),
                 envp: std::ptr::null(),
                 candidates: std::ptr::null(),
-                n_candidates: 0,
                 cwd: std::ptr::null(),
                 creds: None,
                 fds: [-1; 3],
                 errno: std::ptr::null(),
+                report: -1,
                 to_reset: u64::MAX,
             },
-            argv: Vec::new(),
-            envp: Vec::new(),
-            cwd: None,
-            groups: Vec::new(),
-            candidates: Vec::new(),
-            shell_argv: Vec::new(),
-            env_ptrs: Vec::new(),
-            candidate_ptrs: Vec::new(),
+            program: None,
+            env: None,
+            extra: Vec::new(),
+            creds: None,
+            ptrs: Pointers::default(),
         })
     }
 
@@ -287,17 +514,74 @@ mod clone {
         slot.busy.load(Ordering::Acquire) == 0
     }
 
-    /// Waits (at most `SLOT_WAIT`) for the oldest child to exec or exit.
-    fn wait_for_oldest(slots: &[Box<Slot>]) {
-        let Some(oldest) = slots.iter().min_by_key(|s| s.seq) else {
-            return;
-        };
+    /// A slot as the choice of the next one sees it.
+    #[derive(Clone, Copy, Debug)]
+    struct View {
+        free: bool,
+        stuck: bool,
+        seq: u64,
+    }
+
+    #[derive(Debug, PartialEq, Eq)]
+    enum Pick {
+        Use(usize),
+        /// Wait for this (the oldest starting) child first.
+        Wait(usize),
+        Grow,
+    }
+
+    /// A free slot if any; else wait for the oldest child still starting
+    /// when `max` are; else a new slot. Stuck children do not count.
+    fn pick(slots: &[View], max: usize) -> Pick {
+        if let Some(i) = slots.iter().position(|s| s.free) {
+            return Pick::Use(i);
+        }
+        let starting = slots.iter().filter(|s| !s.stuck).count();
+        if starting < max {
+            return Pick::Grow;
+        }
+        slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.stuck)
+            .min_by_key(|(_, s)| s.seq)
+            .map_or(Pick::Grow, |(i, _)| Pick::Wait(i))
+    }
+
+    /// Free slots to give back (highest index first) so that a pool that
+    /// grew past stuck children shrinks back to `max`.
+    fn surplus(slots: &[View], max: usize) -> Vec<usize> {
+        let extra = slots.len().saturating_sub(max);
+        (0..slots.len())
+            .rev()
+            .filter(|&i| slots[i].free)
+            .take(extra)
+            .collect()
+    }
+
+    fn views(slots: &[Box<Slot>]) -> Vec<View> {
+        slots
+            .iter()
+            .map(|s| View {
+                free: is_free(s),
+                stuck: s.stuck,
+                seq: s.seq,
+            })
+            .collect()
+    }
+
+    /// Waits (at most `SLOT_WAIT`) for the child of `slot` to exec or exit;
+    /// whether it did.
+    fn wait_for(slot: &Slot) -> bool {
         let deadline = std::time::Instant::now() + SLOT_WAIT;
         loop {
-            let busy = oldest.busy.load(Ordering::Acquire);
+            let busy = slot.busy.load(Ordering::Acquire);
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if busy == 0 || left.is_zero() {
-                return;
+            if busy == 0 {
+                return true;
+            }
+            if left.is_zero() {
+                return false;
             }
             let timeout = libc::timespec {
                 tv_sec: 0,
@@ -309,7 +593,7 @@ mod clone {
             unsafe {
                 libc::syscall(
                     libc::SYS_futex,
-                    oldest.busy.as_ptr(),
+                    slot.busy.as_ptr(),
                     libc::FUTEX_WAIT,
                     busy,
                     &raw const timeout,
@@ -322,105 +606,137 @@ mod clone {
         POOL.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Where execvp would look for `name`, from the daemon's PATH (which
-    /// does not change while it runs).
-    fn candidates(name: &CString) -> Vec<CString> {
-        static PATH: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
-        let bytes = name.as_bytes();
-        if bytes.contains(&b'/') {
-            return vec![name.clone()];
+    impl Pool {
+        /// Moves a free slot's failed exec, if any, to `failed`.
+        fn harvest(&mut self, at: usize) {
+            let slot = &mut self.slots[at];
+            let errno = slot.errno.swap(0, Ordering::Relaxed);
+            if errno != 0
+                && let Some(program) = slot.program.clone()
+            {
+                self.failed.insert(slot.pid, (errno, program));
+            }
         }
-        if bytes.is_empty() {
-            return Vec::new(); // execvp's ENOENT
-        }
-        let dirs = PATH.get_or_init(|| {
-            let path = std::env::var_os("PATH");
-            let path = path
-                .as_deref()
-                .map_or(&b"/bin:/usr/bin"[..], |p| p.as_bytes());
-            path.split(|&b| b == b':').map(<[u8]>::to_vec).collect()
-        });
-        dirs.iter()
-            .filter_map(|dir| {
-                let mut full = dir.clone();
-                if !full.is_empty() {
-                    full.push(b'/');
-                }
-                full.extend_from_slice(bytes);
-                CString::new(full).ok()
-            })
-            .collect()
-    }
 
-    fn pointers<S: AsRef<CStr>>(strings: &[S], into: &mut Vec<*const c_char>) {
-        into.clear();
-        into.extend(strings.iter().map(|c| c.as_ref().as_ptr()));
-        into.push(std::ptr::null());
+        /// A free slot for the next child: reuses, waits or grows.
+        fn take_slot(&mut self) -> usize {
+            let max = max_starting();
+            for at in surplus(&views(&self.slots), max) {
+                self.harvest(at);
+                self.slots.swap_remove(at);
+            }
+            let at = match pick(&views(&self.slots), max) {
+                Pick::Use(at) => at,
+                Pick::Grow => {
+                    self.slots.push(new_slot());
+                    self.slots.len() - 1
+                }
+                Pick::Wait(oldest) => {
+                    if !wait_for(&self.slots[oldest]) {
+                        self.slots[oldest].stuck = true;
+                    }
+                    match self.slots.iter().position(|s| is_free(s)) {
+                        Some(at) => at,
+                        None => {
+                            self.slots.push(new_slot());
+                            self.slots.len() - 1
+                        }
+                    }
+                }
+            };
+            self.harvest(at);
+            at
+        }
+
+        /// The write end of the report pipe (created on first use).
+        fn report_fd(&mut self) -> io::Result<c_int> {
+            if self.reports.is_none() {
+                let flags = nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK;
+                self.reports = Some(nix::unistd::pipe2(flags)?);
+            }
+            Ok(self.reports.as_ref().map_or(-1, |(_, w)| w.as_raw_fd()))
+        }
+
+        /// Moves every report of a failed exec from the pipe to `failed`.
+        fn read_reports(&mut self) {
+            let Some((r, _)) = &self.reports else { return };
+            let mut buf = [0u8; 8 * 64];
+            loop {
+                // SAFETY: reading into our buffer from our pipe.
+                let n = unsafe { libc::read(r.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+                if n <= 0 {
+                    return;
+                }
+                // Writes of 8 bytes to a pipe are atomic: whole records.
+                for rec in buf[..n as usize].chunks_exact(8) {
+                    let pid = i32::from_ne_bytes(rec[..4].try_into().unwrap_or_default());
+                    let errno = i32::from_ne_bytes(rec[4..].try_into().unwrap_or_default());
+                    if let Some(program) = self.private_children.get(&pid) {
+                        self.failed.insert(pid, (errno, Arc::clone(program)));
+                    }
+                }
+            }
+        }
     }
 
     pub fn spawn(req: Request<'_>) -> io::Result<u32> {
-        if req.argv.is_empty() {
+        if req.program.argv.is_empty() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "no program"));
         }
-        let mut pool = pool();
-        let mut free = pool.slots.iter().position(|s| is_free(s));
-        if free.is_none() && pool.slots.len() >= max_starting() {
-            wait_for_oldest(&pool.slots);
-            free = pool.slots.iter().position(|s| is_free(s));
-        }
-        let at = match free {
-            Some(at) => {
-                let slot = &mut pool.slots[at];
-                let errno = slot.errno.swap(0, Ordering::Relaxed);
-                if errno != 0 {
-                    let failed = (slot.pid, errno, slot.argv.swap_remove(0));
-                    if pool.failed.len() == FAILED_KEPT {
-                        pool.failed.pop_front();
-                    }
-                    pool.failed.push_back(failed);
-                }
-                at
-            }
-            None => {
-                pool.slots.push(new_slot());
-                pool.slots.len() - 1
-            }
-        };
+        let mut guard = pool();
+        let pool = &mut *guard;
+        // A child that takes another identity must not share our memory:
+        // between its setresuid and its exec it would run as that user
+        // inside the daemon (and make the daemon non-dumpable).
+        let private = req.creds.is_some();
+        let report = if private { pool.report_fd()? } else { -1 };
         pool.spawned += 1;
         let seq = pool.spawned;
-        let slot = &mut *pool.slots[at];
+        let slot: &mut Slot = if private {
+            &mut pool.private
+        } else {
+            let at = pool.take_slot();
+            &mut pool.slots[at]
+        };
         slot.seq = seq;
-
-        slot.candidates = candidates(&req.argv[0]);
-        slot.argv = req.argv;
-        slot.envp = req.envp;
-        slot.cwd = req.cwd;
-        let ids = req.creds.map(|c| {
-            slot.groups = c.groups;
-            (c.uid, c.gid)
-        });
-        slot.shell_argv.clear();
-        slot.shell_argv.push(SHELL.as_ptr());
-        slot.shell_argv.extend(slot.argv.iter().map(|c| c.as_ptr()));
-        slot.shell_argv.push(std::ptr::null());
-        pointers(&slot.envp, &mut slot.env_ptrs);
-        pointers(&slot.candidates, &mut slot.candidate_ptrs);
+        slot.stuck = false;
+        slot.ptrs.fill(&req.program, &req.env, &req.extra);
         slot.plan = Plan {
-            shell_argv: slot.shell_argv.as_mut_ptr(),
-            envp: slot.env_ptrs.as_ptr(),
-            candidates: slot.candidate_ptrs.as_ptr(),
-            n_candidates: slot.candidates.len(),
-            cwd: slot.cwd.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
-            creds: ids.map(|(uid, gid)| (uid, gid, slot.groups.as_ptr(), slot.groups.len())),
+            shell_argv: slot.ptrs.shell_argv.as_mut_ptr(),
+            envp: slot.ptrs.env.as_ptr(),
+            candidates: slot.ptrs.candidates.as_ptr(),
+            cwd: req
+                .program
+                .cwd
+                .as_ref()
+                .map_or(std::ptr::null(), |c| c.as_ptr()),
+            creds: req
+                .creds
+                .as_ref()
+                .map(|c| (c.uid, c.gid, c.groups.as_ptr(), c.groups.len())),
             fds: req.stdio.map(|fd| fd.as_raw_fd()),
             to_reset: NOT_DEFAULT.load(Ordering::Relaxed),
             errno: &slot.errno,
+            report,
         };
+        slot.program = Some(Arc::clone(&req.program));
+        slot.env = Some(req.env);
+        slot.extra = req.extra;
+        slot.creds = req.creds;
         slot.busy.store(1, Ordering::Relaxed);
 
+        let (flags, clear_tid) = if private {
+            (libc::SIGCHLD, std::ptr::null_mut())
+        } else {
+            (
+                libc::CLONE_VM | libc::CLONE_CHILD_CLEARTID | libc::SIGCHLD,
+                slot.busy.as_ptr(),
+            )
+        };
         // SAFETY: the child runs `child_main` on the slot's stack and reads
         // only the slot, which nobody writes until the kernel has zeroed
-        // `busy`; it makes raw system calls only (no errno: it shares our
+        // `busy` (with CLONE_VM) or at all (without: it has a copy); it
+        // makes raw system calls only (no errno: it may share our
         // thread-local storage). No handler of ours can run in it before it
         // resets dispositions: the daemon installs none (see `signals`).
         let pid = unsafe {
@@ -432,18 +748,25 @@ mod clone {
             libc::clone(
                 child_main,
                 top,
-                libc::CLONE_VM | libc::CLONE_CHILD_CLEARTID | libc::SIGCHLD,
+                flags,
                 (&raw mut slot.plan).cast(),
                 std::ptr::null_mut::<libc::pid_t>(),
                 std::ptr::null_mut::<libc::c_void>(),
-                slot.busy.as_ptr(),
+                clear_tid,
             )
         };
+        if private {
+            // The child has its own copy of everything it reads.
+            slot.busy.store(0, Ordering::Relaxed);
+        }
         if pid < 0 {
             slot.busy.store(0, Ordering::Relaxed);
             return Err(io::Error::last_os_error());
         }
         slot.pid = pid;
+        if private {
+            pool.private_children.insert(pid, req.program);
+        }
         Ok(pid as u32)
     }
 
@@ -451,28 +774,31 @@ mod clone {
     pub fn start_error(pid: u32) -> Option<io::Error> {
         let pid = pid as i32;
         let mut pool = pool();
+        pool.read_reports();
+        pool.private_children.remove(&pid);
         let from_slot = pool.slots.iter().find_map(|s| {
             if s.pid != pid || s.busy.load(Ordering::Acquire) != 0 {
                 return None;
             }
             let errno = s.errno.swap(0, Ordering::Relaxed);
-            (errno != 0).then(|| (errno, s.argv[0].clone()))
+            (errno != 0).then(|| (errno, s.program.clone()))
         });
-        let (errno, program) = from_slot.or_else(|| {
-            let at = pool.failed.iter().position(|f| f.0 == pid)?;
-            pool.failed.remove(at).map(|(_, e, p)| (e, p))
-        })?;
+        let (errno, program) = match from_slot {
+            Some((errno, program)) => (errno, program?),
+            None => pool.failed.remove(&pid)?,
+        };
         let e = io::Error::from_raw_os_error(errno);
+        let name = program.argv.first().map(|c| c.to_string_lossy());
         Some(io::Error::new(
             e.kind(),
-            format!("{}: {e}", program.to_string_lossy()),
+            format!("{}: {e}", name.unwrap_or_default()),
         ))
     }
 
     /// A system call without libc's wrapper: the child must not write
     /// `errno`, which lives in the parent thread's storage. Returns the
     /// result or `-errno`.
-    unsafe fn sys(n: c_long, a: usize, b: usize, c: usize, d: usize) -> isize {
+    pub(super) unsafe fn sys(n: c_long, a: usize, b: usize, c: usize, d: usize) -> isize {
         let ret: isize;
         // SAFETY: the caller passes a valid system call and arguments.
         unsafe {
@@ -498,7 +824,21 @@ mod clone {
         unsafe {
             let p = &*arg.cast::<Plan>();
             let fail = |r: isize| -> ! {
-                (*p.errno).store(-r as i32, Ordering::Release);
+                let errno = -r as i32;
+                (*p.errno).store(errno, Ordering::Release);
+                if p.report >= 0 {
+                    let pid = sys(libc::SYS_getpid, 0, 0, 0, 0) as i32;
+                    let mut rec = [0u8; 8];
+                    rec[..4].copy_from_slice(&pid.to_ne_bytes());
+                    rec[4..].copy_from_slice(&errno.to_ne_bytes());
+                    sys(
+                        libc::SYS_write,
+                        p.report as usize,
+                        rec.as_ptr() as usize,
+                        8,
+                        0,
+                    );
+                }
                 loop {
                     sys(libc::SYS_exit_group, 127, 0, 0, 0);
                 }
@@ -522,7 +862,10 @@ mod clone {
                 }
             }
             let ok = |r: isize| if r < 0 { fail(r) } else { r };
-            ok(sys(libc::SYS_setpgid, 0, 0, 0, 0));
+            // Its own session: no controlling terminal (a program run for a
+            // remote client must not reach the admin's terminal), and its
+            // own process group for --kill-on-stop.
+            ok(sys(libc::SYS_setsid, 0, 0, 0, 0));
             if let Some((uid, gid, groups, n)) = p.creds {
                 ok(sys(libc::SYS_setgroups, n, groups as usize, 0, 0));
                 ok(sys(
@@ -554,53 +897,75 @@ mod clone {
                 0,
                 8,
             );
-
-            // execvp's search, with its rules for which errors go on.
-            let argv = p.shell_argv.add(1);
-            let envp = p.envp as usize;
-            let mut denied = false;
-            let mut last = -(libc::ENOENT as isize);
-            for i in 0..p.n_candidates {
-                let path = *p.candidates.add(i);
-                last = sys(libc::SYS_execve, path as usize, argv as usize, envp, 0);
-                match -last as c_int {
-                    libc::ENOEXEC => {
-                        *argv = path;
-                        fail(sys(
-                            libc::SYS_execve,
-                            SHELL.as_ptr() as usize,
-                            p.shell_argv as usize,
-                            envp,
-                            0,
-                        ));
-                    }
-                    libc::EACCES => denied = true,
-                    libc::ENOENT
-                    | libc::ENOTDIR
-                    | libc::ESTALE
-                    | libc::ENODEV
-                    | libc::ETIMEDOUT => {}
-                    _ => fail(last),
-                }
-            }
-            fail(if denied {
-                -(libc::EACCES as isize)
-            } else {
-                last
-            })
+            let e = exec_search(p.shell_argv, p.envp, p.candidates, |path, argv, envp| {
+                -sys(
+                    libc::SYS_execve,
+                    path as usize,
+                    argv as usize,
+                    envp as usize,
+                    0,
+                ) as c_int
+            });
+            fail(-(e as isize))
         }
     }
 
     #[cfg(test)]
     mod tests {
         use super::*;
+        use std::ffi::CString;
         use std::os::fd::{AsFd, OwnedFd};
 
+        fn view(free: bool, stuck: bool, seq: u64) -> View {
+            View { free, stuck, seq }
+        }
+
         #[test]
-        fn a_slot_taken_for_good_costs_a_bounded_wait_not_a_stall() {
+        fn a_stuck_slot_is_not_waited_for_again_and_the_pool_shrinks_back() {
+            // Every slot busy: wait for the oldest starting child.
+            let busy = [view(false, false, 5), view(false, false, 3)];
+            assert_eq!(pick(&busy, 2), Pick::Wait(1));
+            // Once waited for in vain, it no longer counts as starting:
+            // the next one grows instead of waiting 10 ms again, and with
+            // two stuck the spawn waits for the oldest of the others.
+            let one_stuck = [view(false, false, 5), view(false, true, 3)];
+            assert_eq!(pick(&one_stuck, 2), Pick::Grow);
+            let grown = [
+                view(false, false, 5),
+                view(false, true, 3),
+                view(false, false, 6),
+            ];
+            assert_eq!(pick(&grown, 2), Pick::Wait(0));
+            let all_stuck = [view(false, true, 5), view(false, true, 3)];
+            assert_eq!(pick(&all_stuck, 2), Pick::Grow);
+            // A free slot is reused first.
+            assert_eq!(
+                pick(&[view(false, true, 1), view(true, false, 2)], 2),
+                Pick::Use(1)
+            );
+            // Shrinking: free slots beyond `max` go, busy ones stay.
+            let after = [
+                view(true, false, 1),
+                view(false, true, 2),
+                view(true, false, 3),
+                view(true, false, 4),
+            ];
+            assert_eq!(surplus(&after, 2), [3, 2]);
+            assert_eq!(surplus(&after, 4), Vec::<usize>::new());
+            let busy_tail = [
+                view(true, false, 1),
+                view(false, false, 2),
+                view(false, true, 3),
+            ];
+            assert_eq!(surplus(&busy_tail, 2), [0]);
+        }
+
+        #[test]
+        fn a_slot_taken_for_good_costs_one_bounded_wait_not_a_stall() {
             // Every slot busy with a child that never execs (say, one
-            // stopped by a debugger): the spawn waits SLOT_WAIT for the
-            // oldest, then adds a slot rather than stall the daemon.
+            // stopped by a debugger): a spawn waits SLOT_WAIT for the
+            // oldest once, marks it stuck and adds a slot; later spawns do
+            // not wait for it again; once it goes, the pool shrinks back.
             const FAKE: i32 = -7;
             let faked: Vec<usize> = {
                 let mut pool = pool();
@@ -619,33 +984,71 @@ mod clone {
                 faked
             };
             let null: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
-            let started = std::time::Instant::now();
-            let pid = spawn(Request {
-                argv: vec![CString::new("/bin/true").unwrap()],
-                envp: vec![],
-                cwd: None,
-                creds: None,
-                stdio: [null.as_fd(), null.as_fd(), null.as_fd()],
-            })
-            .unwrap();
-            let waited = started.elapsed();
-            {
-                let pool = pool();
-                for i in faked {
-                    let _ = pool.slots[i].busy.compare_exchange(
-                        FAKE,
-                        0,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    );
-                }
-            }
-            let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None);
-            assert!(matches!(
-                status,
-                Ok(nix::sys::wait::WaitStatus::Exited(_, 0))
+            let program = Arc::new(Program::new(
+                vec![CString::new("/bin/true").unwrap()],
+                None,
+                None,
+                None,
             ));
+            let started = std::time::Instant::now();
+            let mut pids = Vec::new();
+            for _ in 0..2 * max_starting() {
+                pids.push(
+                    spawn(Request {
+                        program: Arc::clone(&program),
+                        env: Arc::from(Vec::new()),
+                        extra: vec![],
+                        creds: None,
+                        stdio: [null.as_fd(), null.as_fd(), null.as_fd()],
+                    })
+                    .unwrap(),
+                );
+            }
+            let waited = started.elapsed();
+            let stuck_fakes = {
+                let pool = pool();
+                let stuck = pool
+                    .slots
+                    .iter()
+                    .filter(|s| s.busy.load(Ordering::Acquire) == FAKE && s.stuck)
+                    .count();
+                for s in &pool.slots {
+                    let _ = s
+                        .busy
+                        .compare_exchange(FAKE, 0, Ordering::AcqRel, Ordering::Acquire);
+                }
+                stuck
+            };
+            for pid in pids {
+                let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None);
+                assert!(matches!(
+                    status,
+                    Ok(nix::sys::wait::WaitStatus::Exited(_, 0))
+                ));
+            }
+            // Each fake was waited for at most once: with SLOT_WAIT each,
+            // far under 2 s even on a busy machine.
+            assert!(stuck_fakes >= 1, "{stuck_fakes} of {faked:?}");
             assert!(waited < std::time::Duration::from_secs(2), "{waited:?}");
+            // Stuck ones free again: the next spawns give the extra slots back.
+            for _ in 0..4 {
+                let pid = spawn(Request {
+                    program: Arc::clone(&program),
+                    env: Arc::from(Vec::new()),
+                    extra: vec![],
+                    creds: None,
+                    stdio: [null.as_fd(), null.as_fd(), null.as_fd()],
+                })
+                .unwrap();
+                let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None);
+            }
+            let pool = pool();
+            let busy = pool.slots.iter().filter(|s| !is_free(s)).count();
+            assert!(
+                pool.slots.len() <= max_starting() + busy,
+                "{} slots, {busy} busy",
+                pool.slots.len()
+            );
         }
     }
 }
@@ -668,17 +1071,27 @@ mod tests {
 
     /// Runs `sh -c script` with stdout to a pipe and returns what it wrote.
     fn run(spawner: Spawner, argv: &[&str]) -> String {
+        run_program(spawner, None, argv)
+    }
+
+    /// `run`, exec'ing `program` (argv[0] is then only argv[0]).
+    fn run_program(spawner: Spawner, program: Option<&str>, argv: &[&str]) -> String {
         // As the daemon does: nothing inherited by the test may leak.
         crate::os::init_process();
         let (r, w) = pipe();
         let null: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+        // The program is looked up by its own name; argv[0] is then set.
+        let mut words: Vec<CString> = argv.iter().map(|a| cs(a)).collect();
+        let argv0 = program.map(|p| std::mem::replace(&mut words[0], cs(p)));
         let req = Request {
-            argv: argv.iter().map(|a| cs(a)).collect(),
-            envp: vec![
-                Cow::Owned(cs("PATH=/usr/bin:/bin")),
-                Cow::Borrowed(c"GREETING=hi there"),
-            ],
-            cwd: Some(cs("/tmp")),
+            program: Arc::new(Program::new(
+                words,
+                argv0,
+                Some(b"/usr/bin:/bin"),
+                Some(cs("/tmp")),
+            )),
+            env: Arc::from(vec![cs("PATH=/usr/bin:/bin"), cs("GREETING=hi there")]),
+            extra: vec![],
             creds: None,
             stdio: [null.as_fd(), w.as_fd(), w.as_fd()],
         };
@@ -705,6 +1118,17 @@ mod tests {
     }
 
     #[test]
+    fn an_explicit_program_runs_with_the_argv0_given() {
+        for spawner in [spawn as Spawner, spawn_std] {
+            let out = run_program(spawner, Some("/bin/sh"), &["in.probe", "-c", "echo \"$0\""]);
+            assert_eq!(out, "in.probe\n");
+            // Looked up in PATH like argv[0] would be.
+            let out = run_program(spawner, Some("sh"), &["other", "-c", "echo \"$0\""]);
+            assert_eq!(out, "other\n");
+        }
+    }
+
+    #[test]
     fn clone_exec_sets_up_the_child_like_the_std_path() {
         check(&run(spawn, &["sh", "-c", PROBE]));
         check(&run(spawn_std, &["sh", "-c", PROBE]));
@@ -724,24 +1148,155 @@ mod tests {
         crate::os::init_process();
         let mine = nix::sys::signal::SigSet::thread_get_mask().unwrap();
         assert!(!cfg!(target_os = "linux") || mine.contains(nix::sys::signal::Signal::SIGCHLD));
-        assert_eq!(
-            run(spawn, &masks),
-            "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n"
-        );
-        // The portable path resets the mask and SIGPIPE (signal 13: bit 12
-        // of SigIgn), not other ignored signals.
-        let std_masks = run(spawn_std, &masks);
-        let ign = std_masks
-            .lines()
-            .nth(1)
-            .and_then(|l| l.strip_prefix("SigIgn:\t"))
+        // Both paths alike: the portable one (forced here, as on other
+        // systems) resets every ignored signal too, not only SIGPIPE.
+        for (name, spawner) in [("clone", spawn as Spawner), ("std", spawn_std)] {
+            assert_eq!(
+                run(spawner, &masks),
+                "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n",
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn each_program_starts_in_its_own_session() {
+        // Field 6 of /proc/PID/stat is the session: the shell leads its own.
+        let probe = "[ \"$(cut -d' ' -f6 /proc/$$/stat)\" = \"$$\" ] && echo own-session";
+        for spawner in [spawn as Spawner, spawn_std] {
+            assert_eq!(run(spawner, &["sh", "-c", probe]), "own-session\n");
+        }
+    }
+
+    #[test]
+    fn both_paths_search_the_programs_path_the_same_way() {
+        // The program's PATH (from its template), not the daemon's nor one
+        // in its environment; a script without `#!` runs in sh on both.
+        crate::os::init_process();
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("wininetd-path-probe");
+        std::fs::write(&script, "echo found \"$1\"\n").unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
-        assert_eq!(
-            u64::from_str_radix(ign, 16).unwrap() & (1 << 12),
-            0,
-            "{std_masks}"
+        let path = format!("/nonexistent:{}", dir.path().display());
+        for spawner in [spawn as Spawner, spawn_std] {
+            let (r, w) = pipe();
+            let null: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+            let req = Request {
+                program: Arc::new(Program::new(
+                    vec![cs("wininetd-path-probe"), cs("x y")],
+                    None,
+                    Some(path.as_bytes()),
+                    None,
+                )),
+                env: Arc::from(vec![cs("PATH=/usr/bin:/bin")]),
+                extra: vec![],
+                creds: None,
+                stdio: [null.as_fd(), w.as_fd(), w.as_fd()],
+            };
+            let pid = spawner(req).unwrap();
+            drop(w);
+            let mut out = String::new();
+            std::fs::File::from(r).read_to_string(&mut out).unwrap();
+            assert_eq!(outcome(pid).0, 0, "{out}");
+            assert_eq!(out, "found x y\n");
+        }
+    }
+
+    #[test]
+    fn the_connection_variables_replace_the_services_by_name() {
+        crate::os::init_process();
+        for spawner in [spawn as Spawner, spawn_std] {
+            let (r, w) = pipe();
+            let null: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+            let req = Request {
+                program: Arc::new(Program::new(vec![cs("/usr/bin/env")], None, None, None)),
+                env: Arc::from(vec![cs("A=1"), cs("CLIENT_IP=stale"), cs("B=2")]),
+                extra: vec![cs("CLIENT_IP=127.0.0.1"), cs("CLIENT_PORT=9")],
+                creds: None,
+                stdio: [null.as_fd(), w.as_fd(), null.as_fd()],
+            };
+            let pid = spawner(req).unwrap();
+            drop(w);
+            let mut out = String::new();
+            std::fs::File::from(r).read_to_string(&mut out).unwrap();
+            assert_eq!(outcome(pid).0, 0);
+            assert_eq!(out, "A=1\nB=2\nCLIENT_IP=127.0.0.1\nCLIENT_PORT=9\n");
+        }
+    }
+
+    #[test]
+    fn more_than_64_failed_execs_before_a_reap_keep_every_reason() {
+        // Children that fail fast free their slots at once, so most slots
+        // are reused (and their errno moved aside) before we ask.
+        let null: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+        let n = 150;
+        let pids: Vec<u32> = (0..n)
+            .map(|i| {
+                let name = format!("/nonexistent/prog-{i}");
+                spawn(request(&[&name], no_stdio(&null))).unwrap()
+            })
+            .collect();
+        for (i, pid) in pids.into_iter().enumerate() {
+            let (code, why) = outcome(pid);
+            assert_eq!(code, 127);
+            let why = why.unwrap_or_else(|| panic!("child {i}: reason lost"));
+            assert_eq!(why.kind(), io::ErrorKind::NotFound);
+            assert!(
+                why.to_string()
+                    .starts_with(&format!("/nonexistent/prog-{i}: ")),
+                "{why}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_child_taking_another_identity_does_not_share_the_daemons_memory() {
+        // Under CLONE_VM, the child's setresuid would run as `nobody`
+        // inside our memory, and make our (shared) mm non-dumpable.
+        assert!(
+            nix::unistd::Uid::effective().is_root(),
+            "this test switches users: run it as root (CI does)"
         );
-        assert!(std_masks.starts_with("SigBlk:\t0000000000000000\n"));
+        crate::os::init_process();
+        let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+        // SAFETY: prctl queries.
+        let dumpable = || unsafe { libc::prctl(libc::PR_GET_DUMPABLE) };
+        assert_eq!(dumpable(), 1);
+        let creds = Arc::new(Creds {
+            uid: nobody.uid.as_raw(),
+            gid: nobody.gid.as_raw(),
+            groups: vec![nobody.gid.as_raw()],
+        });
+        for spawner in [spawn as Spawner, spawn_std] {
+            let (r, w) = pipe();
+            let null: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+            let mut req = request(
+                &["/bin/sh", "-c", "id -u"],
+                [null.as_fd(), w.as_fd(), w.as_fd()],
+            );
+            req.creds = Some(Arc::clone(&creds));
+            let pid = spawner(req).unwrap();
+            drop(w);
+            let mut out = String::new();
+            std::fs::File::from(r).read_to_string(&mut out).unwrap();
+            assert_eq!(outcome(pid).0, 0, "{out}");
+            assert_eq!(out.trim(), nobody.uid.to_string());
+            assert_eq!(dumpable(), 1, "the daemon became non-dumpable");
+        }
+        // Its failed exec is still reported, with the program's name.
+        let null: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+        let mut req = request(&["/nonexistent/as-nobody"], no_stdio(&null));
+        req.creds = Some(creds);
+        let pid = spawn(req).unwrap();
+        let (code, why) = outcome(pid);
+        assert_eq!(code, 127);
+        let why = why.expect("the reason of a failed exec");
+        assert_eq!(why.kind(), io::ErrorKind::NotFound);
+        assert!(
+            why.to_string().starts_with("/nonexistent/as-nobody: "),
+            "{why}"
+        );
     }
 
     #[test]
@@ -750,13 +1305,10 @@ mod tests {
         for spawner in [spawn as Spawner, spawn_std] {
             let (r, w) = pipe();
             let null: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
-            let req = Request {
-                argv: vec![cs("/bin/sh"), cs("-c"), cs("read x")],
-                envp: vec![],
-                cwd: None,
-                creds: None,
-                stdio: [r.as_fd(), null.as_fd(), null.as_fd()],
-            };
+            let req = request(
+                &["/bin/sh", "-c", "read x"],
+                [r.as_fd(), null.as_fd(), null.as_fd()],
+            );
             let pid = spawner(req).unwrap();
             drop(r);
             // The shell ends up waiting on its stdin; look at it from
@@ -791,9 +1343,14 @@ mod tests {
 
     fn request<'a>(argv: &[&str], stdio: [BorrowedFd<'a>; 3]) -> Request<'a> {
         Request {
-            argv: argv.iter().map(|a| cs(a)).collect(),
-            envp: vec![],
-            cwd: None,
+            program: Arc::new(Program::new(
+                argv.iter().map(|a| cs(a)).collect(),
+                None,
+                Some(b"/usr/bin:/bin"),
+                None,
+            )),
+            env: Arc::from(Vec::new()),
+            extra: vec![],
             creds: None,
             stdio,
         }
@@ -825,14 +1382,18 @@ mod tests {
         }
         // Not found anywhere in PATH; an empty name is not looked up.
         for name in ["no-such-program-wininetd", ""] {
-            if let Ok(pid) = spawn(request(&[name], no_stdio(&null))) {
-                let (code, why) = outcome(pid);
-                assert_eq!(code, 127);
-                assert_eq!(
-                    why.map(|e| e.kind()),
-                    Some(io::ErrorKind::NotFound),
-                    "{name:?}"
-                );
+            // The clone path reports it from the child, std's at once.
+            match spawn(request(&[name], no_stdio(&null))) {
+                Ok(pid) => {
+                    let (code, why) = outcome(pid);
+                    assert_eq!(code, 127);
+                    assert_eq!(
+                        why.map(|e| e.kind()),
+                        Some(io::ErrorKind::NotFound),
+                        "{name:?}"
+                    );
+                }
+                Err(e) => assert_eq!(e.kind(), io::ErrorKind::NotFound, "{name:?}"),
             }
         }
         // No argv at all is refused, not a panic.
@@ -852,17 +1413,20 @@ mod tests {
 
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o644))
             .unwrap();
-        if let Ok(pid) = spawn(request(&[path], no_stdio(&null))) {
-            let (code, why) = outcome(pid);
-            assert_eq!(code, 127);
-            assert_eq!(why.map(|e| e.kind()), Some(io::ErrorKind::PermissionDenied));
+        match spawn(request(&[path], no_stdio(&null))) {
+            Ok(pid) => {
+                let (code, why) = outcome(pid);
+                assert_eq!(code, 127);
+                assert_eq!(why.map(|e| e.kind()), Some(io::ErrorKind::PermissionDenied));
+            }
+            Err(e) => assert_eq!(e.kind(), io::ErrorKind::PermissionDenied),
         }
 
-        // execvp's rule, kept by the clone path (std's Command lacks it).
+        // execvp's rule, kept by both paths (std's Command alone lacks it).
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
-        if cfg!(all(target_os = "linux", target_arch = "x86_64")) {
-            assert_eq!(run(spawn, &[path, "arg one"]), "from-sh arg one\n");
+        for spawner in [spawn as Spawner, spawn_std] {
+            assert_eq!(run(spawner, &[path, "arg one"]), "from-sh arg one\n");
         }
     }
 

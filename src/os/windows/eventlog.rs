@@ -101,6 +101,14 @@ impl<'a> MakeWriter<'a> for EventLog {
     }
 }
 
+/// The log writer thread's way in: one entry per line.
+impl crate::logging::LineSink for EventLog {
+    fn write_line(&mut self, level: Level, line: &[u8]) -> io::Result<()> {
+        let mut entry = self.line(level);
+        io::Write::write_all(&mut entry, line)
+    }
+}
+
 /// One event's text, reported when the event is complete.
 pub struct EventLine {
     source: Option<Arc<Source>>,

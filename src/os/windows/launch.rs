@@ -12,8 +12,7 @@ use std::io;
 use std::os::windows::io::{AsRawHandle, AsRawSocket, FromRawHandle, OwnedHandle, RawHandle};
 use std::os::windows::process::ExitStatusExt;
 use std::process::ExitStatus;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use tokio::net::windows::named_pipe::{NamedPipeServer, ServerOptions};
@@ -22,9 +21,12 @@ use windows_sys::Win32::Foundation::{
     GENERIC_READ, GENERIC_WRITE, HANDLE, HANDLE_FLAG_INHERIT, INVALID_HANDLE_VALUE,
     SetHandleInformation,
 };
+use windows_sys::Win32::Security::Cryptography::{
+    BCRYPT_USE_SYSTEM_PREFERRED_RNG, BCryptGenRandom,
+};
 use windows_sys::Win32::Security::SECURITY_ATTRIBUTES;
 use windows_sys::Win32::Storage::FileSystem::{
-    CreateFileW, FILE_SHARE_READ, FILE_SHARE_WRITE, OPEN_EXISTING,
+    CreateFileW, FILE_ALL_ACCESS, FILE_SHARE_READ, FILE_SHARE_WRITE, OPEN_EXISTING,
 };
 use windows_sys::Win32::System::Environment::{CreateEnvironmentBlock, DestroyEnvironmentBlock};
 use windows_sys::Win32::System::JobObjects::{
@@ -41,6 +43,7 @@ use windows_sys::Win32::System::Threading::{
 
 use super::env::{self, wide};
 use super::logon;
+use super::security::{self, OnlyFor, Sid};
 use crate::config::{RunAs, StderrMode};
 use crate::os::{ChildStdio, LaunchError, LaunchSpec, Launched};
 
@@ -71,7 +74,7 @@ fn running() -> std::sync::MutexGuard<'static, BTreeMap<u32, Running>> {
 
 /// Starts the program of `spec` with `stdio` as its standard handles.
 pub fn launch(spec: &LaunchSpec<'_>, stdio: ChildStdio) -> Result<Launched, LaunchError> {
-    let cmdline = spec.command.windows_command_line();
+    let cmdline = spec.template.command_line().to_string();
     if cmdline.trim().is_empty() {
         return Err(spawn_err(
             io::ErrorKind::InvalidInput,
@@ -80,7 +83,7 @@ pub fn launch(spec: &LaunchSpec<'_>, stdio: ChildStdio) -> Result<Launched, Laun
     }
     let mut cmdline_w = wide(&cmdline)
         .ok_or_else(|| spawn_err(io::ErrorKind::InvalidInput, "NUL in the command line"))?;
-    let cwd_w = match spec.working_directory {
+    let cwd_w = match spec.template.working_directory() {
         Some(d) => Some(
             wide(d)
                 .ok_or_else(|| spawn_err(io::ErrorKind::InvalidInput, "NUL in the directory"))?,
@@ -88,23 +91,27 @@ pub fn launch(spec: &LaunchSpec<'_>, stdio: ChildStdio) -> Result<Launched, Laun
         None => None,
     };
 
-    // Log on first: a failed logon must not leave pipes or a process behind.
-    let token = match spec.user {
-        RunAs::Daemon => None,
-        RunAs::User { name, secret } => {
-            Some(logon::logon(name, secret.as_ref()).map_err(LaunchError::User)?)
+    // Logged on first (normally off the accept loop, by logon_pending): a
+    // failed logon must not leave pipes or a process behind.
+    let here;
+    let token = match (spec.template.user(), &spec.logon) {
+        (RunAs::Daemon, _) => None,
+        (RunAs::User { .. }, Some(l)) => Some(&l.0),
+        (RunAs::User { name, secret }, None) => {
+            here = logon::logon(name, secret.as_ref()).map_err(LaunchError::User)?;
+            Some(&here)
         }
     };
-    let mut env_block = match &token {
-        None => env::block(std::env::vars_os(), spec.env),
+    let mut env_block = match token {
+        None => spec.template.block(None, spec.env),
         Some(t) => {
             let vars = user_environment(t).map_err(|e| {
                 LaunchError::User(format!(
                     "cannot read the environment of user {:?}: {e}; nothing runs",
-                    user_name(spec.user)
+                    user_name(spec.template.user())
                 ))
             })?;
-            env::block(vars, spec.env)
+            spec.template.block(Some(vars), spec.env)
         }
     };
 
@@ -138,14 +145,14 @@ pub fn launch(spec: &LaunchSpec<'_>, stdio: ChildStdio) -> Result<Launched, Laun
     };
 
     let pi = create_process(
-        token.as_ref(),
+        token,
         &mut cmdline_w,
         &mut env_block,
         cwd_w.as_deref(),
         [stdin.raw(), stdout.raw(), stderr.raw()],
     )
     .map_err(|e| {
-        let what = match spec.user {
+        let what = match spec.template.user() {
             RunAs::Daemon => format!("{cmdline}: {e}"),
             user => format!("{cmdline} (as user {:?}): {e}", user_name(user)),
         };
@@ -215,27 +222,70 @@ fn inheritable(h: HANDLE) -> io::Result<()> {
     Ok(())
 }
 
-static PIPE_SEQ: AtomicU64 = AtomicU64::new(0);
+/// Who may open a program's pipe: wininetd's own account (LocalSystem as a
+/// service, the user who runs `--debug`) and SYSTEM, nobody else. Only
+/// wininetd opens the program's end; the program inherits that handle,
+/// which needs no access check. Built once.
+fn pipe_security() -> io::Result<&'static OnlyFor> {
+    static SD: OnceLock<OnlyFor> = OnceLock::new();
+    if let Some(sd) = SD.get() {
+        return Ok(sd);
+    }
+    let mut sids = vec![Sid::well_known(security::WinLocalSystemSid)?];
+    let me = Sid::process_user()?;
+    if !sids.contains(&me) {
+        sids.push(me);
+    }
+    let sd = OnlyFor::new(sids, FILE_ALL_ACCESS, false)?;
+    Ok(SD.get_or_init(|| sd))
+}
+
+/// A pipe name no other process can guess: 128 bits from the OS RNG, new
+/// for each pipe (a name listed under `\\.\pipe\` tells nothing about the
+/// next one).
+fn pipe_name() -> io::Result<String> {
+    let mut r = [0u8; 16];
+    // SAFETY: a 16-byte buffer; the system-preferred RNG needs no handle.
+    let status = unsafe {
+        BCryptGenRandom(
+            std::ptr::null_mut(),
+            r.as_mut_ptr(),
+            r.len() as u32,
+            BCRYPT_USE_SYSTEM_PREFERRED_RNG,
+        )
+    };
+    if status != 0 {
+        return Err(io::Error::other(format!(
+            "no random pipe name (BCryptGenRandom: 0x{:x})",
+            status as u32
+        )));
+    }
+    let mut name = String::from(r"\\.\pipe\wininetd-");
+    for b in r {
+        name.push_str(&format!("{b:02x}"));
+    }
+    Ok(name)
+}
 
 /// One pipe for a program: our end overlapped (a tokio named pipe server),
 /// the program's end an ordinary synchronous handle, inheritable. `inbound`
-/// means the program writes and we read.
+/// means the program writes and we read. Both ends carry [`pipe_security`].
 fn pipe(inbound: bool) -> io::Result<(NamedPipeServer, OwnedHandle)> {
-    let name = format!(
-        r"\\.\pipe\wininetd-{}-{}-{:x}",
-        std::process::id(),
-        PIPE_SEQ.fetch_add(1, Ordering::Relaxed),
-        name_salt(),
-    );
-    let ours = ServerOptions::new()
-        .first_pipe_instance(true)
-        .reject_remote_clients(true)
-        .max_instances(1)
-        .access_inbound(inbound)
-        .access_outbound(!inbound)
-        .in_buffer_size(64 * 1024)
-        .out_buffer_size(64 * 1024)
-        .create(&name)?;
+    let name = pipe_name()?;
+    let security = pipe_security()?;
+    // SAFETY: the attributes (and the descriptor they point to) are static
+    // and only read.
+    let ours = unsafe {
+        ServerOptions::new()
+            .first_pipe_instance(true)
+            .reject_remote_clients(true)
+            .max_instances(1)
+            .access_inbound(inbound)
+            .access_outbound(!inbound)
+            .in_buffer_size(64 * 1024)
+            .out_buffer_size(64 * 1024)
+            .create_with_security_attributes_raw(&name, security.attributes() as *mut c_void)?
+    };
     let name_w = wide(&name).ok_or_else(|| io::Error::other("pipe name"))?;
     let sa = SECURITY_ATTRIBUTES {
         nLength: std::mem::size_of::<SECURITY_ATTRIBUTES>() as u32,
@@ -278,18 +328,6 @@ fn connected(server: &NamedPipeServer) -> io::Result<()> {
     }
 }
 
-/// A random per-process value in pipe names, so another local process
-/// cannot predict a name and create or open it first.
-fn name_salt() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    static SALT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *SALT.get_or_init(|| {
-        std::collections::hash_map::RandomState::new()
-            .build_hasher()
-            .finish()
-    })
-}
-
 /// `NUL`, inheritable, for `stderr = "null"`.
 fn null_device() -> io::Result<OwnedHandle> {
     let sa = SECURITY_ATTRIBUTES {
@@ -318,7 +356,7 @@ fn null_device() -> io::Result<OwnedHandle> {
 }
 
 /// The logged-on user's own environment (its profile's variables).
-fn user_environment(
+pub(super) fn user_environment(
     token: &OwnedHandle,
 ) -> io::Result<Vec<(std::ffi::OsString, std::ffi::OsString)>> {
     let mut block: *mut c_void = std::ptr::null_mut();
@@ -664,6 +702,54 @@ impl Exits {
                 GetExitCodeProcess(r.process.as_raw_handle() as HANDLE, &mut code);
             }
             return (pid, Ok(ExitStatus::from_raw(code)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use windows_sys::Win32::Security::Authorization::SE_KERNEL_OBJECT;
+
+    #[test]
+    fn each_pipe_gets_its_own_random_name() {
+        let a = pipe_name().unwrap();
+        let b = pipe_name().unwrap();
+        assert_ne!(a, b);
+        for n in [&a, &b] {
+            let hex = n.strip_prefix(r"\\.\pipe\wininetd-").unwrap();
+            assert_eq!(hex.len(), 32, "{n}");
+            assert!(hex.bytes().all(|c| c.is_ascii_hexdigit()), "{n}");
+        }
+    }
+
+    /// What Wine shows: the DACL read back from both ends of a program's
+    /// pipe holds exactly our account and SYSTEM, each allowed.
+    #[test]
+    fn a_program_pipe_is_open_to_our_account_and_system_only() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        let (ours, theirs) = pipe(true).unwrap();
+        let me = Sid::process_user().unwrap();
+        let system = Sid::well_known(security::WinLocalSystemSid).unwrap();
+        for h in [ours.as_raw_handle(), theirs.as_raw_handle()] {
+            let d = security::of_handle(h as HANDLE, SE_KERNEL_OBJECT).unwrap();
+            let aces = d.dacl.expect("a DACL, not a NULL one");
+            let mut sids: Vec<String> = aces
+                .iter()
+                .map(|a| {
+                    assert_eq!(a.kind, security::ACCESS_ALLOWED, "{aces:?}");
+                    a.sid.as_ref().unwrap().text()
+                })
+                .collect();
+            sids.sort();
+            let mut want = vec![system.text(), me.text()];
+            want.sort();
+            want.dedup();
+            assert_eq!(sids, want, "{aces:?}");
         }
     }
 }

@@ -1,13 +1,63 @@
 //! `USER:PASS`: a batch logon for each connection, so the program runs as
 //! that user or not at all — never as the service account.
 
+use std::future::Future;
 use std::os::windows::io::{FromRawHandle, OwnedHandle};
+use std::time::Duration;
 
 use windows_sys::Win32::Foundation::HANDLE;
 use windows_sys::Win32::Security::{LOGON32_LOGON_BATCH, LOGON32_PROVIDER_DEFAULT, LogonUserW};
 
 use super::env::wide;
-use crate::config::{Password, Secret};
+use crate::config::{Password, RunAs, Secret};
+use crate::os::LaunchError;
+
+/// How long a logon (with its password-file read) may take before the
+/// connection is given up: a domain controller that does not answer.
+const LOGON_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A user's logon token, for one program.
+pub struct Logon(pub(super) OwnedHandle);
+
+/// For a USER service: the logon, run on tokio's blocking pool with a
+/// timeout, so that a slow domain controller or password file delays only
+/// this connection. `None` for services that run as wininetd itself.
+pub fn logon_pending(
+    user: &RunAs,
+) -> Option<impl Future<Output = Result<Logon, LaunchError>> + Send + 'static> {
+    let RunAs::User { name, secret } = user else {
+        return None;
+    };
+    let (name, secret) = (name.clone(), secret.clone());
+    Some(async move {
+        let who = name.clone();
+        off_thread(LOGON_TIMEOUT, move || logon(&name, secret.as_ref()))
+            .await
+            .map(Logon)
+            .map_err(|e| {
+                LaunchError::User(e.unwrap_or_else(|| {
+                    format!(
+                        "cannot log on as user {who:?}: no answer within {} s; the \
+                         connection is closed and nothing runs",
+                        LOGON_TIMEOUT.as_secs()
+                    )
+                }))
+            })
+    })
+}
+
+/// Runs `work` on the blocking pool; `Err(None)` when it takes longer than
+/// `limit` (it still finishes, and what it returns is dropped then).
+async fn off_thread<T: Send + 'static>(
+    limit: Duration,
+    work: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, Option<String>> {
+    match tokio::time::timeout(limit, tokio::task::spawn_blocking(work)).await {
+        Ok(Ok(r)) => r.map_err(Some),
+        Ok(Err(e)) => Err(Some(format!("the logon failed: {e}"))),
+        Err(_) => Err(None),
+    }
+}
 
 /// How `name` is passed to LogonUserW: `DOMAIN\user` → (user, DOMAIN);
 /// `user@domain` (a UPN) → (user@domain, no domain); `user` → (user, `.`),
@@ -134,14 +184,61 @@ mod tests {
         assert!(e.contains("Windows error 1326"), "{e}");
     }
 
-    /// On Windows an unknown account fails to log on; Wine's LogonUserW
-    /// accepts any name and password, so there only success is seen.
+    /// Running under Wine (ntdll exports wine_get_version).
+    fn under_wine() -> bool {
+        use windows_sys::Win32::System::LibraryLoader::{GetModuleHandleW, GetProcAddress};
+        let ntdll = wide("ntdll.dll").unwrap();
+        // SAFETY: ntdll is always loaded; a NUL-terminated export name.
+        unsafe {
+            let m = GetModuleHandleW(ntdll.as_ptr());
+            !m.is_null() && GetProcAddress(m, c"wine_get_version".as_ptr().cast()).is_some()
+        }
+    }
+
+    /// On Windows an unknown account fails to log on, and the message names
+    /// the user, never the password. Wine's LogonUserW accepts any name and
+    /// password: there the logon succeeds (and the wine.rs tests show that
+    /// such a service still never runs as the service account).
     #[test]
     fn an_unknown_account_never_leaks_the_password() {
         let secret = Secret::Inline(Password::new("Sup3rS3cret!"));
-        if let Err(e) = logon("nosuchuser-wininetd", Some(&secret)) {
-            assert!(e.contains("nosuchuser-wininetd"), "{e}");
-            assert!(!e.contains("Sup3rS3cret!"), "{e}");
+        match logon("nosuchuser-wininetd", Some(&secret)) {
+            Err(e) => {
+                assert!(!under_wine(), "Wine refused a logon: {e}");
+                assert!(e.contains("nosuchuser-wininetd"), "{e}");
+                assert!(!e.contains("Sup3rS3cret!"), "{e}");
+            }
+            Ok(_) => assert!(under_wine(), "Windows logged an unknown account on"),
         }
+    }
+
+    /// A logon that hangs (a domain controller that does not answer) runs
+    /// on the blocking pool: the event loop goes on meanwhile, and the
+    /// connection is given up after the limit, not after the logon.
+    #[test]
+    fn a_slow_logon_leaves_the_loop_running_and_times_out() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let started = std::time::Instant::now();
+            let slow = tokio::spawn(off_thread(Duration::from_millis(300), || {
+                std::thread::sleep(Duration::from_secs(6));
+                Ok(())
+            }));
+            for _ in 0..10 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            // Had the logon run on the loop, these ticks came after it.
+            assert!(started.elapsed() < Duration::from_secs(3));
+            assert_eq!(slow.await.unwrap(), Err(None));
+            assert!(started.elapsed() < Duration::from_secs(4));
+            // A failure's message comes through as it is.
+            let failed = off_thread::<()>(Duration::from_secs(30), || Err("no such user".into()));
+            assert_eq!(failed.await, Err(Some("no such user".to_string())));
+        });
+        // The hung logon's thread is not waited for.
+        rt.shutdown_background();
     }
 }

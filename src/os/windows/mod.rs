@@ -4,17 +4,23 @@
 mod control;
 mod env;
 mod eventlog;
+mod file_trust;
 mod launch;
 mod logon;
 mod process_stats;
+mod security;
 mod service;
+mod template;
 
 pub use control::{
     ControlListener, ControlStream, control_address, control_listen, control_request,
 };
 pub use eventlog::EventLog;
+pub use file_trust::{check_config_file, check_password_file};
 pub use launch::{
     Exits, PipeReader, PipeWriter, check_users, init_process, launch, new_socket, terminate,
 };
+pub use logon::{Logon, logon_pending};
 pub use process_stats::process_stats;
 pub use service::{Host, install, reload, remove, run_as_service};
+pub use template::ExecTemplate;

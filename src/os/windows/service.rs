@@ -141,6 +141,7 @@ fn merged_cli(launch: &[OsString], start_params: &[OsString]) -> Result<Cli, cla
 fn service_main(args: Vec<OsString>) {
     crate::logging::init(crate::logging::Sink::Daemon);
     let code = run_service(&args);
+    crate::logging::flush(std::time::Duration::from_secs(2));
     *EXIT.lock().unwrap_or_else(|p| p.into_inner()) = code as u8;
 }
 
