@@ -20,6 +20,7 @@ mod listener;
 mod logging;
 mod relay;
 mod server;
+mod tls;
 
 use std::process::ExitCode;
 
@@ -67,6 +68,21 @@ fn check(cli: &cli::Cli) -> ExitCode {
             ExitCode::FAILURE
         }
         Ok(cfg) => {
+            // Certificates and keys are read as a start or reload would.
+            let tls_errors: Vec<config::ConfigError> = cfg
+                .services
+                .iter()
+                .filter_map(|s| s.tls.as_ref())
+                .filter_map(|t| tls::build(t).err())
+                .flatten()
+                .collect();
+            if !tls_errors.is_empty() {
+                for e in &tls_errors {
+                    eprintln!("{e}");
+                }
+                eprintln!("{}: {} error(s)", cli.cfgfile.display(), tls_errors.len());
+                return ExitCode::FAILURE;
+            }
             println!(
                 "{}: OK, {} service(s)",
                 cli.cfgfile.display(),

@@ -22,6 +22,8 @@ use super::{
     Internal, Limits, LogFormat, Program, Protocol, Rate, RunAs, Secret, Service, StderrMode,
 };
 
+mod tls;
+
 type Value<'i> = Spanned<DeValue<'i>>;
 
 const GLOBAL_KEYS: &[&str] = &[
@@ -52,6 +54,7 @@ const SERVICE_KEYS: &[&str] = &[
     "allow",
     "deny",
     "timeout",
+    "tls",
 ];
 
 /// Keys that only mean something when a program runs.
@@ -571,6 +574,33 @@ impl Report<'_> {
             }
         }
 
+        let tls = match get("tls") {
+            Some(v) => {
+                if protocol == Some(Protocol::Udp) {
+                    self.at(
+                        v.span(),
+                        "`tls` applies to TCP services only: TLS runs over a stream (DTLS is not supported)",
+                    );
+                }
+                if is_internal {
+                    self.at(
+                        v.span(),
+                        "`tls` is for services that run a program; an internal service cannot use it",
+                    );
+                }
+                if let Some(h) = get("handoff")
+                    && h.get_ref().as_str() == Some("direct")
+                {
+                    self.at(
+                        h.span(),
+                        "`handoff = \"direct\"` cannot go with `tls`: wininetd holds the TLS session and relays plain bytes through pipes; remove `handoff`",
+                    );
+                }
+                self.tls(v).map(Some)
+            }
+            None => Some(None),
+        };
+
         if self.errors.len() != errors_before {
             return None;
         }
@@ -599,6 +629,7 @@ impl Report<'_> {
                 deny: deny?,
             },
             timeout: timeout?,
+            tls: tls?,
         })
     }
 

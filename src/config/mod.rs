@@ -7,8 +7,10 @@
 mod classic;
 mod extended;
 mod secret;
+mod tls;
 
 pub use secret::{Password, Secret};
+pub use tls::{ClientCert, DEFAULT_HANDSHAKE_TIMEOUT, Located, SniCert, TlsSettings, TlsVersion};
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -102,6 +104,8 @@ pub struct Service {
     pub access: Access,
     /// Overrides the global timeout; `Some(0)` switches it off.
     pub timeout: Option<u32>,
+    /// `[service.tls]`: wininetd terminates TLS and relays plain bytes.
+    pub tls: Option<TlsSettings>,
 }
 
 impl Service {

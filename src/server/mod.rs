@@ -118,6 +118,8 @@ struct Active {
     handoff: Handoff,
     timeout: Option<Duration>,
     linger: Option<Duration>,
+    /// `[service.tls]`, built from its files when the config was applied.
+    tls: Option<Arc<crate::tls::Terminator>>,
 }
 
 struct Listening {

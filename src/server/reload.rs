@@ -9,7 +9,7 @@ use tracing::{error, info, warn};
 
 use super::tcp::accept_tcp;
 use super::udp::serve_udp;
-use super::{Active, EXIT_BIND, EXIT_USERS, Key, Listening, Server, seconds};
+use super::{Active, EXIT_BIND, EXIT_CONFIG, EXIT_USERS, Key, Listening, Server, seconds};
 use crate::admission::Gate;
 use crate::config::{self, Config, Handoff, RunAs, Secret};
 use crate::listener::{self, Bound};
@@ -51,6 +51,25 @@ impl Server {
         os::check_users(users).map_err(|m| (EXIT_USERS, m))?;
         warn_ignored_passwords(&config);
 
+        // Every certificate and key is read now, before anything changes:
+        // a bad one rejects the whole config.
+        let mut terminators = HashMap::new();
+        let mut tls_errors = Vec::new();
+        for svc in &config.services {
+            if let Some(settings) = &svc.tls {
+                match crate::tls::build(settings) {
+                    Ok(t) => {
+                        terminators.insert(svc.name.clone(), Arc::new(t));
+                    }
+                    Err(errors) => tls_errors.extend(errors),
+                }
+            }
+        }
+        if !tls_errors.is_empty() {
+            let lines: Vec<String> = tls_errors.iter().map(|e| e.to_string()).collect();
+            return Err((EXIT_CONFIG, lines.join("\n")));
+        }
+
         // What should listen, and with which settings.
         let mut gates = HashMap::new();
         let mut wanted: HashMap<Key, Arc<Active>> = HashMap::new();
@@ -70,15 +89,21 @@ impl Server {
                 ),
             };
             gates.insert(svc.name.clone(), Arc::clone(&gate));
+            let tls = terminators.remove(&svc.name);
             let active = Arc::new(Active {
-                handoff: svc
-                    .handoff
-                    .or(self.opts.handoff)
-                    .unwrap_or_else(Handoff::platform_default),
+                // TLS is relayed: the program cannot hold the session.
+                handoff: if tls.is_some() {
+                    Handoff::Pipe
+                } else {
+                    svc.handoff
+                        .or(self.opts.handoff)
+                        .unwrap_or_else(Handoff::platform_default)
+                },
                 timeout: seconds(svc.timeout.or(self.opts.timeout).or(config.globals.timeout)),
                 linger: seconds(self.opts.linger_timeout.or(config.globals.linger_timeout)),
                 gate,
                 svc,
+                tls,
             });
             for addr in active.svc.addrs() {
                 wanted.insert((active.svc.protocol, addr), Arc::clone(&active));

@@ -1,7 +1,7 @@
 //! TCP: accept → check → hand off (a program, the relay, or an internal
 //! service).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -88,6 +88,9 @@ pub(super) async fn accept_tcp(
                     );
                 });
             }
+            Program::Command(_) if active.tls.is_some() => {
+                hand_off_tls(&ctx, &active, stream, peer, lease)
+            }
             Program::Command(_) => hand_off_tcp(&ctx, &active, stream, peer, lease),
         }
     }
@@ -134,6 +137,84 @@ fn hand_off_tcp(
                 info!(service = %service, %peer, pid, "relay ended: {e}");
             }
         });
+    }
+}
+
+/// A TLS service: the handshake runs in its own task, bounded by the
+/// service's handshake_timeout, and the program starts only once it has
+/// succeeded; then the relay carries the session. The connection keeps the
+/// config it was accepted under, so a reload never touches it.
+fn hand_off_tls(
+    ctx: &Arc<Ctx>,
+    active: &Arc<Active>,
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    lease: Lease,
+) {
+    let Some(terminator) = active.tls.clone() else {
+        return;
+    };
+    let stream = match into_tokio(stream) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(service = %active.svc.name, %peer, "cannot serve the connection: {e}");
+            return;
+        }
+    };
+    let (ctx, active) = (Arc::clone(ctx), Arc::clone(active));
+    tokio::spawn(async move {
+        let local = stream.local_addr().ok();
+        let (session, tls_env) = match terminator.accept(stream).await {
+            Ok(s) => s,
+            Err(failure) => {
+                tls_failed(&ctx, &active, peer.ip(), &failure);
+                return; // the lease goes with the connection
+            }
+        };
+        let svc = &active.svc;
+        let mut env = connection_env(svc, Protocol::Tcp, Some(peer), local);
+        env.extend(tls_env);
+        let Some(launched) = launch(&ctx, &active, &env, ChildStdio::Pipes, peer, lease) else {
+            return;
+        };
+        let Some((to_program, from_program)) = launched.pipes else {
+            return;
+        };
+        let exited = ctx.children().watch(launched.id);
+        let exited = async {
+            let _ = exited.await;
+        };
+        let pid = launched.id;
+        match relay::relay(session, to_program, from_program, exited, active.timeout).await {
+            Ok(r) if r.truncated => info!(
+                service = %svc.name,
+                %peer,
+                pid,
+                "the client closed without TLS close_notify (truncated); the program got EOF"
+            ),
+            Ok(_) => {}
+            Err(e) => info!(service = %svc.name, %peer, pid, "relay ended: {e}"),
+        }
+    });
+}
+
+/// A failed handshake: one line per service, reason and source per window.
+fn tls_failed(ctx: &Ctx, active: &Active, ip: IpAddr, failure: &crate::tls::HandshakeFailure) {
+    let key: Arc<str> = Arc::from(format!("{}\0tls {}", active.svc.name, failure.class));
+    let count =
+        ctx.refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .note(&key, ip, Instant::now());
+    if let Some(n) = count {
+        warn!(
+            service = %active.svc.name,
+            source = %ip,
+            failed = n,
+            "TLS handshake failed ({}): {}",
+            failure.class,
+            failure.detail
+        );
     }
 }
 
