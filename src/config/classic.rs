@@ -36,6 +36,7 @@ pub(super) fn parse(file: &str, bytes: &[u8]) -> Result<Config, ConfigErrors> {
                 limits: Limits::default(),
                 access: Access::default(),
                 timeout: None,
+                proxy: None,
             }),
             Err(message) => errors.push(ConfigError { location, message }),
         }

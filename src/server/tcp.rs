@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::handoff::{connection_env, launch};
-use super::{Active, Ctx, refused};
+use super::{Active, Ctx, prespawn, refused};
 use crate::admission::Lease;
 use crate::config::{Handoff, Program, Protocol};
 use crate::listener::{self, Acceptor};
@@ -59,6 +59,10 @@ pub(super) async fn accept_tcp(
             }
         };
         let active = active.borrow().clone();
+        if prespawn::needed(&active) {
+            prespawn::start(&ctx, active, stream, peer);
+            continue;
+        }
         let lease = match active.gate.admit(peer.ip()) {
             Ok(l) => l,
             Err(why) => {
@@ -88,32 +92,61 @@ pub(super) async fn accept_tcp(
                     );
                 });
             }
-            Program::Command(_) => hand_off_tcp(&ctx, &active, stream, peer, lease),
+            Program::Command(_) => {
+                let conn = Conn {
+                    peer,
+                    local: stream.local_addr().ok(),
+                    via: None,
+                    extra: Vec::new(),
+                };
+                hand_off_tcp(&ctx, &active, stream, conn, lease)
+            }
         }
     }
 }
 
+/// Who is at the other end of a connection, as its program is told.
+pub(super) struct Conn {
+    /// The client: the socket's peer, or the one a PROXY header names.
+    pub peer: SocketAddr,
+    /// The address the client connected to.
+    pub local: Option<SocketAddr>,
+    /// The load balancer that sent a PROXY header.
+    pub via: Option<SocketAddr>,
+    /// Variables on top of the connection's usual ones.
+    pub extra: Vec<(String, String)>,
+}
+
 /// Starts the service's program on an accepted connection.
-fn hand_off_tcp(
+pub(super) fn hand_off_tcp(
     ctx: &Arc<Ctx>,
     active: &Active,
     stream: std::net::TcpStream,
-    peer: SocketAddr,
+    conn: Conn,
     lease: Lease,
 ) {
     let svc = &active.svc;
-    let local = stream.local_addr().ok();
-    let env = connection_env(svc, Protocol::Tcp, Some(peer), local);
+    let (peer, via) = (conn.peer, conn.via);
+    let mut env = connection_env(svc, Protocol::Tcp, Some(peer), conn.local);
+    env.extend(conn.extra);
     if active.handoff == Handoff::Direct {
         let sock = socket2::Socket::from(stream);
         if let Err(e) = direct_socket_options(&sock, active) {
             warn!(service = %svc.name, %peer, "cannot set socket options: {e}");
         }
         // Our copy of the socket closes when `launch` returns.
-        launch(ctx, active, &env, ChildStdio::Socket(sock), peer, lease);
+        launch(
+            ctx,
+            active,
+            &env,
+            ChildStdio::Socket(sock),
+            peer,
+            via,
+            lease,
+        );
         return;
     }
-    let Some(launched) = launch(ctx, active, &env, ChildStdio::Pipes, peer, lease) else {
+    let Some(launched) = launch(ctx, active, &env, ChildStdio::Pipes, peer, via, lease) else {
         return;
     };
     let stream = match into_tokio(stream) {
