@@ -522,3 +522,49 @@ proxy_from = ["127.0.0.1"]"#,
     assert_eq!(send(port, &wire), b"echoed, header not");
     d.wait_log("peer=192.0.2.77:7 via=127.0.0.1:", Duration::from_secs(5));
 }
+
+#[test]
+fn a_header_already_in_at_accept_is_read_exactly() {
+    let port = free_port();
+    let d = Daemon::start(
+        "p.toml",
+        &service(
+            port,
+            &format!("{ENV_THEN_CAT}\nproxy_protocol = \"any\"\nproxy_from = [\"127.0.0.1\"]"),
+        ),
+        &[],
+    );
+    // Stopped, the daemon accepts only once everything below is queued:
+    // the whole header (and the payload) is in at accept.
+    d.signal(Signal::SIGSTOP);
+    let mut v1 = connect(port);
+    v1.write_all(b"PROXY TCP4 192.0.2.3 192.0.2.4 33 44\r\nv1 payload")
+        .unwrap();
+    let mut v2c = connect(port);
+    v2c.write_all(
+        &[
+            &v2(false, "192.0.2.5:55", "192.0.2.6:66", &[])[..],
+            b"v2 payload",
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let mut bad = connect(port);
+    bad.write_all(b"PROXY TCP4 192.0.2.3 192.0.2.4 033 44\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    d.signal(Signal::SIGCONT);
+    let (vars, rest) = split(&exchange_on(v1, b""));
+    assert_eq!(
+        (var(&vars, "CLIENT_IP"), &rest[..]),
+        (Some("192.0.2.3"), &b"v1 payload"[..])
+    );
+    let (vars, rest) = split(&exchange_on(v2c, b""));
+    assert_eq!(
+        (var(&vars, "CLIENT_IP"), &rest[..]),
+        (Some("192.0.2.5"), &b"v2 payload"[..])
+    );
+    assert!(exchange_on(bad, b"").is_empty());
+    d.wait_log("refused: PROXY header:", Duration::from_secs(5));
+    assert_eq!(d.started(), 2);
+}

@@ -15,11 +15,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use std::io::Read as _;
+
 use tokio::io::AsyncReadExt as _;
 use tokio::net::TcpStream;
 use tracing::{info, warn};
 
-use super::tcp::{Conn, hand_off_tcp};
+use super::tcp::{Conn, hand_off_tcp, into_tokio};
 use super::{Active, Ctx, refused};
 use crate::config::{Program, ProxyVersion, canonical_ip};
 use crate::internal;
@@ -108,6 +110,11 @@ pub(super) fn start(
         refused(ctx, &active, peer.ip(), "peer is not in proxy_from");
         return;
     }
+    match at_once(&stream, proxy.version) {
+        Ok(Some(header)) => return proceed(ctx, &active, stream, peer, &header),
+        Ok(None) => {}
+        Err(why) => return refused(ctx, &active, peer.ip(), format!("PROXY header: {why}")),
+    }
     let Some(slot) = Slot::take(&ctx.waiting, &active.waiting) else {
         refused(
             ctx,
@@ -123,7 +130,17 @@ pub(super) fn start(
         let outcome = tokio::time::timeout(deadline, receive(stream, version)).await;
         drop(slot);
         match outcome {
-            Ok(Ok((stream, header))) => proceed(&ctx, &active, stream, peer, &header),
+            Ok(Ok((stream, header))) => {
+                match stream
+                    .into_std()
+                    .and_then(|s| s.set_nonblocking(false).map(|()| s))
+                {
+                    Ok(stream) => proceed(&ctx, &active, stream, peer, &header),
+                    Err(e) => {
+                        warn!(service = %active.svc.name, via = %peer, "cannot hand off the connection: {e}")
+                    }
+                }
+            }
             Ok(Err(why)) => refused(&ctx, &active, peer.ip(), format!("PROXY header: {why}")),
             Err(_) => refused(
                 &ctx,
@@ -136,6 +153,33 @@ pub(super) fn start(
             ),
         }
     });
+}
+
+/// The header when all of it is in already, as it mostly is (a balancer
+/// sends it with the connection): read here, without a task, a timer or
+/// the event loop. `None`: not all in yet, nothing was read.
+fn at_once(
+    stream: &std::net::TcpStream,
+    version: ProxyVersion,
+) -> Result<Option<proxy::Header>, Cow<'static, str>> {
+    let io = |e: std::io::Error| Cow::Owned(e.to_string());
+    stream.set_nonblocking(true).map_err(io)?;
+    let mut peeked = [0u8; 512];
+    let found = match stream.peek(&mut peeked) {
+        Ok(0) => Err("the peer closed before the header ended".into()),
+        Ok(n) => match proxy::parse(&peeked[..n], version) {
+            Parse::Header(h) => (&*stream)
+                .read_exact(&mut peeked[..h.len])
+                .map(|()| Some(*h))
+                .map_err(io),
+            Parse::Invalid(why) => Err(why),
+            Parse::Incomplete => Ok(None),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) => Err(io(e)),
+    };
+    stream.set_nonblocking(false).map_err(io)?;
+    found
 }
 
 /// Reads exactly the header: each read takes only bytes known to belong
@@ -171,7 +215,7 @@ async fn receive(
 fn proceed(
     ctx: &Arc<Ctx>,
     active: &Active,
-    stream: TcpStream,
+    stream: std::net::TcpStream,
     balancer: SocketAddr,
     header: &proxy::Header,
 ) {
@@ -189,6 +233,13 @@ fn proceed(
     match &active.svc.program {
         Program::Internal(kind) => {
             let (kind, idle) = (*kind, active.timeout);
+            let stream = match into_tokio(stream) {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(service = %active.svc.name, %peer, via = %balancer, "cannot serve the connection: {e}");
+                    return;
+                }
+            };
             tokio::spawn(async move {
                 let started = Instant::now();
                 let result = internal::serve_stream(kind, stream, idle).await;
@@ -203,16 +254,6 @@ fn proceed(
             });
         }
         Program::Command(_) => {
-            let stream = match stream.into_std().and_then(|s| {
-                s.set_nonblocking(false)?;
-                Ok(s)
-            }) {
-                Ok(s) => s,
-                Err(e) => {
-                    warn!(service = %active.svc.name, %peer, via = %balancer, "cannot hand off the connection: {e}");
-                    return;
-                }
-            };
             let conn = Conn {
                 peer,
                 local,

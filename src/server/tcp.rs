@@ -171,7 +171,7 @@ pub(super) fn hand_off_tcp(
 }
 
 /// A connection wininetd serves itself (relay, internal service).
-fn into_tokio(stream: std::net::TcpStream) -> std::io::Result<TcpStream> {
+pub(super) fn into_tokio(stream: std::net::TcpStream) -> std::io::Result<TcpStream> {
     stream.set_nonblocking(true)?;
     TcpStream::from_std(stream)
 }
