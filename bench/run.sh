@@ -246,10 +246,11 @@ if has_server wininetd && [[ -z ${WININETD_BIN-} ]]; then
 fi
 
 # ---------------------------------------------------------------- servers
-read -r -a PORTS <<<"$("$LOADGEN" free-ports -n 6)"
+read -r -a PORTS <<<"$("$LOADGEN" free-ports -n 7)"
 declare -A PORT=(
     [wininetd]=${PORTS[0]} [xinetd]=${PORTS[1]} [openbsd-inetd]=${PORTS[2]}
     [tcpserver]=${PORTS[3]} [wininetd-iecho]=${PORTS[4]} [wininetd-pipe]=${PORTS[5]}
+    [wininetd-proxy]=${PORTS[6]}
 )
 
 # Start "$@" in the background with output to $WORK/$name.log; record its PID.
@@ -333,8 +334,9 @@ start_wininetd() {
     await_listen wininetd "$p"
 }
 
-# Scenario (f): internal echo and pipe handoff, from the extended (.toml)
-# config; only when `wininetd --check` accepts it.
+# Scenarios (f) and (g): internal echo, pipe handoff, and /bin/cat behind
+# a PROXY v2 header, from the extended (.toml) config; only when
+# `wininetd --check` accepts it.
 start_wininetd_ext() {
     cat >"$WORK/wininetd-ext.toml" <<EOF
 [[service]]
@@ -349,6 +351,14 @@ port = ${PORT[wininetd-pipe]}
 bind = ["127.0.0.1"]
 command = ["/bin/cat"]
 handoff = "pipe"
+
+[[service]]
+name = "proxycat"
+port = ${PORT[wininetd-proxy]}
+bind = ["127.0.0.1"]
+command = ["/bin/cat"]
+proxy_protocol = "v2"
+proxy_from = ["127.0.0.1"]
 EOF
     if ! timeout 10 "$WININETD" --check --cfgfile "$WORK/wininetd-ext.toml" >"$WORK/wininetd-check.log" 2>&1; then
         note "scenario (f) skipped: 'wininetd --check' does not accept the internal-echo / pipe-handoff config yet:"
@@ -356,7 +366,7 @@ EOF
         return 1
     fi
     launch wininetd-ext env WININETD_LOG="$WININETD_LOG_LEVEL" "$WININETD" --debug --cfgfile "$WORK/wininetd-ext.toml"
-    await_listen wininetd-ext "${PORT[wininetd-iecho]}" "${PORT[wininetd-pipe]}"
+    await_listen wininetd-ext "${PORT[wininetd-iecho]}" "${PORT[wininetd-pipe]}" "${PORT[wininetd-proxy]}"
 }
 
 ACTIVE=() # servers that came up, in the order given
@@ -425,6 +435,14 @@ run_ext_round() { # round
     fi
     lg stream --target "127.0.0.1:${PORT[wininetd-pipe]}" --bytes "$STREAM_BYTES" \
         --server-pid "$pid" --server wininetd-pipe --round "$r"
+    # (g) the same rate with a PROXY v2 header (loadgen writes it), judged
+    # against direct /bin/cat without one, measured right before it.
+    if has_server wininetd && alive wininetd; then
+        lg rate --target "127.0.0.1:${PORT[wininetd]}" -n "$CONNS" -c "$CONC" --payload-size "$PAYLOAD" \
+            --server-pid "${SPID[wininetd]}" --server wininetd-noproxy --round "$r"
+    fi
+    lg rate --target "127.0.0.1:${PORT[wininetd-proxy]}" -n "$CONNS" -c "$CONC" --payload-size "$PAYLOAD" \
+        --proxy-v2 --server-pid "$pid" --server wininetd-proxy --round "$r"
     alive wininetd-ext || true
 }
 

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests drive: real third-party servers and clients.
-packages=(rsync git tftpd-hpa tftp-hpa curl openssl gnutls-bin)
+packages=(rsync git tftpd-hpa tftp-hpa curl haproxy nginx libnginx-mod-stream openssl gnutls-bin)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

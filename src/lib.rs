@@ -12,6 +12,7 @@
 pub mod cli;
 pub mod config;
 pub mod os;
+pub mod proxy;
 
 mod admission;
 mod children;

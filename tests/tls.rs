@@ -804,3 +804,63 @@ fn a_bad_certificate_stops_the_start_with_its_line() {
     assert_eq!(status.code(), Some(1));
     assert!(d.log().contains("w.toml:6: "), "{}", d.log());
 }
+
+#[test]
+fn a_proxy_header_is_read_in_clear_before_the_handshake() {
+    let pki = Pki::new();
+    let port = free_port();
+    let text = format!(
+        "[[service]]\nport = {port}\nbind = [\"127.0.0.1\"]\ncommand = {SHOW_ENV}\nproxy_protocol = \"v1\"\nproxy_from = [\"127.0.0.1\"]\n{}",
+        pki.tls_table("")
+    );
+    let d = Daemon::start("w.toml", &text, &[]);
+    let cfg = pki.client_config();
+    let out = runtime().block_on(async {
+        let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        tcp.write_all(b"PROXY TCP4 192.0.2.7 127.0.0.1 5555 443\r\n")
+            .await
+            .unwrap();
+        let mut s = TlsConnector::from(Arc::clone(&cfg))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out))
+            .await
+            .unwrap()
+            .unwrap();
+        String::from_utf8(out).unwrap()
+    });
+    let env = env_line(&out);
+    assert_eq!(env[0], "TLSv1.3");
+    assert_eq!(env[9], "192.0.2.7", "the client is the header's");
+    drop(d);
+}
+
+#[test]
+fn failed_handshakes_are_logged_once_per_reason_and_source() {
+    let pki = Pki::new();
+    let port = free_port();
+    let d = Daemon::start(
+        "w.toml",
+        &config(port, r#"["/bin/cat"]"#, &pki.tls_table("")),
+        &[],
+    );
+    for _ in 0..5 {
+        let mut s = connect(port);
+        let _ = std::io::Write::write_all(&mut s, b"GET / HTTP/1.0\r\n\r\n");
+        read_all(&mut s);
+    }
+    d.wait_log(
+        "TLS handshake failed (not TLS or malformed)",
+        Duration::from_secs(10),
+    );
+    // One more, of another kind, is a line of its own.
+    drop(connect(port));
+    d.wait_log(
+        "TLS handshake failed (client closed)",
+        Duration::from_secs(10),
+    );
+    assert_eq!(d.lines_with("TLS handshake failed").len(), 2, "{}", d.log());
+    assert_eq!(d.started(), 0);
+}

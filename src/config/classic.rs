@@ -37,6 +37,7 @@ pub(super) fn parse(file: &str, bytes: &[u8]) -> Result<Config, ConfigErrors> {
                 access: Access::default(),
                 timeout: None,
                 tls: None,
+                proxy: None,
             }),
             Err(message) => errors.push(ConfigError { location, message }),
         }

@@ -20,6 +20,7 @@ pub(super) fn launch(
     env: &[(String, String)],
     stdio: ChildStdio,
     peer: SocketAddr,
+    via: Option<SocketAddr>,
     lease: Lease,
 ) -> Option<os::Launched> {
     let svc = &active.svc;
@@ -36,7 +37,7 @@ pub(super) fn launch(
     };
     match os::launch(&spec, stdio) {
         Ok(mut launched) => {
-            info!(service = %svc.name, port = svc.port, %peer, pid = launched.id, "started");
+            info!(service = %svc.name, port = svc.port, %peer, via = via.map(tracing::field::display), pid = launched.id, "started");
             if let Some(stderr) = launched.stderr.take() {
                 tokio::spawn(log_stderr(svc.name.clone(), launched.id, stderr));
             }
@@ -51,7 +52,7 @@ pub(super) fn launch(
             Some(launched)
         }
         Err(e) => {
-            error!(service = %svc.name, %peer, "{e}");
+            error!(service = %svc.name, %peer, via = via.map(tracing::field::display), "{e}");
             None
         }
     }

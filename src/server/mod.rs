@@ -20,12 +20,13 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use crate::admission::{Gate, Global, Refusal, RefusalLog};
+use crate::admission::{Gate, Global, RefusalLog};
 use crate::children::{Children, Ended};
 use crate::config::{self, Config, Handoff, Protocol, Service};
 use crate::os::{self, Control, HostStatus, ServiceHost};
 
 mod handoff;
+mod prespawn;
 mod reload;
 mod tcp;
 mod udp;
@@ -120,6 +121,8 @@ struct Active {
     linger: Option<Duration>,
     /// `[service.tls]`, built from its files when the config was applied.
     tls: Option<Arc<crate::tls::Terminator>>,
+    /// Its connections waiting in the pre-spawn stage.
+    waiting: Arc<prespawn::Waiting>,
 }
 
 struct Listening {
@@ -132,6 +135,8 @@ struct Ctx {
     global: Arc<Global>,
     children: Mutex<Children>,
     refusals: Mutex<RefusalLog>,
+    /// Connections waiting in the pre-spawn stage, all services together.
+    waiting: Arc<prespawn::Waiting>,
 }
 
 impl Ctx {
@@ -157,6 +162,7 @@ impl Server {
                 global: Global::new(max),
                 children: Mutex::new(Children::with_capacity(max.min(65_536) as usize)),
                 refusals: Mutex::new(RefusalLog::default()),
+                waiting: prespawn::Waiting::new(max),
             }),
             listeners: HashMap::new(),
             gates: HashMap::new(),
@@ -186,7 +192,7 @@ fn seconds(s: Option<u32>) -> Option<Duration> {
 }
 
 /// Logs a refusal, at most once per service and source per few seconds.
-fn refused(ctx: &Ctx, active: &Active, ip: IpAddr, why: Refusal) {
+fn refused(ctx: &Ctx, active: &Active, ip: IpAddr, why: impl std::fmt::Display) {
     let count = ctx.refusals.lock().unwrap_or_else(|p| p.into_inner()).note(
         active.gate.name(),
         ip,

@@ -9,7 +9,9 @@ use tracing::{error, info, warn};
 
 use super::tcp::accept_tcp;
 use super::udp::serve_udp;
-use super::{Active, EXIT_BIND, EXIT_CONFIG, EXIT_USERS, Key, Listening, Server, seconds};
+use super::{
+    Active, EXIT_BIND, EXIT_CONFIG, EXIT_USERS, Key, Listening, Server, prespawn, seconds,
+};
 use crate::admission::Gate;
 use crate::config::{self, Config, Handoff, RunAs, Secret};
 use crate::listener::{self, Bound};
@@ -101,6 +103,11 @@ impl Server {
                 },
                 timeout: seconds(svc.timeout.or(self.opts.timeout).or(config.globals.timeout)),
                 linger: seconds(self.opts.linger_timeout.or(config.globals.linger_timeout)),
+                waiting: prespawn::Waiting::new(
+                    svc.limits
+                        .max_instances
+                        .unwrap_or(config.globals.max_connections),
+                ),
                 gate,
                 svc,
                 tls,
@@ -185,6 +192,7 @@ impl Server {
             self.start_listener(key, b, active);
         }
         self.ctx.global.set_max(config.globals.max_connections);
+        self.ctx.waiting.set_max(config.globals.max_connections);
         self.gates = gates;
         Ok(())
     }

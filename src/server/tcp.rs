@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::handoff::{connection_env, launch};
-use super::{Active, Ctx, refused};
+use super::{Active, Ctx, prespawn, refused};
 use crate::admission::Lease;
 use crate::config::{Handoff, Program, Protocol};
 use crate::listener::{self, Acceptor};
@@ -59,6 +59,10 @@ pub(super) async fn accept_tcp(
             }
         };
         let active = active.borrow().clone();
+        if prespawn::needed(&active) {
+            prespawn::start(&ctx, active, stream, peer);
+            continue;
+        }
         let lease = match active.gate.admit(peer.ip()) {
             Ok(l) => l,
             Err(why) => {
@@ -88,35 +92,64 @@ pub(super) async fn accept_tcp(
                     );
                 });
             }
-            Program::Command(_) if active.tls.is_some() => {
-                hand_off_tls(&ctx, &active, stream, peer, lease)
+            Program::Command(_) => {
+                let conn = Conn {
+                    peer,
+                    local: stream.local_addr().ok(),
+                    via: None,
+                    extra: Vec::new(),
+                };
+                hand_off_tcp(&ctx, &active, stream, conn, lease)
             }
-            Program::Command(_) => hand_off_tcp(&ctx, &active, stream, peer, lease),
         }
     }
 }
 
+/// Who is at the other end of a connection, as its program is told.
+pub(super) struct Conn {
+    /// The client: the socket's peer, or the one a PROXY header names.
+    pub peer: SocketAddr,
+    /// The address the client connected to.
+    pub local: Option<SocketAddr>,
+    /// The load balancer that sent a PROXY header.
+    pub via: Option<SocketAddr>,
+    /// Variables on top of the connection's usual ones.
+    pub extra: Vec<(String, String)>,
+}
+
 /// Starts the service's program on an accepted connection.
-fn hand_off_tcp(
+pub(super) fn hand_off_tcp(
     ctx: &Arc<Ctx>,
-    active: &Active,
+    active: &Arc<Active>,
     stream: std::net::TcpStream,
-    peer: SocketAddr,
+    conn: Conn,
     lease: Lease,
 ) {
+    if active.tls.is_some() {
+        return hand_off_tls(ctx, active, stream, conn, lease);
+    }
     let svc = &active.svc;
-    let local = stream.local_addr().ok();
-    let env = connection_env(svc, Protocol::Tcp, Some(peer), local);
+    let (peer, via) = (conn.peer, conn.via);
+    let mut env = connection_env(svc, Protocol::Tcp, Some(peer), conn.local);
+    env.extend(conn.extra);
     if active.handoff == Handoff::Direct {
         let sock = socket2::Socket::from(stream);
         if let Err(e) = direct_socket_options(&sock, active) {
             warn!(service = %svc.name, %peer, "cannot set socket options: {e}");
         }
         // Our copy of the socket closes when `launch` returns.
-        launch(ctx, active, &env, ChildStdio::Socket(sock), peer, lease);
+        launch(
+            ctx,
+            active,
+            &env,
+            ChildStdio::Socket(sock),
+            peer,
+            via,
+            lease,
+        );
         return;
     }
-    let Some(launched) = launch(ctx, active, &env, ChildStdio::Pipes, peer, lease) else {
+    let Some(launched) = launch(ctx, active, &env, ChildStdio::Pipes, peer, via, lease) else {
         return;
     };
     let stream = match into_tokio(stream) {
@@ -140,20 +173,22 @@ fn hand_off_tcp(
     }
 }
 
-/// A TLS service: the handshake runs in its own task, bounded by the
-/// service's handshake_timeout, and the program starts only once it has
-/// succeeded; then the relay carries the session. The connection keeps the
-/// config it was accepted under, so a reload never touches it.
+/// A TLS service, once admitted (after its PROXY header if it has one):
+/// the handshake runs in its own task under handshake_timeout, and the
+/// program starts only once it has succeeded; then the relay carries the
+/// session. The connection keeps the config it was accepted under, so a
+/// reload never touches it.
 fn hand_off_tls(
     ctx: &Arc<Ctx>,
     active: &Arc<Active>,
     stream: std::net::TcpStream,
-    peer: SocketAddr,
+    conn: Conn,
     lease: Lease,
 ) {
     let Some(terminator) = active.tls.clone() else {
         return;
     };
+    let (peer, via) = (conn.peer, conn.via);
     let stream = match into_tokio(stream) {
         Ok(s) => s,
         Err(e) => {
@@ -163,7 +198,6 @@ fn hand_off_tls(
     };
     let (ctx, active) = (Arc::clone(ctx), Arc::clone(active));
     tokio::spawn(async move {
-        let local = stream.local_addr().ok();
         let (session, tls_env) = match terminator.accept(stream).await {
             Ok(s) => s,
             Err(failure) => {
@@ -172,9 +206,17 @@ fn hand_off_tls(
             }
         };
         let svc = &active.svc;
-        let mut env = connection_env(svc, Protocol::Tcp, Some(peer), local);
+        let mut env = connection_env(svc, Protocol::Tcp, Some(peer), conn.local);
+        // The session wininetd terminated is the one the program is told
+        // of, not what a balancer's PROXY header said of its own.
+        env.extend(
+            conn.extra
+                .into_iter()
+                .filter(|(k, _)| !k.starts_with("SSL_")),
+        );
         env.extend(tls_env);
-        let Some(launched) = launch(&ctx, &active, &env, ChildStdio::Pipes, peer, lease) else {
+        let Some(launched) = launch(&ctx, &active, &env, ChildStdio::Pipes, peer, via, lease)
+        else {
             return;
         };
         let Some((to_program, from_program)) = launched.pipes else {
@@ -219,7 +261,7 @@ fn tls_failed(ctx: &Ctx, active: &Active, ip: IpAddr, failure: &crate::tls::Hand
 }
 
 /// A connection wininetd serves itself (relay, internal service).
-fn into_tokio(stream: std::net::TcpStream) -> std::io::Result<TcpStream> {
+pub(super) fn into_tokio(stream: std::net::TcpStream) -> std::io::Result<TcpStream> {
     stream.set_nonblocking(true)?;
     TcpStream::from_std(stream)
 }

@@ -93,7 +93,15 @@ async fn wait_service(
         }
     };
     let env = connection_env(svc, Protocol::Udp, Some(peer), None);
-    let launched = launch(ctx, active, &env, ChildStdio::Socket(dup), peer, lease);
+    let launched = launch(
+        ctx,
+        active,
+        &env,
+        ChildStdio::Socket(dup),
+        peer,
+        None,
+        lease,
+    );
     let ran = match launched {
         Some(l) => {
             let exited = ctx.children().watch(l.id);

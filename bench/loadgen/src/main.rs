@@ -102,6 +102,10 @@ enum Cmd {
         /// Tokio worker threads; 1 = current-thread runtime.
         #[arg(long, default_value_t = 1, value_parser = RangedU64ValueParser::<usize>::new().range(1..=64))]
         threads: usize,
+        /// Send a PROXY protocol v2 header before the payload, as a load
+        /// balancer would (for a service with `proxy_protocol`).
+        #[arg(long)]
+        proxy_v2: bool,
         #[command(flatten)]
         watch: Watch,
         #[command(flatten)]
@@ -315,6 +319,7 @@ fn main() -> ExitCode {
             conn_timeout,
             max_seconds,
             threads,
+            proxy_v2,
             watch,
             tags,
         } => {
@@ -332,10 +337,12 @@ fn main() -> ExitCode {
                 payload_size,
                 conn_timeout: Duration::from_secs(conn_timeout),
                 max_time: Duration::from_secs(max_seconds),
+                proxy_v2,
             };
             let probe = watch.probe();
             let (mut m, human, ok) = rt.block_on(rate::run(opts, probe));
             m.insert("threads".into(), json!(threads));
+            m.insert("proxy_v2".into(), json!(proxy_v2));
             emit("rate", &tags, m, &human, ok)
         }
         Cmd::Stream {

@@ -101,6 +101,8 @@ enum Target {
     AtMost(f64),
     /// the subject's worst (largest) round must be at most this
     WorstAtMost(f64),
+    /// the median of per-round differences to the reference must be at most this
+    DiffAtMost(f64),
 }
 
 enum Reference {
@@ -275,6 +277,30 @@ fn rows() -> Vec<RowSpec> {
                 "≥ 0.8× direct",
             )
         },
+        RowSpec {
+            subject_suffix: "-proxy",
+            show_peers: false,
+            reference: Reference::Subject("-noproxy", "rate.conns_per_s"),
+            ..row(
+                "(g) rate, PROXY v2 header: conns/s (÷ without)",
+                "rate.conns_per_s",
+                true,
+                Target::RatioAtLeast(0.97),
+                "≥ 0.97× without",
+            )
+        },
+        RowSpec {
+            subject_suffix: "-proxy",
+            show_peers: false,
+            reference: Reference::Subject("-noproxy", "rate.server_cpu_us_per_conn"),
+            ..row(
+                "(g) own CPU, PROXY v2 header: µs/conn",
+                "rate.server_cpu_us_per_conn",
+                false,
+                Target::DiffAtMost(3.0),
+                "≤ without + 3 µs",
+            )
+        },
     ]
 }
 
@@ -318,6 +344,13 @@ fn values(s: &Series) -> Vec<f64> {
 fn ratio_series(a: &Series, b: &Series) -> Vec<f64> {
     a.iter()
         .filter_map(|(r, x)| b.get(r).filter(|y| **y != 0.0).map(|y| x / y))
+        .collect()
+}
+
+/// Per-round difference a − b over the rounds both have.
+fn diff_series(a: &Series, b: &Series) -> Vec<f64> {
+    a.iter()
+        .filter_map(|(r, x)| b.get(r).map(|y| x - y))
         .collect()
 }
 
@@ -437,6 +470,12 @@ pub fn render(text: &str, subject: &str, peers: &[String]) -> String {
             (Target::AtLeast(t), Some(s), _) => yes_no(s.median >= t),
             (Target::AtMost(t), Some(s), _) => yes_no(s.median <= t),
             (Target::WorstAtMost(t), Some(s), _) => yes_no(s.max <= t),
+            (Target::DiffAtMost(t), _, _) => match (subj, &reference) {
+                (Some(a), Some((_, b))) => {
+                    spread(&diff_series(a, b)).map_or("n/a", |d| yes_no(d.median <= t))
+                }
+                _ => "n/a",
+            },
             _ => "n/a",
         };
         let _ = writeln!(
@@ -581,6 +620,49 @@ mod tests {
         let own = row(&l.join("\n"));
         assert!(own.contains("wininetd direct: 2000"), "{own}");
         assert!(own.contains("| no |"), "{own}");
+    }
+
+    #[test]
+    fn proxy_rate_is_judged_against_the_run_without_a_header() {
+        let rate = |server: &str, r: u64, cps: f64, cpu: f64| {
+            line(
+                server,
+                r,
+                "rate",
+                &format!(r#""conns_per_s":{cps},"server_cpu_us_per_conn":{cpu}"#),
+            )
+        };
+        let mut l = Vec::new();
+        for (r, (plain, proxied)) in [
+            (1, ((1000.0, 20.0), (980.0, 22.0))),
+            (2, ((900.0, 21.0), (880.0, 25.0))),
+        ] {
+            l.push(rate("wininetd-noproxy", r, plain.0, plain.1));
+            l.push(rate("wininetd-proxy", r, proxied.0, proxied.1));
+        }
+        let out = render(&l.join("\n"), "wininetd", &[]);
+        let row = |start: &str| {
+            out.lines()
+                .find(|l| l.starts_with(start))
+                .unwrap()
+                .to_string()
+        };
+        // conns/s per round 0.98 and 0.978: met.
+        let cps = row("| (g) rate, PROXY v2 header: conns/s");
+        assert!(cps.contains("| yes |"), "{cps}");
+        // CPU differences 2 and 4 µs: median 3, met; one more µs is not.
+        let cpu = row("| (g) own CPU, PROXY v2 header");
+        assert!(cpu.contains("| yes |"), "{cpu}");
+        let worse = l.join("\n").replace(
+            r#""server_cpu_us_per_conn":25"#,
+            r#""server_cpu_us_per_conn":27"#,
+        );
+        let out = render(&worse, "wininetd", &[]);
+        let cpu = out
+            .lines()
+            .find(|l| l.starts_with("| (g) own CPU"))
+            .unwrap();
+        assert!(cpu.contains("| no |"), "{cpu}");
     }
 
     #[test]
