@@ -26,6 +26,8 @@ pub struct RateOpts {
     /// Write a PROXY v2 header (the socket's own endpoints) before the
     /// payload, in the same write, as a balancer would.
     pub proxy_v2: bool,
+    /// TLS over the connection (after the PROXY header, if any).
+    pub tls: Option<crate::tls::Tls>,
 }
 
 /// A PROXY v2 PROXY/TCP header naming `client` and `server`.
@@ -113,8 +115,12 @@ pub fn payload_offset(i: usize) -> u64 {
 /// and checks the reply is exactly `payload` followed by EOF. Reading runs
 /// concurrently with writing so a payload larger than the socket buffers
 /// cannot deadlock against an echo server.
-pub async fn exchange(stream: &mut TcpStream, header: &[u8], payload: &[u8]) -> Result<(), Fail> {
-    let (mut r, mut w) = stream.split();
+pub async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    header: &[u8],
+    payload: &[u8],
+) -> Result<(), Fail> {
+    let (mut r, mut w) = tokio::io::split(stream);
     let send = async {
         if header.is_empty() {
             w.write_all(payload).await
@@ -168,9 +174,20 @@ async fn one_connection(
     payload: &[u8],
     timeout: Duration,
     proxy_v2: bool,
+    tls: Option<&crate::tls::Tls>,
 ) -> Result<u64, Fail> {
     let t0 = Instant::now();
     let work = async {
+        if tls.is_some() {
+            let header = |local| match proxy_v2 {
+                true => proxy_v2_header(local, target),
+                false => Vec::new(),
+            };
+            let mut s = crate::tls::connect(target, header, tls)
+                .await
+                .map_err(|e| Fail::io("connect", e))?;
+            return exchange(&mut s, &[], payload).await;
+        }
         let mut s = TcpStream::connect(target)
             .await
             .map_err(|e| Fail::io("connect", e))?;
@@ -214,6 +231,7 @@ pub async fn run(opts: RateOpts, probe: ServerProbe) -> (Map<String, Value>, Str
             opts.conn_timeout,
             opts.proxy_v2,
         );
+        let tls = opts.tls.clone();
         set.spawn(async move {
             let mut out = WorkerOut {
                 latencies: Vec::with_capacity(n / 8 + 1),
@@ -228,7 +246,7 @@ pub async fn run(opts: RateOpts, probe: ServerProbe) -> (Map<String, Value>, Str
                     break;
                 }
                 let payload = pattern.window(payload_offset(i), size);
-                match one_connection(target, payload, timeout, proxy_v2).await {
+                match one_connection(target, payload, timeout, proxy_v2, tls.as_ref()).await {
                     Ok(ns) => out.latencies.push(ns),
                     Err(f) => out.failures.add(f),
                 }
@@ -355,6 +373,7 @@ mod tests {
             p.window(payload_offset(3), 64),
             Duration::from_secs(30),
             false,
+            None,
         )
         .await
         .map(|_| ())
@@ -406,7 +425,14 @@ mod tests {
     async fn reply_without_eof_is_a_timeout() {
         let addr = server(|r| r, true).await;
         let p = Pattern::new(8);
-        let r = one_connection(addr, p.window(0, 8), Duration::from_millis(300), false).await;
+        let r = one_connection(
+            addr,
+            p.window(0, 8),
+            Duration::from_millis(300),
+            false,
+            None,
+        )
+        .await;
         assert_eq!(r.map(|_| ()).map_err(|f| f.kind), Err("timeout"));
     }
 
@@ -424,7 +450,7 @@ mod tests {
         )
         .await;
         let p = Pattern::new(64);
-        let r = one_connection(addr, p.window(0, 64), Duration::from_secs(30), true).await;
+        let r = one_connection(addr, p.window(0, 64), Duration::from_secs(30), true, None).await;
         assert_eq!(r.map(|_| ()).map_err(|f| f.kind), Ok(()));
         let h = proxy_v2_header("[::1]:5".parse().unwrap(), "[::1]:6".parse().unwrap());
         assert_eq!(

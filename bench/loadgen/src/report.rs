@@ -114,6 +114,8 @@ enum Reference {
     /// measured next to it (server name + suffix) when there is one, else
     /// the subject's own
     Subject(&'static str, &'static str),
+    /// a named server's series of a metric (e.g. stunnel for TLS)
+    Server(&'static str, &'static str),
     None,
 }
 
@@ -301,7 +303,70 @@ fn rows() -> Vec<RowSpec> {
                 "≤ without + 3 µs",
             )
         },
+        tls_row(
+            "(h) TLS rate: conns/s (÷ stunnel)",
+            "rate.conns_per_s",
+            true,
+            Target::RatioAtLeast(1.2),
+            "≥ 1.2× stunnel",
+        ),
+        tls_row(
+            "(h) TLS rate: latency p99, µs (÷ stunnel)",
+            "rate.p99_us",
+            false,
+            Target::RatioAtMost(0.8),
+            "≤ 0.8× stunnel",
+        ),
+        tls_row(
+            "(h) TLS stream 1 conn: MB/s (÷ stunnel)",
+            "stream.mb_per_s",
+            true,
+            Target::RatioAtLeast(1.0),
+            "≥ 1.0× stunnel",
+        ),
+        tls_row(
+            "(h) TLS VmRSS growth, bytes/held session (÷ stunnel)",
+            "hold.rss_growth_bytes_per_conn",
+            false,
+            Target::RatioAtMost(0.5),
+            "≤ 0.5× stunnel",
+        ),
+        tls_row(
+            "(h) TLS own CPU, µs/conn (÷ stunnel)",
+            "rate.server_cpu_us_per_conn",
+            false,
+            Target::None,
+            "",
+        ),
+        RowSpec {
+            subject_suffix: "-tls",
+            show_peers: false,
+            reference: Reference::Server("machine", "tls-handshake.server_us_per_handshake"),
+            ..row(
+                "(h) TLS own CPU, µs/conn (÷ one full handshake alone, server side)",
+                "rate.server_cpu_us_per_conn",
+                false,
+                Target::None,
+                "",
+            )
+        },
     ]
+}
+
+/// A TLS row: wininetd's TLS service against stunnel (`exec = /bin/cat`).
+const fn tls_row(
+    label: &'static str,
+    metric: &'static str,
+    higher_better: bool,
+    target: Target,
+    target_text: &'static str,
+) -> RowSpec {
+    RowSpec {
+        subject_suffix: "-tls",
+        show_peers: false,
+        reference: Reference::Server("stunnel", metric),
+        ..row(label, metric, higher_better, target, target_text)
+    }
 }
 
 fn fmt_num(x: f64) -> String {
@@ -450,6 +515,7 @@ pub fn render(text: &str, subject: &str, peers: &[String]) -> String {
             Reference::Subject(suffix, m) => get(&format!("{subject}{suffix}"), m)
                 .map(|s| (format!("{subject} direct, measured alongside"), s))
                 .or_else(|| get(subject, m).map(|s| (format!("{subject} direct"), s))),
+            Reference::Server(name, m) => get(name, m).map(|s| (name.to_string(), s)),
             Reference::None => None,
         };
         let ratio = match (subj, &reference) {
