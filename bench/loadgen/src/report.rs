@@ -689,6 +689,36 @@ mod tests {
     }
 
     #[test]
+    fn tls_rows_are_judged_against_stunnel() {
+        let rate = |server: &str, r: u64, cps: f64| {
+            line(server, r, "rate", &format!(r#""conns_per_s":{cps}"#))
+        };
+        let l = [
+            rate("wininetd-tls", 1, 1300.0),
+            rate("stunnel", 1, 1000.0),
+            rate("wininetd-tls", 2, 1100.0),
+            rate("stunnel", 2, 1000.0),
+        ];
+        let out = render(&l.join("\n"), "wininetd", &[]);
+        let row = out
+            .lines()
+            .find(|l| l.starts_with("| (h) TLS rate: conns/s"))
+            .unwrap();
+        // Ratios 1.3 and 1.1: median 1.2, met; and stunnel is the reference.
+        assert!(
+            row.contains("stunnel: 1000") && row.contains("| yes |"),
+            "{row}"
+        );
+        let worse = l.join("\n").replace("1300", "1200");
+        let out = render(&worse, "wininetd", &[]);
+        let row = out
+            .lines()
+            .find(|l| l.starts_with("| (h) TLS rate: conns/s"))
+            .unwrap();
+        assert!(row.contains("| no |"), "{row}");
+    }
+
+    #[test]
     fn proxy_rate_is_judged_against_the_run_without_a_header() {
         let rate = |server: &str, r: u64, cps: f64, cpu: f64| {
             line(
