@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{pattern, read_all};
+use rustls_pki_types::pem::PemObject as _;
 
 /// The Windows exe under test.
 fn exe() -> PathBuf {
@@ -683,4 +684,173 @@ fn service_stop_leaves_programs_running_unless_kill_on_stop() {
     assert!(read_all(&mut doomed).is_empty(), "the program was ended");
     assert!(started.elapsed() < Duration::from_secs(20));
     assert!(run(&[exe, "--remove"]).status.success());
+}
+
+/// An ECDSA P-256 CA and a leaf for localhost, made with openssl in `dir`.
+fn make_tls_certs(dir: &Path) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("openssl (package openssl)");
+        assert!(out.status.success(), "openssl {args:?}: {}", text(&out));
+    };
+    for key in ["ca.key", "leaf.key"] {
+        openssl(&[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            key,
+        ]);
+    }
+    openssl(&[
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        "ca.key",
+        "-subj",
+        "/CN=Wine CA",
+        "-days",
+        "2",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+        "-out",
+        "ca.pem",
+    ]);
+    openssl(&[
+        "req",
+        "-new",
+        "-key",
+        "leaf.key",
+        "-subj",
+        "/CN=localhost",
+        "-out",
+        "leaf.csr",
+    ]);
+    std::fs::write(dir.join("leaf.ext"), "subjectAltName=DNS:localhost\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-set_serial",
+        "1",
+        "-days",
+        "2",
+        "-extfile",
+        "leaf.ext",
+        "-out",
+        "leaf.pem",
+    ]);
+}
+
+fn tls_config(port: u16, command: &str, dir: &Path) -> String {
+    format!(
+        "[[service]]\nport = {port}\nbind = [\"127.0.0.1\"]\ncommand = {command}\n[service.tls]\ncert = '{}'\nkey = '{}'\n",
+        win_path(&dir.join("leaf.pem")),
+        win_path(&dir.join("leaf.key"))
+    )
+}
+
+#[test]
+#[ignore = "needs Wine and the Windows build; run by scripts/test.sh"]
+fn tls_under_wine_serves_openssl_and_tells_the_program_the_session() {
+    let certs = tempfile::tempdir().unwrap();
+    make_tls_certs(certs.path());
+    let port = free_port();
+    let command = "\"cmd.exe /c echo TLS %SSL_PROTOCOL% %SSL_TLS_SNI_SERVERNAME% %CLIENT_IP%\"";
+    let d = Daemon::start("w.toml", &tls_config(port, command, certs.path()), &[]);
+    let out = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+            "-servername",
+            "localhost",
+        ])
+        .arg("-CAfile")
+        .arg(certs.path().join("ca.pem"))
+        .args(["-ign_eof", "-tls1_3"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl s_client (package openssl)");
+    let shown = text(&out);
+    assert!(shown.contains("Verify return code: 0 (ok)"), "{shown}");
+    assert!(
+        shown.contains("TLS TLSv1.3 localhost 127.0.0.1"),
+        "{shown}\n{}",
+        d.log()
+    );
+}
+
+#[test]
+#[ignore = "needs Wine and the Windows build; run by scripts/test.sh"]
+fn tls_under_wine_echoes_one_mib_byte_exact_with_close_notify_both_ways() {
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let certs = tempfile::tempdir().unwrap();
+    make_tls_certs(certs.path());
+    let port = free_port();
+    let echo = format!("{:?}", example("stdio_echo"));
+    let d = Daemon::start("w.toml", &tls_config(port, &echo, certs.path()), &[]);
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = std::fs::read(certs.path().join("ca.pem")).unwrap();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(&ca) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    );
+    let data = pattern(1 << 20, 13);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let back = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let s = tokio_rustls::TlsConnector::from(cfg)
+            .connect(
+                rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+                tcp,
+            )
+            .await
+            .unwrap();
+        let (mut rx, mut tx) = tokio::io::split(s);
+        let sent = data.clone();
+        let writer = async move {
+            tx.write_all(&sent).await.unwrap();
+            tx.shutdown().await.unwrap(); // close_notify, then FIN
+        };
+        let reader = async {
+            let mut back = Vec::new();
+            tokio::time::timeout(Duration::from_secs(60), rx.read_to_end(&mut back))
+                .await
+                .expect("the echo completes")
+                .expect("it ends with close_notify");
+            back
+        };
+        tokio::join!(writer, reader).1
+    });
+    assert_eq!(back.len(), data.len());
+    assert!(back == data, "echo differs");
+    d.wait_log("status=exit code: 0", Duration::from_secs(30));
 }
