@@ -440,3 +440,33 @@ fn printable(bytes: &[u8]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printable_escapes_what_could_hide_or_break_a_value() {
+        assert_eq!(printable(b"h2"), "h2");
+        assert_eq!(printable(b"a\nb\0c\\d\xff"), "a\\x0ab\\x00c\\x5cd\\xff");
+    }
+
+    #[test]
+    fn handshake_failures_are_classed_by_rustls_reason() {
+        let tls = |e: rustls::Error| failure(&io::Error::new(io::ErrorKind::InvalidData, e)).class;
+        assert_eq!(
+            tls(rustls::Error::NoCertificatesPresented),
+            "no client certificate"
+        );
+        assert_eq!(
+            tls(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer
+            )),
+            "client certificate refused"
+        );
+        assert_eq!(
+            failure(&io::ErrorKind::UnexpectedEof.into()).class,
+            "client closed"
+        );
+    }
+}

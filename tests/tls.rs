@@ -152,6 +152,48 @@ impl Pki {
         ]);
     }
 
+    /// A leaf valid only from 2099 on (`openssl ca` can set the start).
+    fn future_leaf(&self, name: &str) {
+        self.key(name);
+        self.openssl(&[
+            "req",
+            "-new",
+            "-key",
+            &format!("{name}.key"),
+            "-subj",
+            "/CN=localhost",
+            "-out",
+            &format!("{name}.csr"),
+        ]);
+        let db = self.dir.path().join("cadb");
+        std::fs::create_dir_all(&db).unwrap();
+        std::fs::write(db.join("index.txt"), "").unwrap();
+        std::fs::write(db.join("serial"), "10\n").unwrap();
+        std::fs::write(
+            db.join("ca.cnf"),
+            "[ca]\ndefault_ca = d\n[d]\ndatabase = cadb/index.txt\nnew_certs_dir = cadb\nserial = cadb/serial\ndefault_md = sha256\npolicy = p\n[p]\ncommonName = supplied\n",
+        )
+        .unwrap();
+        self.openssl(&[
+            "ca",
+            "-batch",
+            "-config",
+            "cadb/ca.cnf",
+            "-cert",
+            "ca.pem",
+            "-keyfile",
+            "ca.key",
+            "-in",
+            &format!("{name}.csr"),
+            "-startdate",
+            "20990101000000Z",
+            "-enddate",
+            "20990201000000Z",
+            "-out",
+            &format!("{name}.pem"),
+        ]);
+    }
+
     /// The service's `[service.tls]` with the main leaf, plus `extra` lines.
     fn tls_table(&self, extra: &str) -> String {
         format!(
@@ -309,9 +351,12 @@ fn s_client_tls12_and_tls13_get_the_variables_sni_and_alpn() {
             assert_eq!(env[3], "http/1.1");
         }
     }
-    // A name no certificate is for gets the service's own.
-    let out = s_client(port, &pki, &["-servername", "nope.example.org"]);
-    assert!(out.contains("subject=CN = localhost"), "{out}");
+    // A name no certificate is for gets the service's own; a wildcard
+    // covers one label only.
+    for name in ["nope.example.org", "a.b.c.example.org", "c.example.org"] {
+        let out = s_client(port, &pki, &["-servername", name]);
+        assert!(out.contains("subject=CN = localhost"), "{name}: {out}");
+    }
     drop(d);
 }
 
@@ -706,6 +751,7 @@ fn check_reads_every_certificate_and_key() {
         "serverAuth",
         2,
     );
+    pki.future_leaf("future");
     let leaf = pki.path("leaf.pem");
     // A certificate where the key should be (private, so only its content is wrong).
     let not_a_key = pki.path("not-a-key.pem");
@@ -715,7 +761,7 @@ fn check_reads_every_certificate_and_key() {
         std::os::unix::fs::PermissionsExt::from_mode(0o600),
     )
     .unwrap();
-    let cases: Vec<(String, &str)> = vec![
+    let mut cases: Vec<(String, &str)> = vec![
         (
             format!(
                 "[service.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
@@ -744,11 +790,20 @@ fn check_reads_every_certificate_and_key() {
             "w.toml:7: ",
         ),
     ];
+    cases.push((
+        format!(
+            "[service.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            pki.path("future.pem"),
+            pki.path("future.key")
+        ),
+        "w.toml:6: ",
+    ));
     let wants = [
         "missing.pem: cannot read",
         "other.key: this key does not belong to the certificate",
         "expired.pem: the certificate expired on",
         "holds no PEM private key",
+        "future.pem: the certificate is not valid before",
     ];
     for ((tls, at), want) in cases.iter().zip(wants) {
         let c = check("w.toml", config(443, r#"["/bin/cat"]"#, tls).as_bytes());
