@@ -52,10 +52,13 @@ where
     let (mut client_rx, mut client_tx) = tokio::io::split(client);
     let mut truncated = false;
     let upstream = async {
-        let mut buf = vec![0u8; BUF_SIZE];
+        // Filled by read_buf, never zeroed: an idle session's buffer pages
+        // are never touched, so they cost no resident memory.
+        let mut buf = Vec::with_capacity(BUF_SIZE);
         let mut total = 0u64;
         loop {
-            let n = match with_idle(idle, client_rx.read(&mut buf)).await {
+            buf.clear();
+            let n = match with_idle(idle, client_rx.read_buf(&mut buf)).await {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
                     truncated = true;
@@ -78,10 +81,13 @@ where
         io::Result::Ok(total)
     };
     let downstream = async {
-        let mut buf = vec![0u8; BUF_SIZE];
+        // Filled by read_buf, never zeroed: an idle session's buffer pages
+        // are never touched, so they cost no resident memory.
+        let mut buf = Vec::with_capacity(BUF_SIZE);
         let mut total = 0u64;
         loop {
-            let n = from_program.read(&mut buf).await?;
+            buf.clear();
+            let n = from_program.read_buf(&mut buf).await?;
             if n == 0 {
                 break;
             }
