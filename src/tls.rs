@@ -55,21 +55,15 @@ pub fn build(settings: &TlsSettings) -> Result<Terminator, Vec<ConfigError>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut errors = Vec::new();
     let default = certified_key(&settings.cert, &settings.key, &provider, &mut errors);
-    let mut resolver = SniResolver {
-        default: None,
-        exact: HashMap::new(),
-        wildcard: HashMap::new(),
-    };
+    let (mut exact, mut wildcard) = (HashMap::new(), HashMap::new());
     for sni in &settings.sni {
         let Some(key) = certified_key(&sni.cert, &sni.key, &provider, &mut errors) else {
             continue;
         };
         for name in &sni.names {
             match name.strip_prefix("*.") {
-                Some(suffix) => resolver
-                    .wildcard
-                    .insert(suffix.to_string(), Arc::clone(&key)),
-                None => resolver.exact.insert(name.clone(), Arc::clone(&key)),
+                Some(suffix) => wildcard.insert(suffix.to_string(), Arc::clone(&key)),
+                None => exact.insert(name.clone(), Arc::clone(&key)),
             };
         }
     }
@@ -112,7 +106,11 @@ pub fn build(settings: &TlsSettings) -> Result<Terminator, Vec<ConfigError>> {
     if !errors.is_empty() {
         return Err(errors);
     }
-    resolver.default = Some(default);
+    let resolver = SniResolver {
+        default,
+        exact,
+        wildcard,
+    };
     let versions: &[&rustls::SupportedProtocolVersion] = match settings.min_version {
         TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         TlsVersion::V1_3 => &[&rustls::version::TLS13],
@@ -276,7 +274,7 @@ fn leaf_valid_now(leaf: &CertificateDer<'_>) -> Result<(), String> {
 /// wildcard for the first label, then the service's own certificate.
 #[derive(Debug)]
 struct SniResolver {
-    default: Option<Arc<CertifiedKey>>,
+    default: Arc<CertifiedKey>,
     exact: HashMap<String, Arc<CertifiedKey>>,
     /// Keyed by what follows `*.`.
     wildcard: HashMap<String, Arc<CertifiedKey>>,
@@ -295,7 +293,7 @@ impl ResolvesServerCert for SniResolver {
                 return Some(Arc::clone(k));
             }
         }
-        self.default.clone()
+        Some(Arc::clone(&self.default))
     }
 }
 
