@@ -854,3 +854,95 @@ fn tls_under_wine_echoes_one_mib_byte_exact_with_close_notify_both_ways() {
     assert!(back == data, "echo differs");
     d.wait_log("status=exit code: 0", Duration::from_secs(30));
 }
+
+/// PROXY protocol on Windows: the header is consumed exactly (direct and
+/// pipe), the program sees the client from it, byte-by-byte headers work,
+/// and malformed, foreign and silent peers start nothing.
+#[test]
+#[ignore = "needs Wine and the Windows build; run by scripts/test.sh"]
+fn proxy_headers_are_read_exactly_and_bad_ones_start_nothing() {
+    let [direct, pipe, env, other] = [free_port(), free_port(), free_port(), free_port()];
+    let echo = example("stdio_echo");
+    let proxy = "proxy_protocol = \"any\"\nproxy_from = [\"127.0.0.1\"]\nproxy_timeout = 3";
+    let d = Daemon::start(
+        "w.toml",
+        &format!(
+            "[[service]]\nport = {direct}\nbind = [\"127.0.0.1\"]\nhandoff = \"direct\"\ncommand = '{echo}'\n{proxy}\n\
+             [[service]]\nport = {pipe}\nbind = [\"127.0.0.1\"]\nhandoff = \"pipe\"\ncommand = '{echo}'\n{proxy}\n\
+             [[service]]\nport = {env}\nbind = [\"127.0.0.1\"]\ncommand = 'cmd.exe /c echo %CLIENT_IP% %CLIENT_PORT% %TCPLOCALPORT% %PROXY_PEER_IP% %PROXY_VERSION%'\n{proxy}\n\
+             [[service]]\nport = {other}\nbind = [\"127.0.0.1\"]\ncommand = 'cmd.exe /c echo started'\nproxy_protocol = \"v1\"\nproxy_from = [\"127.0.0.2\"]\n"
+        ),
+        &[],
+    );
+    let v2 = {
+        let mut h = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+        h.extend_from_slice(&[192, 0, 2, 5, 198, 51, 100, 6]);
+        h.extend_from_slice(&[0x1f, 0x90, 0x01, 0xbb]); // 8080 → 443
+        h
+    };
+    let v1 = b"PROXY TCP4 192.0.2.9 198.51.100.1 5555 25\r\n".to_vec();
+    for port in [direct, pipe] {
+        for (header, chunk) in [(&v1, 1000), (&v2, 1000), (&v1, 1), (&v2, 3)] {
+            let mut s = connect(port);
+            s.set_nodelay(true).unwrap();
+            for piece in header.chunks(chunk) {
+                s.write_all(piece).unwrap();
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            s.write_all(b"PROXY payload\r\n").unwrap();
+            s.shutdown(Shutdown::Write).unwrap();
+            assert_eq!(
+                read_all(&mut s),
+                b"PROXY payload\r\n",
+                "port {port}, chunks of {chunk}"
+            );
+        }
+    }
+    let mut s = connect(env);
+    s.write_all(&v2).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(
+        String::from_utf8(read_all(&mut s)).unwrap(),
+        "192.0.2.5 8080 443 127.0.0.1 2\r\n"
+    );
+    d.wait_log("via=127.0.0.1:", Duration::from_secs(10));
+    let started = d.log().matches(" started ").count();
+
+    // Malformed, from outside proxy_from, or silent: nothing starts.
+    for bad in [
+        &b"PROXY TCP4 1.2.3.4 5.6.7.8 080 1\r\n"[..],
+        b"GET / HTTP/1.0\r\n\r\n",
+    ] {
+        let mut s = connect(env);
+        s.write_all(bad).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        assert!(read_all(&mut s).is_empty());
+    }
+    let mut s = connect(other);
+    let _ = s.write_all(&v1);
+    assert!(read_all(&mut s).is_empty());
+    d.wait_log("peer is not in proxy_from", Duration::from_secs(10));
+    let silent = Instant::now();
+    let mut quiet = connect(env);
+    let mut s = connect(direct);
+    s.write_all(&[&v1[..], b"meanwhile"].concat()).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(
+        read_all(&mut s),
+        b"meanwhile",
+        "served while a silent peer waits"
+    );
+    assert!(read_all(&mut quiet).is_empty());
+    let waited = silent.elapsed();
+    assert!(
+        waited >= Duration::from_millis(2500) && waited < Duration::from_secs(20),
+        "the silent peer was dropped after {waited:?}"
+    );
+    d.wait_log("within proxy_timeout (3 s)", Duration::from_secs(10));
+    assert_eq!(
+        d.log().matches(" started ").count(),
+        started + 1,
+        "{}",
+        d.log()
+    );
+}

@@ -3,7 +3,8 @@
 //! `tcp`, so refused clients cost no handshake). Each
 //! such connection gets its own task and one deadline, so a slow or silent
 //! peer never stalls the accept loop, and nothing starts before the stage
-//! succeeds.
+//! succeeds. A header that is already in at accept (the usual case) is
+//! read on the spot instead, with no task, timer or event-loop work.
 //!
 //! Waiting connections are bounded: at most `max_connections` in the whole
 //! daemon and at most the service's `max_instances` (else
@@ -11,12 +12,11 @@
 //! limits already count. A connection over either bound is closed at once.
 
 use std::borrow::Cow;
+use std::io::Read as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
-
-use std::io::Read as _;
 
 use tokio::io::AsyncReadExt as _;
 use tokio::net::TcpStream;
@@ -25,8 +25,8 @@ use tracing::{info, warn};
 use super::tcp::{Conn, hand_off_tcp, into_tokio};
 use super::{Active, Ctx, refused};
 use crate::config::{Program, ProxyVersion, canonical_ip};
-use crate::internal;
 use crate::proxy::{self, Parse};
+use crate::{internal, os};
 
 /// A count of connections in the stage, with its bound.
 #[derive(Debug)]
@@ -164,11 +164,11 @@ fn at_once(
     version: ProxyVersion,
 ) -> Result<Option<proxy::Header>, Cow<'static, str>> {
     let io = |e: std::io::Error| Cow::Owned(e.to_string());
-    stream.set_nonblocking(true).map_err(io)?;
     let mut peeked = [0u8; 512];
-    let found = match stream.peek(&mut peeked) {
+    match os::peek_now(stream, &mut peeked) {
         Ok(0) => Err("the peer closed before the header ended".into()),
         Ok(n) => match proxy::parse(&peeked[..n], version) {
+            // Already in: this read returns at once.
             Parse::Header(h) => (&*stream)
                 .read_exact(&mut peeked[..h.len])
                 .map(|()| Some(*h))
@@ -178,9 +178,7 @@ fn at_once(
         },
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
         Err(e) => Err(io(e)),
-    };
-    stream.set_nonblocking(false).map_err(io)?;
-    found
+    }
 }
 
 /// Reads exactly the header: each read takes only bytes known to belong
