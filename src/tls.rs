@@ -21,7 +21,6 @@ use rustls::{ProtocolVersion, RootCertStore, ServerConfig, ServerConnection};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
@@ -30,15 +29,11 @@ use crate::config::{ClientCert, ConfigError, Located, TlsSettings, TlsVersion};
 /// Sessions a service remembers for resumption by session ID (TLS 1.2
 /// clients without tickets); each entry is a few hundred bytes.
 const SESSION_CACHE_ENTRIES: usize = 1024;
-/// Handshakes a service works on at once; more wait (within their
-/// deadline) so a flood costs queued sockets, not rustls state.
-const CONCURRENT_HANDSHAKES: usize = 256;
 
 /// A TLS service's fixed part: its rustls config and handshake bounds.
 pub struct Terminator {
     acceptor: TlsAcceptor,
     handshake_timeout: Duration,
-    handshakes: Semaphore,
 }
 
 impl fmt::Debug for Terminator {
@@ -142,7 +137,6 @@ pub fn build(settings: &TlsSettings) -> Result<Terminator, Vec<ConfigError>> {
     Ok(Terminator {
         acceptor: TlsAcceptor::from(Arc::new(config)),
         handshake_timeout: Duration::from_secs(settings.handshake_timeout.into()),
-        handshakes: Semaphore::new(CONCURRENT_HANDSHAKES),
     })
 }
 
@@ -306,16 +300,16 @@ pub struct HandshakeFailure {
 }
 
 impl Terminator {
-    /// The handshake, within `handshake_timeout` (waiting for a turn
-    /// included); the session and the variables the program gets.
+    /// The handshake, within `handshake_timeout`; the session and the
+    /// variables the program gets.
     pub async fn accept(
         &self,
         stream: TcpStream,
     ) -> Result<(TlsStream<TcpStream>, Vec<(String, String)>), HandshakeFailure> {
-        let work = async {
-            let _turn = self.handshakes.acquire().await;
-            self.acceptor.accept(stream).await
-        };
+        // No queue: a handshake waits for its client only, never for other
+        // handshakes, so silent clients cannot hold back a real one. What
+        // bounds them is admission (each holds its slot) and this deadline.
+        let work = self.acceptor.accept(stream);
         match tokio::time::timeout(self.handshake_timeout, work).await {
             Err(_) => Err(HandshakeFailure {
                 class: "timed out",

@@ -969,3 +969,37 @@ fn a_held_tls_session_costs_little_resident_memory() {
     );
     drop(held);
 }
+
+#[test]
+fn hundreds_of_silent_clients_never_make_a_real_one_wait() {
+    let pki = Pki::new();
+    let port = free_port();
+    let d = Daemon::start(
+        "w.toml",
+        &config(
+            port,
+            r#"["/bin/cat"]"#,
+            &pki.tls_table("handshake_timeout = 20\n"),
+        ),
+        &[],
+    );
+    let cfg = pki.client_config();
+    runtime().block_on(async {
+        // Connected, admitted, and silent: each is a handshake in progress.
+        let mut silent = Vec::new();
+        for _ in 0..300 {
+            silent.push(TcpStream::connect(("127.0.0.1", port)).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let started = Instant::now();
+        let mut s = tls_connect(port, &cfg).await.unwrap();
+        echo(&mut s, b"served").await;
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(10),
+            "a real client waited {took:?} behind silent ones"
+        );
+        drop(silent);
+    });
+    assert_eq!(d.started(), 1);
+}
