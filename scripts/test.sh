@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests drive: real third-party servers and clients.
 packages=(rsync git tftpd-hpa tftp-hpa curl xinetd python3 netbase tcpd
-          libbsd0 libevent-2.1-7 libtirpc3 libwrap0)
+          libbsd0 libevent-2.1-7 libtirpc3 libwrap0
+          haproxy nginx libnginx-mod-stream openssl gnutls-bin)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

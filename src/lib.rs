@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod convert;
 pub mod os;
+pub mod proxy;
 
 mod admission;
 mod children;
@@ -21,6 +22,7 @@ mod listener;
 mod logging;
 mod relay;
 mod server;
+mod tls;
 mod udp_guard;
 
 use std::process::ExitCode;
@@ -78,6 +80,21 @@ fn check(cli: &cli::Cli) -> ExitCode {
         Ok(cfg) => {
             for w in cfg.warnings.iter().chain(&os::unknown_accounts(&cfg)) {
                 eprintln!("{w}");
+            }
+            // Certificates and keys are read as a start or reload would.
+            let tls_errors: Vec<config::ConfigError> = cfg
+                .services
+                .iter()
+                .filter_map(|s| s.tls.as_ref())
+                .filter_map(|t| tls::build(t).err())
+                .flatten()
+                .collect();
+            if !tls_errors.is_empty() {
+                for e in &tls_errors {
+                    eprintln!("{e}");
+                }
+                eprintln!("{}: {} error(s)", cli.cfgfile.display(), tls_errors.len());
+                return ExitCode::FAILURE;
             }
             println!(
                 "{}: OK, {} service(s)",

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{pattern, read_all};
+use rustls_pki_types::pem::PemObject as _;
 
 /// The Windows exe under test.
 fn exe() -> PathBuf {
@@ -768,4 +769,265 @@ fn service_stop_leaves_programs_running_unless_kill_on_stop() {
     assert!(read_all(&mut doomed).is_empty(), "the program was ended");
     assert!(started.elapsed() < Duration::from_secs(20));
     assert!(run(&[exe, "--remove"]).status.success());
+}
+
+/// An ECDSA P-256 CA and a leaf for localhost, made with openssl in `dir`.
+fn make_tls_certs(dir: &Path) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("openssl (package openssl)");
+        assert!(out.status.success(), "openssl {args:?}: {}", text(&out));
+    };
+    for key in ["ca.key", "leaf.key"] {
+        openssl(&[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            key,
+        ]);
+    }
+    openssl(&[
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        "ca.key",
+        "-subj",
+        "/CN=Wine CA",
+        "-days",
+        "2",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+        "-out",
+        "ca.pem",
+    ]);
+    openssl(&[
+        "req",
+        "-new",
+        "-key",
+        "leaf.key",
+        "-subj",
+        "/CN=localhost",
+        "-out",
+        "leaf.csr",
+    ]);
+    std::fs::write(dir.join("leaf.ext"), "subjectAltName=DNS:localhost\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-set_serial",
+        "1",
+        "-days",
+        "2",
+        "-extfile",
+        "leaf.ext",
+        "-out",
+        "leaf.pem",
+    ]);
+}
+
+fn tls_config(port: u16, command: &str, dir: &Path) -> String {
+    format!(
+        "[[service]]\nport = {port}\nbind = [\"127.0.0.1\"]\ncommand = {command}\n[service.tls]\ncert = '{}'\nkey = '{}'\n",
+        win_path(&dir.join("leaf.pem")),
+        win_path(&dir.join("leaf.key"))
+    )
+}
+
+#[test]
+#[ignore = "needs Wine and the Windows build; run by scripts/test.sh"]
+fn tls_under_wine_serves_openssl_and_tells_the_program_the_session() {
+    let certs = tempfile::tempdir().unwrap();
+    make_tls_certs(certs.path());
+    let port = free_port();
+    let command = "\"cmd.exe /c echo TLS %SSL_PROTOCOL% %SSL_TLS_SNI_SERVERNAME% %CLIENT_IP%\"";
+    let d = Daemon::start("w.toml", &tls_config(port, command, certs.path()), &[]);
+    let out = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+            "-servername",
+            "localhost",
+        ])
+        .arg("-CAfile")
+        .arg(certs.path().join("ca.pem"))
+        .args(["-ign_eof", "-tls1_3"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl s_client (package openssl)");
+    let shown = text(&out);
+    assert!(shown.contains("Verify return code: 0 (ok)"), "{shown}");
+    assert!(
+        shown.contains("TLS TLSv1.3 localhost 127.0.0.1"),
+        "{shown}\n{}",
+        d.log()
+    );
+}
+
+#[test]
+#[ignore = "needs Wine and the Windows build; run by scripts/test.sh"]
+fn tls_under_wine_echoes_one_mib_byte_exact_with_close_notify_both_ways() {
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let certs = tempfile::tempdir().unwrap();
+    make_tls_certs(certs.path());
+    let port = free_port();
+    let echo = format!("{:?}", example("stdio_echo"));
+    let d = Daemon::start("w.toml", &tls_config(port, &echo, certs.path()), &[]);
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = std::fs::read(certs.path().join("ca.pem")).unwrap();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(&ca) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    );
+    let data = pattern(1 << 20, 13);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let back = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let s = tokio_rustls::TlsConnector::from(cfg)
+            .connect(
+                rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+                tcp,
+            )
+            .await
+            .unwrap();
+        let (mut rx, mut tx) = tokio::io::split(s);
+        let sent = data.clone();
+        let writer = async move {
+            tx.write_all(&sent).await.unwrap();
+            tx.shutdown().await.unwrap(); // close_notify, then FIN
+        };
+        let reader = async {
+            let mut back = Vec::new();
+            tokio::time::timeout(Duration::from_secs(60), rx.read_to_end(&mut back))
+                .await
+                .expect("the echo completes")
+                .expect("it ends with close_notify");
+            back
+        };
+        tokio::join!(writer, reader).1
+    });
+    assert_eq!(back.len(), data.len());
+    assert!(back == data, "echo differs");
+    d.wait_log("status=exit code: 0", Duration::from_secs(30));
+}
+
+/// PROXY protocol on Windows: the header is consumed exactly (direct and
+/// pipe), the program sees the client from it, byte-by-byte headers work,
+/// and malformed, foreign and silent peers start nothing.
+#[test]
+#[ignore = "needs Wine and the Windows build; run by scripts/test.sh"]
+fn proxy_headers_are_read_exactly_and_bad_ones_start_nothing() {
+    let [direct, pipe, env, other] = [free_port(), free_port(), free_port(), free_port()];
+    let echo = example("stdio_echo");
+    let proxy = "proxy_protocol = \"any\"\nproxy_from = [\"127.0.0.1\"]\nproxy_timeout = 3";
+    let d = Daemon::start(
+        "w.toml",
+        &format!(
+            "[[service]]\nport = {direct}\nbind = [\"127.0.0.1\"]\nhandoff = \"direct\"\ncommand = '{echo}'\n{proxy}\n\
+             [[service]]\nport = {pipe}\nbind = [\"127.0.0.1\"]\nhandoff = \"pipe\"\ncommand = '{echo}'\n{proxy}\n\
+             [[service]]\nport = {env}\nbind = [\"127.0.0.1\"]\ncommand = 'cmd.exe /c echo %CLIENT_IP% %CLIENT_PORT% %TCPLOCALPORT% %PROXY_PEER_IP% %PROXY_VERSION%'\n{proxy}\n\
+             [[service]]\nport = {other}\nbind = [\"127.0.0.1\"]\ncommand = 'cmd.exe /c echo started'\nproxy_protocol = \"v1\"\nproxy_from = [\"127.0.0.2\"]\n"
+        ),
+        &[],
+    );
+    let v2 = {
+        let mut h = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+        h.extend_from_slice(&[192, 0, 2, 5, 198, 51, 100, 6]);
+        h.extend_from_slice(&[0x1f, 0x90, 0x01, 0xbb]); // 8080 → 443
+        h
+    };
+    let v1 = b"PROXY TCP4 192.0.2.9 198.51.100.1 5555 25\r\n".to_vec();
+    for port in [direct, pipe] {
+        for (header, chunk) in [(&v1, 1000), (&v2, 1000), (&v1, 1), (&v2, 3)] {
+            let mut s = connect(port);
+            s.set_nodelay(true).unwrap();
+            for piece in header.chunks(chunk) {
+                s.write_all(piece).unwrap();
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            s.write_all(b"PROXY payload\r\n").unwrap();
+            s.shutdown(Shutdown::Write).unwrap();
+            assert_eq!(
+                read_all(&mut s),
+                b"PROXY payload\r\n",
+                "port {port}, chunks of {chunk}"
+            );
+        }
+    }
+    let mut s = connect(env);
+    s.write_all(&v2).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(
+        String::from_utf8(read_all(&mut s)).unwrap(),
+        "192.0.2.5 8080 443 127.0.0.1 2\r\n"
+    );
+    d.wait_log("via=127.0.0.1:", Duration::from_secs(10));
+    let started = d.log().matches(" started ").count();
+
+    // Malformed, from outside proxy_from, or silent: nothing starts.
+    for bad in [
+        &b"PROXY TCP4 1.2.3.4 5.6.7.8 080 1\r\n"[..],
+        b"GET / HTTP/1.0\r\n\r\n",
+    ] {
+        let mut s = connect(env);
+        s.write_all(bad).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        assert!(read_all(&mut s).is_empty());
+    }
+    let mut s = connect(other);
+    let _ = s.write_all(&v1);
+    assert!(read_all(&mut s).is_empty());
+    d.wait_log("peer is not in proxy_from", Duration::from_secs(10));
+    let silent = Instant::now();
+    let mut quiet = connect(env);
+    let mut s = connect(direct);
+    s.write_all(&[&v1[..], b"meanwhile"].concat()).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(
+        read_all(&mut s),
+        b"meanwhile",
+        "served while a silent peer waits"
+    );
+    assert!(read_all(&mut quiet).is_empty());
+    let waited = silent.elapsed();
+    assert!(
+        waited >= Duration::from_millis(2500) && waited < Duration::from_secs(20),
+        "the silent peer was dropped after {waited:?}"
+    );
+    d.wait_log("within proxy_timeout (3 s)", Duration::from_secs(10));
+    assert_eq!(
+        d.log().matches(" started ").count(),
+        started + 1,
+        "{}",
+        d.log()
+    );
 }

@@ -39,6 +39,8 @@ pub(super) fn parse(file: &str, bytes: &[u8]) -> Result<Config, ConfigErrors> {
                 pass_env: None,
                 group: None,
                 argv0: None,
+                tls: None,
+                proxy: None,
             }),
             Err(message) => errors.push(ConfigError { location, message }),
         }

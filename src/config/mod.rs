@@ -7,6 +7,7 @@
 mod classic;
 mod extended;
 mod secret;
+mod tls;
 
 mod inetd;
 mod services;
@@ -14,6 +15,7 @@ pub mod toml_out;
 pub mod xinetd;
 
 pub use secret::{Password, Secret};
+pub use tls::{ClientCert, DEFAULT_HANDSHAKE_TIMEOUT, Located, SniCert, TlsSettings, TlsVersion};
 
 pub use services::ServiceTable;
 pub use toml_out::to_toml;
@@ -176,6 +178,10 @@ pub struct Service {
     pub group: Option<String>,
     /// argv[0] when it is not the program (inetd.conf, xinetd NAMEINARGS).
     pub argv0: Option<String>,
+    /// `[service.tls]`: wininetd terminates TLS and relays plain bytes.
+    pub tls: Option<TlsSettings>,
+    /// A PROXY protocol header is required on every connection.
+    pub proxy: Option<ProxyProtocol>,
 }
 
 impl Service {
@@ -399,6 +405,28 @@ impl Rate {
             per_second: f64::from(n) / secs,
         })
     }
+}
+
+/// `proxy_protocol`, `proxy_from`, `proxy_timeout`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyProtocol {
+    pub version: ProxyVersion,
+    /// The balancers allowed to send a header; any other peer is refused
+    /// before a byte is read.
+    pub from: Vec<IpNet>,
+    /// Seconds to receive the whole header.
+    pub timeout: u32,
+}
+
+/// Default for `proxy_timeout`, in seconds.
+pub const DEFAULT_PROXY_TIMEOUT: u32 = 5;
+
+/// Which PROXY header versions a service accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyVersion {
+    V1,
+    V2,
+    Any,
 }
 
 /// Source address rules: `deny` wins; a non-empty `allow` refuses the rest.

@@ -14,15 +14,17 @@ use crate::config::{self, Protocol};
 use crate::os::{self, ChildStdio, LaunchSpec};
 
 /// Launches the program and records it for the reaper; logs either way.
+/// `client` is the peer and the balancer it came through (PROXY).
 pub(super) fn launch(
     ctx: &Arc<Ctx>,
     active: &Active,
     env: &[(String, String)],
     stdio: ChildStdio,
-    peer: SocketAddr,
+    client: (SocketAddr, Option<SocketAddr>),
     lease: Lease,
     logon: Option<os::Logon>,
 ) -> Option<os::Launched> {
+    let (peer, via) = client;
     let svc = &active.svc;
     let template = active.exec.as_ref()?;
     let spec = LaunchSpec {
@@ -34,7 +36,7 @@ pub(super) fn launch(
     };
     match os::launch(&spec, stdio) {
         Ok(mut launched) => {
-            info!(service = %svc.name, port = svc.port, %peer, pid = launched.id, "started");
+            info!(service = %svc.name, port = svc.port, %peer, via = via.map(tracing::field::display), pid = launched.id, "started");
             if let Some(stderr) = launched.stderr.take() {
                 tokio::spawn(log_stderr(svc.name.clone(), launched.id, stderr));
             }
@@ -50,7 +52,7 @@ pub(super) fn launch(
         }
         Err(os::LaunchError::Quiet) => None,
         Err(e) => {
-            error!(service = %svc.name, %peer, "{e}");
+            error!(service = %svc.name, %peer, via = via.map(tracing::field::display), "{e}");
             None
         }
     }

@@ -29,6 +29,7 @@ use crate::relay::PipeBudget;
 use crate::udp_guard::{Dropped, UdpGuard};
 
 mod handoff;
+mod prespawn;
 mod reload;
 mod tcp;
 mod udp;
@@ -132,6 +133,10 @@ struct Active {
     udp_ports: Arc<[u16]>,
     /// What is fixed for starting its program (`None`: an internal service).
     exec: Option<os::ExecTemplate>,
+    /// `[service.tls]`, built from its files when the config was applied.
+    tls: Option<Arc<crate::tls::Terminator>>,
+    /// Its connections waiting in the pre-spawn stage.
+    waiting: Arc<prespawn::Waiting>,
 }
 
 struct Listening {
@@ -148,6 +153,8 @@ struct Ctx {
     udp_drops: Mutex<RefusalLog<Dropped>>,
     /// What widened relay pipes may hold, all sessions together.
     pipe_budget: Arc<PipeBudget>,
+    /// Connections waiting in the pre-spawn stage, all services together.
+    waiting: Arc<prespawn::Waiting>,
 }
 
 impl Ctx {
@@ -177,6 +184,7 @@ impl Server {
                 refusals: Mutex::new(RefusalLog::default()),
                 udp_drops: Mutex::new(RefusalLog::default()),
                 pipe_budget: PipeBudget::new(first.globals.pipe_budget),
+                waiting: prespawn::Waiting::new(max),
             }),
             listeners: HashMap::new(),
             gates: HashMap::new(),
@@ -209,14 +217,35 @@ fn seconds(s: Option<u32>) -> Option<Duration> {
 /// Logs a refusal, at most once per service and source per few seconds,
 /// and one summary per window for sources beyond the log's table.
 fn refused(ctx: &Ctx, active: &Active, ip: IpAddr, why: Refusal) {
-    let source = ctx.global.source(ip);
+    refused_because(ctx, active, ip, why, None);
+}
+
+/// [`refused`], with what went wrong in detail (a PROXY parse error, a TLS
+/// alert) for the line that names this source.
+fn refused_because(
+    ctx: &Ctx,
+    active: &Active,
+    ip: IpAddr,
+    why: Refusal,
+    detail: Option<&dyn std::fmt::Display>,
+) {
+    let this = ctx.global.source(ip);
     let mut log = ctx.refusals.lock().unwrap_or_else(|p| p.into_inner());
     log.note(
         active.gate.name(),
-        source,
+        this,
         why,
         Instant::now(),
         |line| match line {
+            RefusalLine::Source {
+                service,
+                source,
+                why,
+                count,
+            } if source == this && detail.is_some() => {
+                let detail = detail.map_or(String::new(), |d| d.to_string());
+                warn!(%service, %source, refused = count, "refused: {why}: {detail}")
+            }
             RefusalLine::Source {
                 service,
                 source,

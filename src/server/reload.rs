@@ -9,7 +9,9 @@ use tracing::{error, info, warn};
 
 use super::tcp::accept_tcp;
 use super::udp::serve_udp;
-use super::{Active, EXIT_BIND, EXIT_CONFIG, EXIT_USERS, Key, Listening, Server, seconds};
+use super::{
+    Active, EXIT_BIND, EXIT_CONFIG, EXIT_USERS, Key, Listening, Server, prespawn, seconds,
+};
 use crate::admission::{Gate, fair_floor};
 use crate::config::{self, Config, Handoff, Program, Protocol, RunAs, Secret, Service};
 use crate::listener::{self, Bound};
@@ -58,6 +60,25 @@ impl Server {
         }
         warn_ignored_passwords(&config);
 
+        // Every certificate and key is read now, before anything changes:
+        // a bad one rejects the whole config.
+        let mut terminators = HashMap::new();
+        let mut tls_errors = Vec::new();
+        for svc in &config.services {
+            if let Some(settings) = &svc.tls {
+                match crate::tls::build(settings) {
+                    Ok(t) => {
+                        terminators.insert(svc.name.clone(), Arc::new(t));
+                    }
+                    Err(errors) => tls_errors.extend(errors),
+                }
+            }
+        }
+        if !tls_errors.is_empty() {
+            let lines: Vec<String> = tls_errors.iter().map(|e| e.to_string()).collect();
+            return Err((EXIT_CONFIG, lines.join("\n")));
+        }
+
         // What should listen, and with which settings.
         let mut udp_ports: Vec<u16> = config
             .services
@@ -103,18 +124,29 @@ impl Server {
                 }
                 Program::Internal(_) => None,
             };
+            let tls = terminators.remove(&svc.name);
             let active = Arc::new(Active {
                 exec,
-                handoff: svc
-                    .handoff
-                    .or(self.opts.handoff)
-                    .unwrap_or_else(Handoff::platform_default),
+                // TLS is relayed: the program cannot hold the session.
+                handoff: if tls.is_some() {
+                    Handoff::Pipe
+                } else {
+                    svc.handoff
+                        .or(self.opts.handoff)
+                        .unwrap_or_else(Handoff::platform_default)
+                },
                 timeout: seconds(svc.timeout.or(self.opts.timeout).or(config.globals.timeout)),
                 linger: seconds(self.opts.linger_timeout.or(config.globals.linger_timeout)),
+                waiting: prespawn::Waiting::new(
+                    svc.limits
+                        .max_instances
+                        .unwrap_or(config.globals.max_connections),
+                ),
                 gate,
                 svc,
                 udp_guard,
                 udp_ports: Arc::clone(&udp_ports),
+                tls,
             });
             for addr in active.svc.addrs() {
                 wanted.insert((active.svc.protocol, addr), Arc::clone(&active));
@@ -223,6 +255,7 @@ impl Server {
                 gate.set_floor(0);
             }
         }
+        self.ctx.waiting.set_max(config.globals.max_connections);
         self.gates = gates;
         self.udp_guards = udp_guards;
         Ok(())

@@ -11,8 +11,8 @@ use tracing::{error, info, warn};
 
 use super::handoff::{connection_env, launch};
 use super::wait::{WAIT_RETRY_PAUSE, run_wait_program};
-use super::{Active, Ctx, refused};
-use crate::admission::Lease;
+use super::{Active, Ctx, prespawn, refused, refused_because};
+use crate::admission::{Lease, Refusal};
 use crate::config::{Handoff, Program, Protocol};
 use crate::listener::{self, Acceptor};
 use crate::os::{self, ChildStdio};
@@ -64,6 +64,10 @@ pub(super) async fn accept_tcp(
             }
         };
         let active = active.borrow().clone();
+        if prespawn::needed(&active) {
+            prespawn::start(&ctx, active, stream, peer);
+            continue;
+        }
         let lease = match active.gate.admit(peer.ip()) {
             Ok(l) => l,
             Err(why) => {
@@ -93,21 +97,15 @@ pub(super) async fn accept_tcp(
                     );
                 });
             }
-            // A logon (Windows USER services) may wait on a domain
-            // controller: it runs off this loop, and only this connection
-            // waits for it.
-            Program::Command(_) => match os::logon_pending(&active.svc.user) {
-                None => hand_off_tcp(&ctx, &active, stream, peer, lease, None),
-                Some(pending) => {
-                    let ctx = Arc::clone(&ctx);
-                    tokio::spawn(async move {
-                        match pending.await {
-                            Ok(l) => hand_off_tcp(&ctx, &active, stream, peer, lease, Some(l)),
-                            Err(e) => error!(service = %active.svc.name, %peer, "{e}"),
-                        }
-                    });
-                }
-            },
+            Program::Command(_) => {
+                let conn = Conn {
+                    peer,
+                    local: stream.local_addr().ok(),
+                    via: None,
+                    extra: Vec::new(),
+                };
+                hand_off_tcp(&ctx, &active, stream, conn, lease)
+            }
         }
     }
 }
@@ -183,18 +181,59 @@ async fn accept_one(listener: &Acceptor) -> Option<(std::net::TcpStream, SocketA
         .ok()
 }
 
-/// Starts the service's program on an accepted connection.
-fn hand_off_tcp(
+/// Who is at the other end of a connection, as its program is told.
+pub(super) struct Conn {
+    /// The client: the socket's peer, or the one a PROXY header names.
+    pub peer: SocketAddr,
+    /// The address the client connected to.
+    pub local: Option<SocketAddr>,
+    /// The load balancer that sent a PROXY header.
+    pub via: Option<SocketAddr>,
+    /// Variables on top of the connection's usual ones.
+    pub extra: Vec<(String, String)>,
+}
+
+/// Starts the service's program on an admitted connection. A logon
+/// (Windows USER services) may wait on a domain controller: it runs off
+/// this loop, and only this connection waits for it.
+pub(super) fn hand_off_tcp(
     ctx: &Arc<Ctx>,
-    active: &Active,
+    active: &Arc<Active>,
     stream: std::net::TcpStream,
-    peer: SocketAddr,
+    conn: Conn,
+    lease: Lease,
+) {
+    match os::logon_pending(&active.svc.user) {
+        None => start_program(ctx, active, stream, conn, lease, None),
+        Some(pending) => {
+            let (ctx, active) = (Arc::clone(ctx), Arc::clone(active));
+            tokio::spawn(async move {
+                match pending.await {
+                    Ok(l) => start_program(&ctx, &active, stream, conn, lease, Some(l)),
+                    Err(e) => error!(service = %active.svc.name, peer = %conn.peer, "{e}"),
+                }
+            });
+        }
+    }
+}
+
+/// The program, on the socket itself (`direct`), or relayed: through
+/// pipes, or TLS.
+fn start_program(
+    ctx: &Arc<Ctx>,
+    active: &Arc<Active>,
+    stream: std::net::TcpStream,
+    conn: Conn,
     lease: Lease,
     logon: Option<os::Logon>,
 ) {
+    if active.tls.is_some() {
+        return hand_off_tls(ctx, active, stream, conn, lease, logon);
+    }
     let svc = &active.svc;
-    let local = stream.local_addr().ok();
-    let env = connection_env(Protocol::Tcp, Some(peer), local);
+    let (peer, via) = (conn.peer, conn.via);
+    let mut env = connection_env(Protocol::Tcp, Some(peer), conn.local);
+    env.extend(conn.extra);
     if active.handoff == Handoff::Direct {
         let sock = socket2::Socket::from(stream);
         if let Err(e) = direct_socket_options(&sock, active) {
@@ -206,7 +245,7 @@ fn hand_off_tcp(
             active,
             &env,
             ChildStdio::Socket(sock),
-            peer,
+            (peer, via),
             lease,
             logon,
         );
@@ -218,7 +257,7 @@ fn hand_off_tcp(
     let stdio = ChildStdio::Pipes {
         wide: grant.is_some(),
     };
-    let Some(launched) = launch(ctx, active, &env, stdio, peer, lease, logon) else {
+    let Some(launched) = launch(ctx, active, &env, stdio, (peer, via), lease, logon) else {
         return;
     };
     let mut exited = ctx.children().watch(launched.id);
@@ -260,8 +299,96 @@ fn hand_off_tcp(
     });
 }
 
+/// A TLS service, once admitted (after its PROXY header if it has one):
+/// the handshake runs in its own task under handshake_timeout, and the
+/// program starts only once it has succeeded; then the relay carries the
+/// session. The connection keeps the config it was accepted under, so a
+/// reload never touches it.
+fn hand_off_tls(
+    ctx: &Arc<Ctx>,
+    active: &Arc<Active>,
+    stream: std::net::TcpStream,
+    conn: Conn,
+    lease: Lease,
+    logon: Option<os::Logon>,
+) {
+    let Some(terminator) = active.tls.clone() else {
+        return;
+    };
+    let (peer, via) = (conn.peer, conn.via);
+    let stream = match into_tokio(stream) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(service = %active.svc.name, %peer, "cannot serve the connection: {e}");
+            return;
+        }
+    };
+    let (ctx, active) = (Arc::clone(ctx), Arc::clone(active));
+    tokio::spawn(async move {
+        let (session, tls_env) = match terminator.accept(stream).await {
+            Ok(s) => s,
+            Err(failure) => {
+                let why = Refusal::TlsFailed(failure.class);
+                refused_because(&ctx, &active, peer.ip(), why, Some(&failure.detail));
+                return; // the lease goes with the connection
+            }
+        };
+        let svc = &active.svc;
+        let mut env = connection_env(Protocol::Tcp, Some(peer), conn.local);
+        // The session wininetd terminated is the one the program is told
+        // of, not what a balancer's PROXY header said of its own.
+        env.extend(
+            conn.extra
+                .into_iter()
+                .filter(|(k, _)| !k.starts_with("SSL_")),
+        );
+        env.extend(tls_env);
+        let grant = os::WIDE_PIPE.and_then(|size| ctx.pipe_budget.take(2 * size));
+        let stdio = ChildStdio::Pipes {
+            wide: grant.is_some(),
+        };
+        let Some(launched) = launch(&ctx, &active, &env, stdio, (peer, via), lease, logon) else {
+            return;
+        };
+        let mut exited = ctx.children().watch(launched.id);
+        let Some((to_program, from_program)) = launched.pipes else {
+            return;
+        };
+        let mut gone = false;
+        let program_exited = async {
+            let _ = (&mut exited).await;
+            gone = true;
+        };
+        let pid = launched.id;
+        match relay::relay(
+            session,
+            to_program,
+            from_program,
+            program_exited,
+            active.timeout,
+        )
+        .await
+        {
+            Ok(r) if r.truncated => info!(
+                service = %svc.name,
+                %peer,
+                pid,
+                "the client closed without TLS close_notify (truncated); the program got EOF"
+            ),
+            Ok(_) => {}
+            Err(e) => info!(service = %svc.name, %peer, pid, "relay ended: {e}"),
+        }
+        // The program's ends of the pipes (and what they hold) live until
+        // it exits.
+        if grant.is_some() && !gone {
+            let _ = exited.await;
+        }
+        drop(grant);
+    });
+}
+
 /// A connection wininetd serves itself (relay, internal service).
-fn into_tokio(stream: std::net::TcpStream) -> std::io::Result<TcpStream> {
+pub(super) fn into_tokio(stream: std::net::TcpStream) -> std::io::Result<TcpStream> {
     stream.set_nonblocking(true)?;
     TcpStream::from_std(stream)
 }

@@ -211,6 +211,8 @@ mod tests {
             udp_guard: Arc::clone(&guard),
             udp_ports: vec![client.local_addr().unwrap().port()].into(),
             exec: None,
+            tls: None,
+            waiting: super::super::prespawn::Waiting::new(10),
         });
         let ctx = Arc::new(Ctx {
             global: Global::new(10),
@@ -218,6 +220,7 @@ mod tests {
             refusals: Mutex::new(RefusalLog::default()),
             udp_drops: Mutex::new(RefusalLog::default()),
             pipe_budget: crate::relay::PipeBudget::new(0),
+            waiting: super::super::prespawn::Waiting::new(10),
         });
         let (_keep, rx) = watch::channel(active);
         let task = tokio::spawn(serve_udp(server, rx, ctx));

@@ -47,7 +47,7 @@ pub(super) async fn run_wait_program(
         active,
         env,
         ChildStdio::Socket(sock),
-        peer,
+        (peer, None),
         lease,
         logon,
     ) else {

@@ -29,3 +29,16 @@ pub fn new_socket(domain: socket2::Domain, ty: socket2::Type) -> std::io::Result
     sock.set_reuse_address(true)?;
     Ok(sock)
 }
+
+/// Peeks at what a connection has received, without waiting and without
+/// touching its blocking mode (MSG_DONTWAIT: one system call).
+pub fn peek_now(stream: &std::net::TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    use nix::sys::socket::{MsgFlags, recv};
+    use std::os::fd::AsRawFd;
+    recv(
+        stream.as_raw_fd(),
+        buf,
+        MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+    )
+    .map_err(std::io::Error::from)
+}

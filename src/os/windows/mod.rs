@@ -18,3 +18,12 @@ pub use launch::{
 pub use logon::{Logon, logon_pending};
 pub use service::{Host, install, reload, remove, run_as_service};
 pub use template::ExecTemplate;
+
+/// Peeks at what a connection has received, without waiting (Windows has
+/// no MSG_DONTWAIT: the socket is non-blocking for the call).
+pub fn peek_now(stream: &std::net::TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    stream.set_nonblocking(true)?;
+    let peeked = stream.peek(buf);
+    stream.set_nonblocking(false)?;
+    peeked
+}
