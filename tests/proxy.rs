@@ -413,25 +413,46 @@ fn waiting_connections_are_bounded_per_service() {
 max_instances = 2
 proxy_protocol = "v1"
 proxy_from = ["127.0.0.1"]
-proxy_timeout = 2"#,
+proxy_timeout = 10"#,
         ),
         &[],
     );
     let silent: Vec<TcpStream> = (0..2).map(|_| connect(port)).collect();
-    // Both places taken: the next is closed at once, header or not.
-    wait_until("the stage is full", Duration::from_secs(10), || {
-        let out = send(port, b"PROXY TCP4 192.0.2.1 192.0.2.2 1 2\r\n");
-        out.is_empty()
-    });
+    // Both places taken: a third peer still to send its header is closed
+    // at once, not after proxy_timeout.
+    let third = connect(port);
+    let t = Instant::now();
+    assert_closed_at_once(third, Duration::from_secs(5));
+    assert!(t.elapsed() < Duration::from_secs(5));
     d.wait_log(
         "too many connections waiting for a PROXY header",
         Duration::from_secs(5),
     );
-    // Once they time out, the places are free again.
+    // The two still wait.
+    for s in &silent {
+        s.set_nonblocking(true).unwrap();
+        let r = (&*s).read(&mut [0u8; 8]);
+        assert!(
+            matches!(&r, Err(e) if e.kind() == ErrorKind::WouldBlock),
+            "{r:?}"
+        );
+    }
+    // Once they go, their places are free: a new peer waits again.
     drop(silent);
-    wait_until("served again", Duration::from_secs(10), || {
-        send(port, b"PROXY TCP4 192.0.2.1 192.0.2.2 1 2\r\n") == b"served\n"
+    wait_until("a place is free again", Duration::from_secs(10), || {
+        let mut s = connect(port);
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let waits = matches!(s.read(&mut [0u8; 8]), Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut));
+        if waits {
+            s.write_all(b"PROXY TCP4 192.0.2.1 192.0.2.2 1 2\r\n")
+                .unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            assert_eq!(read_all(&mut s), b"served\n");
+        }
+        waits
     });
+    assert_eq!(d.started(), 1);
 }
 
 #[test]
