@@ -385,13 +385,28 @@ pub fn is_extended(path: &Path) -> bool {
 /// Parses config text; `file` names it in messages and picks the format.
 pub fn parse(file: &Path, bytes: &[u8]) -> Result<Config, ConfigErrors> {
     let name = file.display().to_string();
-    let config = if is_extended(file) {
+    let (config, mut errors) = if is_extended(file) {
         extended::parse(&name, bytes)?
     } else {
-        classic::parse(&name, bytes)?
+        classic::parse(&name, bytes)
     };
-    validate(&name, &config)?;
-    Ok(config)
+    // The cross-line checks run even when some lines were bad: `--check`
+    // reports every error in one pass.
+    let had_errors = !errors.is_empty();
+    errors.extend(validate(&name, &config, had_errors));
+    if errors.is_empty() {
+        return Ok(config);
+    }
+    errors.sort_by_key(|e| line_of(&e.location));
+    Err(ConfigErrors(errors))
+}
+
+/// The LINE of `FILE:LINE` (0 for a bare FILE), to list errors in file order.
+fn line_of(location: &str) -> usize {
+    location
+        .rsplit_once(':')
+        .and_then(|(_, l)| l.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Reads and parses a config file.
@@ -406,8 +421,9 @@ pub fn load(file: &Path) -> Result<Config, ConfigErrors> {
 }
 
 /// Checks that hold for both formats: distinct listeners and names, at
-/// least one service, command lines this platform can run.
-fn validate(file: &str, config: &Config) -> Result<(), ConfigErrors> {
+/// least one service (unless `had_errors`: the bad lines were the services),
+/// command lines this platform can run.
+fn validate(file: &str, config: &Config, had_errors: bool) -> Vec<ConfigError> {
     let mut errors = Vec::new();
     let mut seen_addr: std::collections::HashMap<(Protocol, SocketAddr), &str> =
         std::collections::HashMap::new();
@@ -471,15 +487,11 @@ fn validate(file: &str, config: &Config) -> Result<(), ConfigErrors> {
             });
         }
     }
-    if errors.is_empty() && config.services.is_empty() {
+    if !had_errors && errors.is_empty() && config.services.is_empty() {
         errors.push(ConfigError {
             location: file.to_string(),
             message: "no service is configured".into(),
         });
     }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(ConfigErrors(errors))
-    }
+    errors
 }
