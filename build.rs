@@ -1,4 +1,5 @@
-//! Windows only: compiles the Event Log message table into wininetd.exe.
+//! Records the git commit for `--version`, and on Windows compiles the
+//! Event Log message table into wininetd.exe.
 //!
 //! The Event Log stores only an event id and our text; Event Viewer renders
 //! it through the source's message file (our exe). One message, id 1 =
@@ -26,6 +27,7 @@ fn main() {
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-env-changed=WINDMC");
     println!("cargo::rerun-if-env-changed=WINDRES");
+    println!("cargo::rustc-env=WININETD_COMMIT={}", commit());
     if env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("windows") {
         return;
     }
@@ -38,6 +40,33 @@ fn main() {
              description is missing but still show each line"
         ),
     }
+}
+
+/// The commit being built: `WININETD_COMMIT` if set (a source tarball has
+/// no .git), else `git rev-parse`, else "unknown".
+fn commit() -> String {
+    println!("cargo::rerun-if-env-changed=WININETD_COMMIT");
+    if let Ok(c) = env::var("WININETD_COMMIT") {
+        return c;
+    }
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    // Rebuild when HEAD moves or the branch it names gets a new commit.
+    if let Some(p) = git(&["rev-parse", "--git-path", "HEAD"]) {
+        println!("cargo::rerun-if-changed={p}");
+    }
+    if let Some(r) = git(&["symbolic-ref", "-q", "HEAD"])
+        && let Some(p) = git(&["rev-parse", "--git-path", &r])
+    {
+        println!("cargo::rerun-if-changed={p}");
+    }
+    git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into())
 }
 
 /// messages.mc → (windmc) messages.rc + MSG00409.bin → (windres) a COFF

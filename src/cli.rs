@@ -12,7 +12,7 @@ use crate::config::Handoff;
 #[derive(Debug, Clone, Parser)]
 // args_override_self: a later option wins, so SCM start parameters can
 // follow the service's launch arguments.
-#[command(name = "wininetd", version, about, long_about = None, args_override_self = true)]
+#[command(name = "wininetd", version = VERSION, about, long_about = None, args_override_self = true)]
 pub struct Cli {
     /// The config file; `.toml` selects the extended format.
     #[arg(long, value_name = "FILE", default_value_os_t = default_config())]
@@ -28,7 +28,9 @@ pub struct Cli {
           value_parser = clap::value_parser!(u32).range(0..=65_535))]
     pub linger_timeout: Option<u32>,
 
-    /// Run in the foreground and log to the console.
+    /// Log to the console (stderr) instead of journald or syslog; on Windows,
+    /// run in the console instead of as a service (Ctrl-C stops, Ctrl-Break
+    /// reloads). On Unix wininetd always stays in the foreground.
     #[arg(long)]
     pub debug: bool,
 
@@ -40,7 +42,9 @@ pub struct Cli {
     #[arg(long, conflicts_with_all = ["check", "reload"])]
     pub remove: bool,
 
-    /// Validate the config, list its services, and exit 0 (valid) or 1.
+    /// Validate the config and check its programs and users on this machine
+    /// (errors: start would refuse; warnings: connections would fail); list
+    /// its services; exit 0 (no error) or 1.
     #[arg(long, conflicts_with = "reload")]
     pub check: bool,
 
@@ -61,6 +65,14 @@ pub struct Cli {
     #[arg(long, hide = true)]
     pub service: bool,
 }
+
+/// The version and the git commit it was built from (`build.rs`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("WININETD_COMMIT"),
+    ")"
+);
 
 fn parse_handoff(s: &str) -> Result<Handoff, String> {
     Handoff::parse(s).ok_or_else(|| format!("{s:?} is not `direct` or `pipe`"))

@@ -31,6 +31,14 @@ use crate::config::{Program, RunAs};
 pub fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     if cli.install {
+        // The service would only fail at its first start: say so now.
+        if let Err(e) = std::fs::metadata(&cli.cfgfile) {
+            return report(Err(format!(
+                "cannot install: the config {}: {e} (write it first, and try it with \
+                 `wininetd --check --cfgfile FILE`)",
+                cli.cfgfile.display()
+            )));
+        }
         return report(os::install(&cli.service_args()));
     }
     if cli.remove {
@@ -58,42 +66,69 @@ fn report(r: Result<String, String>) -> ExitCode {
     }
 }
 
-/// `--check`: every error at once, or the list of services.
+/// `--check`: every error at once, or the list of services; then what
+/// this machine would refuse (errors) or fail per connection (warnings).
 fn check(cli: &cli::Cli) -> ExitCode {
-    match config::load(&cli.cfgfile) {
+    let cfg = match config::load(&cli.cfgfile) {
         Err(errors) => {
             eprintln!("{errors}");
             eprintln!("{}: {} error(s)", cli.cfgfile.display(), errors.0.len());
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
         }
-        Ok(cfg) => {
-            println!(
-                "{}: OK, {} service(s)",
-                cli.cfgfile.display(),
-                cfg.services.len()
-            );
-            for s in &cfg.services {
-                let addrs: Vec<String> = s.addrs().map(|a| a.to_string()).collect();
-                let user = match &s.user {
-                    RunAs::Daemon => "none".to_string(),
-                    RunAs::User { name, .. } => name.clone(),
-                };
-                let program = match &s.program {
-                    Program::Command(c) => c.to_string(),
-                    Program::Internal(i) => format!("internal {}", i.as_str()),
-                };
-                println!(
-                    "{}\t{} {}\tuser {}\t{}",
-                    s.name,
-                    s.protocol,
-                    addrs.join(","),
-                    user,
-                    program
-                );
+        Ok(cfg) => cfg,
+    };
+    let (mut errors, mut warnings) = (0, 0);
+    for s in &cfg.services {
+        for finding in os::preflight(s) {
+            match finding {
+                os::Finding::Error(m) => {
+                    errors += 1;
+                    eprintln!("{}: error: service {}: {m}", s.origin, s.name);
+                }
+                os::Finding::Warning(m) => {
+                    warnings += 1;
+                    eprintln!("{}: warning: service {}: {m}", s.origin, s.name);
+                }
             }
-            ExitCode::SUCCESS
         }
     }
+    if errors > 0 {
+        eprintln!(
+            "{}: {errors} error(s), {warnings} warning(s)",
+            cli.cfgfile.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    let warned = if warnings > 0 {
+        format!(", {warnings} warning(s)")
+    } else {
+        String::new()
+    };
+    println!(
+        "{}: OK, {} service(s){warned}",
+        cli.cfgfile.display(),
+        cfg.services.len()
+    );
+    for s in &cfg.services {
+        let addrs: Vec<String> = s.addrs().map(|a| a.to_string()).collect();
+        let user = match &s.user {
+            RunAs::Daemon => "none".to_string(),
+            RunAs::User { name, .. } => name.clone(),
+        };
+        let program = match &s.program {
+            Program::Command(c) => c.to_string(),
+            Program::Internal(i) => format!("internal {}", i.as_str()),
+        };
+        println!(
+            "{}\t{} {}\tuser {}\t{}",
+            s.name,
+            s.protocol,
+            addrs.join(","),
+            user,
+            program
+        );
+    }
+    ExitCode::SUCCESS
 }
 
 /// Runs the daemon in the foreground (console or service manager).

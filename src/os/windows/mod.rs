@@ -5,10 +5,12 @@ mod env;
 mod eventlog;
 mod launch;
 mod logon;
+mod preflight;
 mod service;
 
 pub use eventlog::EventLog;
 pub use launch::{
     Exits, PipeReader, PipeWriter, check_users, init_process, launch, new_socket, terminate,
 };
+pub use preflight::preflight;
 pub use service::{Host, install, reload, remove, run_as_service};
