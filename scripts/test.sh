@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the tests drive: real third-party servers and clients.
-packages=(rsync git tftpd-hpa tftp-hpa curl)
+# Debian packages the tests drive: real third-party servers and clients,
+# systemd-socket-activate (systemd).
+packages=(rsync git tftpd-hpa tftp-hpa curl systemd)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -138,6 +138,8 @@ fn run(cli: &cli::Cli) -> ExitCode {
     if cli.service {
         return os::run_as_service(cli);
     }
+    // Before any thread: this unsets LISTEN_* in our environment.
+    let passed = os::take_listen_fds();
     logging::init(if cli.debug {
         logging::Sink::Console
     } else {
@@ -161,7 +163,11 @@ fn run(cli: &cli::Cli) -> ExitCode {
             code: server::EXIT_RUNTIME,
             message: format!("cannot set up signal handling: {e}"),
         })?;
-        server::serve(opts, &mut host).await
+        let passed = passed.map_err(|message| server::StartError {
+            code: server::EXIT_BIND,
+            message,
+        })?;
+        server::serve_with(opts, passed, &mut host).await
     });
     // Programs still running are not ours to wait for.
     runtime.shutdown_background();

@@ -535,7 +535,7 @@ fn sd_notify_reports_ready_reloading_and_stopping() {
     assert!(next().starts_with("RELOADING=1\nMONOTONIC_USEC="));
     assert!(next().starts_with("READY=1"));
     d.signal(Signal::SIGTERM);
-    assert_eq!(next(), "STOPPING=1");
+    assert_eq!(next().trim_end(), "STOPPING=1");
     assert_eq!(d.wait_exit(Duration::from_secs(10)).code(), Some(0));
 }
 

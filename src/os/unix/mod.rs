@@ -1,11 +1,13 @@
 //! Unix: fork/exec on a socket, SIGCHLD reaping, signals, systemd.
 
+mod activation;
 mod launch;
 mod preflight;
 mod service;
 mod signals;
 mod spawn;
 
+pub use activation::take_listen_fds;
 pub use launch::{Exits, PipeReader, PipeWriter, check_users, init_process, launch, terminate};
 pub use preflight::preflight;
 pub use service::{Host, install, reload, remove, unit_text};

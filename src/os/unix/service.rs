@@ -1,11 +1,11 @@
 //! Being a service on Unix: signals, sd_notify, and a systemd unit.
 
 use std::io;
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use nix::sys::signal::Signal;
+use sd_notify::NotifyState;
 
 use super::signals::Signals;
 
@@ -14,18 +14,12 @@ use crate::os::{Control, HostStatus, ServiceHost};
 /// Signals in, sd_notify out.
 pub struct Host {
     signals: Signals,
-    notify: Option<(UnixDatagram, String)>,
 }
 
 impl Host {
     pub fn new() -> io::Result<Host> {
-        let notify = match std::env::var("NOTIFY_SOCKET") {
-            Ok(addr) if !addr.is_empty() => Some((UnixDatagram::unbound()?, addr)),
-            _ => None,
-        };
         Ok(Host {
             signals: Signals::new(&[Signal::SIGHUP, Signal::SIGTERM, Signal::SIGINT])?,
-            notify,
         })
     }
 }
@@ -44,38 +38,21 @@ impl ServiceHost for Host {
         }
     }
 
-    /// Tells systemd (when it started us with Type=notify) what we are doing.
+    /// Tells systemd (when it started us with Type=notify) what we are
+    /// doing; without NOTIFY_SOCKET this does nothing.
     fn status(&mut self, status: HostStatus) {
-        let Some((sock, addr)) = &self.notify else {
-            return;
-        };
-        let msg = match status {
-            HostStatus::Ready => "READY=1\nSTATUS=serving".to_string(),
-            HostStatus::Reloading => {
-                format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec())
+        let sent = match status {
+            HostStatus::Ready => {
+                sd_notify::notify(&[NotifyState::Ready, NotifyState::Status("serving")])
             }
-            HostStatus::Stopping => "STOPPING=1".to_string(),
+            HostStatus::Reloading => NotifyState::monotonic_usec_now()
+                .and_then(|now| sd_notify::notify(&[NotifyState::Reloading, now])),
+            HostStatus::Stopping => sd_notify::notify(&[NotifyState::Stopping]),
         };
-        if let Err(e) = send_notify(sock, addr, msg.as_bytes()) {
-            tracing::warn!("cannot notify systemd at {addr}: {e}");
+        if let Err(e) = sent {
+            tracing::warn!("cannot notify systemd: {e}");
         }
     }
-}
-
-fn send_notify(sock: &UnixDatagram, addr: &str, msg: &[u8]) -> io::Result<usize> {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    if let Some(name) = addr.strip_prefix('@') {
-        use std::os::linux::net::SocketAddrExt;
-        let a = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
-        return sock.send_to_addr(msg, &a);
-    }
-    sock.send_to(msg, addr)
-}
-
-fn monotonic_usec() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1000)
-        .unwrap_or(0)
 }
 
 const UNIT_PATH: &str = "/etc/systemd/system/wininetd.service";
