@@ -38,6 +38,12 @@ pub struct Cli {
     #[arg(long, conflicts_with_all = ["remove", "check", "reload"])]
     pub install: bool,
 
+    /// With --install (systemd): also write wininetd.socket, one listening
+    /// socket per service address, which systemd keeps open while wininetd
+    /// restarts, so no connection is refused.
+    #[arg(long = "socket-activation", requires = "install")]
+    pub socket_activation: bool,
+
     /// Stop and remove the installed service.
     #[arg(long, conflicts_with_all = ["check", "reload"])]
     pub remove: bool,
@@ -155,5 +161,12 @@ mod tests {
         assert!(Cli::try_parse_from(["wininetd", "--install", "--remove"]).is_err());
         assert!(Cli::try_parse_from(["wininetd", "--handoff", "sideways"]).is_err());
         assert!(Cli::try_parse_from(["wininetd", "--linger-timeout", "65536"]).is_err());
+        assert!(Cli::try_parse_from(["wininetd", "--socket-activation"]).is_err());
+        let c = Cli::try_parse_from(["wininetd", "--install", "--socket-activation"]).unwrap();
+        assert!(c.socket_activation);
+        assert!(
+            !c.service_args()
+                .contains(&"--socket-activation".to_string())
+        );
     }
 }

@@ -39,6 +39,9 @@ pub fn main() -> ExitCode {
                 cli.cfgfile.display()
             )));
         }
+        if cli.socket_activation {
+            return report(install_socket_activated(&cli));
+        }
         return report(os::install(&cli.service_args()));
     }
     if cli.remove {
@@ -51,6 +54,25 @@ pub fn main() -> ExitCode {
         return check(&cli);
     }
     run(&cli)
+}
+
+/// `--install --socket-activation`: the socket unit holds every listener of
+/// the config, so the config must be valid now.
+#[cfg(unix)]
+fn install_socket_activated(cli: &cli::Cli) -> Result<String, String> {
+    let cfg = config::load(&cli.cfgfile)
+        .map_err(|e| format!("{e}\ncannot install: the config has errors"))?;
+    let listeners: Vec<_> = cfg
+        .services
+        .iter()
+        .flat_map(|s| s.addrs().map(move |a| (s.protocol, a)))
+        .collect();
+    os::install_socket_activated(&cli.service_args(), &listeners)
+}
+
+#[cfg(windows)]
+fn install_socket_activated(_cli: &cli::Cli) -> Result<String, String> {
+    Err("--socket-activation is systemd's (Unix); a Windows service binds its own sockets".into())
 }
 
 fn report(r: Result<String, String>) -> ExitCode {

@@ -402,6 +402,25 @@ fn the_example_line_service_answers_line_by_line() {
 }
 
 #[test]
+fn install_with_socket_activation_refuses_an_invalid_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_file(dir.path(), "w.conf", b"7000 none\n");
+    let out = run_cli(&[
+        "--install",
+        "--socket-activation",
+        "--cfgfile",
+        cfg.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("w.conf:1: port 7000 has no command line"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("cannot install"), "{stderr}");
+}
+
+#[test]
 fn duplicate_ports_are_reported_by_check() {
     let out = check("dup.conf", b"7002 none /bin/cat\n7002 none /bin/cat\n");
     assert_eq!(out.code, Some(1));

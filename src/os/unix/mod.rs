@@ -10,7 +10,7 @@ mod spawn;
 pub use activation::take_listen_fds;
 pub use launch::{Exits, PipeReader, PipeWriter, check_users, init_process, launch, terminate};
 pub use preflight::preflight;
-pub use service::{Host, install, reload, remove, unit_text};
+pub use service::{Host, install, install_socket_activated, reload, remove};
 
 /// A socket for a listener: close-on-exec (socket2's default), and
 /// SO_REUSEADDR so a restart rebinds at once despite TIME_WAIT connections.
