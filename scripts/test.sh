@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests drive: real third-party servers and clients,
-# systemd-socket-activate (systemd).
-packages=(rsync git tftpd-hpa tftp-hpa curl systemd)
+# systemd-socket-activate (systemd) and the .deb checks (lintian, man-db).
+packages=(rsync git tftpd-hpa tftp-hpa curl systemd lintian man-db)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -32,6 +32,10 @@ echo "== cargo test (Linux)"
 cargo test --workspace --all-targets
 echo "== bench smoke (wininetd alone, small)"
 bench/run.sh --smoke
+echo "== Debian package: build, lintian, install, upgrade, purge (scripts/deb-test.sh)"
+# cargo-deb builds it; installed here from crates.io when missing.
+command -v cargo-deb >/dev/null || cargo install --locked cargo-deb
+scripts/deb-test.sh
 
 # Windows (x86_64-pc-windows-gnu), cross-built here and run under Wine.
 echo "== Windows toolchain and Wine prefix (scripts/windows-env.sh)"

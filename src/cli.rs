@@ -6,13 +6,14 @@ use clap::Parser;
 
 use crate::config::Handoff;
 
-/// wininetd: an inetd-like super-server for Windows and Unix. Each
-/// connection to a configured port runs a program with the connection as
-/// its standard input, output and error.
+/// An inetd-like super-server for Windows and Unix (WinInetd rebuilt).
+///
+/// Each connection to a configured port runs a program with the connection
+/// as its standard input, output and error.
 #[derive(Debug, Clone, Parser)]
 // args_override_self: a later option wins, so SCM start parameters can
 // follow the service's launch arguments.
-#[command(name = "wininetd", version = VERSION, about, long_about = None, args_override_self = true)]
+#[command(name = "wininetd", version = VERSION, about, args_override_self = true)]
 pub struct Cli {
     /// The config file; `.toml` selects the extended format.
     #[arg(long, value_name = "FILE", default_value_os_t = default_config())]

@@ -358,6 +358,31 @@ mod tests {
         assert!(!dir.path().join("wininetd.service").exists());
     }
 
+    /// The Debian package's units are what `--install --socket-activation`
+    /// would write for its config, so the two cannot drift apart.
+    #[test]
+    fn the_packaged_units_are_what_install_writes() {
+        let args = ["--cfgfile", "/etc/wininetd.toml"].map(String::from);
+        assert_eq!(
+            include_str!("../../../packaging/debian/wininetd.service"),
+            unit_text(Path::new("/usr/sbin/wininetd"), &args, false)
+        );
+        let config = crate::config::parse(
+            Path::new("wininetd.toml"),
+            include_bytes!("../../../packaging/debian/wininetd.toml"),
+        )
+        .unwrap();
+        let listeners: Vec<_> = config
+            .services
+            .iter()
+            .flat_map(|s| s.addrs().map(move |a| (s.protocol, a)))
+            .collect();
+        assert_eq!(
+            include_str!("../../../packaging/systemd/wininetd.socket"),
+            socket_unit_text(&listeners)
+        );
+    }
+
     #[test]
     fn specifiers_and_variables_are_escaped() {
         assert_eq!(systemd_quote("/a%b$c"), "/a%%b$$c");
