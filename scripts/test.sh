@@ -6,8 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests drive: real third-party servers and clients,
-# systemd-socket-activate (systemd) and the .deb checks (lintian, man-db).
-packages=(rsync git tftpd-hpa tftp-hpa curl systemd lintian man-db)
+# systemd-socket-activate (systemd), the .deb checks (lintian, man-db) and
+# the Windows zip (zip, unzip).
+packages=(rsync git tftpd-hpa tftp-hpa curl systemd lintian man-db zip unzip)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -51,6 +52,9 @@ echo "== cargo test (Windows, under Wine)"
 scripts/windows-cargo.sh test --all-targets
 echo "== build wininetd.exe and the test programs"
 scripts/windows-cargo.sh build --bins --examples
+echo "== the Windows zip (scripts/windows-zip.sh, release build)"
+zip=$(scripts/windows-zip.sh)
 echo "== Wine integration tests (tests/wine.rs)"
 WININETD_WINE_EXE="$WININETD_WIN_TARGET_DIR/$WININETD_WIN_TARGET/debug/wininetd.exe" \
+    WININETD_WINE_ZIP="$zip" \
     cargo test --test wine -- --ignored
