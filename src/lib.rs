@@ -88,19 +88,16 @@ fn report(r: Result<String, String>) -> ExitCode {
     }
 }
 
-/// `--check`: every error at once, or the list of services; then what
-/// this machine would refuse (errors) or fail per connection (warnings).
+/// `--check`: every error of the file and what this machine would refuse
+/// (errors) or fail at per connection (warnings), all in one pass; or, with
+/// no error, the list of services.
 fn check(cli: &cli::Cli) -> ExitCode {
-    let cfg = match config::load(&cli.cfgfile) {
-        Err(errors) => {
-            eprintln!("{errors}");
-            eprintln!("{}: {} error(s)", cli.cfgfile.display(), errors.0.len());
-            return ExitCode::FAILURE;
-        }
-        Ok(cfg) => cfg,
-    };
-    let (mut errors, mut warnings) = (0, 0);
-    for s in &cfg.services {
+    let (cfg, config_errors) = config::load_partial(&cli.cfgfile);
+    for e in &config_errors {
+        eprintln!("{e}");
+    }
+    let (mut errors, mut warnings) = (config_errors.len(), 0);
+    for s in cfg.iter().flat_map(|c| &c.services) {
         for finding in os::preflight(s) {
             match finding {
                 os::Finding::Error(m) => {
@@ -114,13 +111,16 @@ fn check(cli: &cli::Cli) -> ExitCode {
             }
         }
     }
-    if errors > 0 {
-        eprintln!(
-            "{}: {errors} error(s), {warnings} warning(s)",
-            cli.cfgfile.display()
-        );
-        return ExitCode::FAILURE;
-    }
+    let cfg = match cfg {
+        Some(cfg) if errors == 0 => cfg,
+        _ => {
+            eprintln!(
+                "{}: {errors} error(s), {warnings} warning(s)",
+                cli.cfgfile.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
     let warned = if warnings > 0 {
         format!(", {warnings} warning(s)")
     } else {

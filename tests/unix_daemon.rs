@@ -338,6 +338,32 @@ fn check_reports_programs_and_users_that_cannot_run() {
     assert!(stderr.contains(": 2 error(s), 3 warning(s)"), "{stderr}");
 }
 
+/// One pass: a config error does not hide what the machine would refuse.
+#[test]
+fn check_reports_config_errors_and_machine_findings_together() {
+    let out = check(
+        "w.conf",
+        b"80x none /bin/cat\n7001 none /nonexistent/prog\n7002 none /bin/cat\n7002 none /bin/cat\n",
+    );
+    assert_eq!(out.code, Some(1));
+    let stderr = out.stderr;
+    assert!(
+        stderr.contains("w.conf:1: port \"80x\" is not a number"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("w.conf:4: tcp port 7002"), "{stderr}");
+    assert!(
+        stderr.contains("w.conf:2: warning: service tcp/7001: program /nonexistent/prog"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(": 2 error(s), 1 warning(s)"), "{stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "no service list with errors: {}",
+        out.stdout
+    );
+}
+
 #[test]
 fn version_names_the_git_commit() {
     let head = std::process::Command::new("git")

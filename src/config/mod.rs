@@ -384,9 +384,22 @@ pub fn is_extended(path: &Path) -> bool {
 
 /// Parses config text; `file` names it in messages and picks the format.
 pub fn parse(file: &Path, bytes: &[u8]) -> Result<Config, ConfigErrors> {
+    match parse_partial(file, bytes) {
+        (Some(config), errors) if errors.is_empty() => Ok(config),
+        (_, errors) => Err(ConfigErrors(errors)),
+    }
+}
+
+/// Every error of the file in file order, and the config of what has none
+/// (`None` when the file cannot be read in its format at all), so that
+/// `--check` can look at those services on the machine in the same pass.
+pub fn parse_partial(file: &Path, bytes: &[u8]) -> (Option<Config>, Vec<ConfigError>) {
     let name = file.display().to_string();
     let (config, mut errors) = if is_extended(file) {
-        extended::parse(&name, bytes)?
+        match extended::parse(&name, bytes) {
+            Ok(parsed) => parsed,
+            Err(fatal) => return (None, fatal.0),
+        }
     } else {
         classic::parse(&name, bytes)
     };
@@ -394,11 +407,8 @@ pub fn parse(file: &Path, bytes: &[u8]) -> Result<Config, ConfigErrors> {
     // reports every error in one pass.
     let had_errors = !errors.is_empty();
     errors.extend(validate(&name, &config, had_errors));
-    if errors.is_empty() {
-        return Ok(config);
-    }
     errors.sort_by_key(|e| line_of(&e.location));
-    Err(ConfigErrors(errors))
+    (Some(config), errors)
 }
 
 /// The LINE of `FILE:LINE` (0 for a bare FILE), to list errors in file order.
@@ -418,6 +428,20 @@ pub fn load(file: &Path) -> Result<Config, ConfigErrors> {
         }])
     })?;
     parse(file, &bytes)
+}
+
+/// [`parse_partial`] of a file.
+pub fn load_partial(file: &Path) -> (Option<Config>, Vec<ConfigError>) {
+    match std::fs::read(file) {
+        Ok(bytes) => parse_partial(file, &bytes),
+        Err(e) => (
+            None,
+            vec![ConfigError {
+                location: file.display().to_string(),
+                message: format!("cannot read the config: {e}"),
+            }],
+        ),
+    }
 }
 
 /// Checks that hold for both formats: distinct listeners and names, at
