@@ -5,10 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the tests drive: real third-party servers and clients.
+# Debian packages the tests drive: real third-party servers and clients
+# (openbsd-inetd is unpacked below, as it conflicts with xinetd),
+# systemd-socket-activate (systemd), the .deb checks (lintian, man-db) and
+# the Windows zip (zip, unzip).
 packages=(rsync git tftpd-hpa tftp-hpa curl xinetd python3 netbase tcpd
           libbsd0 libevent-2.1-7 libtirpc3 libwrap0
-          haproxy nginx libnginx-mod-stream openssl gnutls-bin)
+          haproxy nginx libnginx-mod-stream openssl gnutls-bin
+          systemd lintian man-db zip unzip)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -46,6 +50,11 @@ echo "== cargo test (Linux)"
 cargo test --workspace --all-targets 2>&1 | tee "$logs/linux.txt"
 echo "== bench smoke (wininetd alone, small)"
 bench/run.sh --smoke
+echo "== Debian package: build, lintian, install, upgrade, purge (scripts/deb-test.sh)"
+# cargo-deb builds it; installed here from crates.io when missing (a debug
+# build: it packs files, and builds in a third of the time).
+command -v cargo-deb >/dev/null || cargo install --locked --debug cargo-deb
+scripts/deb-test.sh
 
 # Windows (x86_64-pc-windows-gnu), cross-built here and run under Wine.
 echo "== Windows toolchain and Wine prefix (scripts/windows-env.sh)"
@@ -61,8 +70,11 @@ echo "== cargo test (Windows, under Wine)"
 scripts/windows-cargo.sh test --all-targets 2>&1 | tee "$logs/windows.txt"
 echo "== build wininetd.exe and the test programs"
 scripts/windows-cargo.sh build --bins --examples
+echo "== the Windows zip (scripts/windows-zip.sh, release build)"
+zip=$(scripts/windows-zip.sh)
 echo "== Wine integration tests (tests/wine.rs)"
 WININETD_WINE_EXE="$WININETD_WIN_TARGET_DIR/$WININETD_WIN_TARGET/debug/wininetd.exe" \
+    WININETD_WINE_ZIP="$zip" \
     cargo test --test wine -- --ignored 2>&1 | tee "$logs/wine.txt"
 
 # Tests never skip themselves (they fail, naming what is missing); the only

@@ -85,7 +85,10 @@ const PROGRAM_KEYS: &[&str] = &[
 /// Windows keeps SO_LINGER in an unsigned 16-bit field.
 const MAX_LINGER: i64 = 65_535;
 
-pub(super) fn parse(file: &str, bytes: &[u8]) -> Result<Config, ConfigErrors> {
+/// `Err` when the file cannot be read as TOML at all; otherwise the good
+/// settings and services, and an error for each bad one, so the cross-line
+/// checks still run on what is good.
+pub(super) fn parse(file: &str, bytes: &[u8]) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
     let text = std::str::from_utf8(bytes).map_err(|e| {
         let before = &bytes[..e.valid_up_to()];
         let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
@@ -176,15 +179,14 @@ pub(super) fn parse(file: &str, bytes: &[u8]) -> Result<Config, ConfigErrors> {
             }
         }
     }
-    if r.errors.is_empty() {
-        Ok(Config {
+    Ok((
+        Config {
             globals,
             services,
             warnings: Vec::new(),
-        })
-    } else {
-        Err(r.finish())
-    }
+        },
+        r.finish().0,
+    ))
 }
 
 fn one_error(file: &str, line: usize, message: String) -> ConfigErrors {
@@ -2172,5 +2174,19 @@ internal = \"echo\"
             5,
             "TCP services only",
         );
+    }
+
+    #[test]
+    fn a_typo_does_not_hide_the_cross_line_checks() {
+        let e = errors(
+            "timout = 1\n[[service]]\nport = 7000\ninternal = \"echo\"\n\
+             [[service]]\nport = 7000\ninternal = \"echo\"\n",
+        );
+        // The duplicate clashes once per address family (0.0.0.0 and ::).
+        assert_eq!(e.len(), 3, "{e:#?}");
+        assert_eq!(e[0].0, "test.toml:1");
+        assert!(e[0].1.contains("did you mean `timeout`"), "{e:#?}");
+        assert_eq!(e[1].0, "test.toml:5");
+        assert!(e[1].1.contains("already configured"), "{e:#?}");
     }
 }

@@ -24,6 +24,7 @@ use tracing::{error, info, warn};
 use crate::admission::{Gate, Global, Refusal, RefusalLine, RefusalLog};
 use crate::children::{Children, Ended};
 use crate::config::{self, Config, Handoff, Protocol, Service};
+use crate::listener::Inherited;
 use crate::os::{self, Control, HostStatus, ServiceHost};
 use crate::relay::PipeBudget;
 use crate::udp_guard::{Dropped, UdpGuard};
@@ -77,16 +78,34 @@ pub const EXIT_RUNTIME: u32 = 4;
 
 /// Loads the config, binds every listener, reports READY, then serves until
 /// the host asks to stop. Errors before READY are returned, not logged.
+/// (The Windows service's entry; Unix uses [`serve_with`].)
+#[cfg(windows)]
 pub async fn serve<H: ServiceHost>(opts: Options, host: &mut H) -> Result<(), StartError> {
+    serve_with(opts, Vec::new(), host).await
+}
+
+/// [`serve`], with the listening sockets the service manager passed
+/// (socket activation): a service whose address matches one (or whose name
+/// is one's name) uses it instead of binding its own. A passed socket that
+/// matches no service is an error.
+pub async fn serve_with<H: ServiceHost>(
+    opts: Options,
+    passed: Vec<(socket2::Socket, String)>,
+    host: &mut H,
+) -> Result<(), StartError> {
     let config = config::load_as(&opts.cfgfile, opts.format).map_err(|e| StartError {
         code: EXIT_CONFIG,
         message: e.to_string(),
+    })?;
+    let inherited = Inherited::new(passed).map_err(|message| StartError {
+        code: EXIT_BIND,
+        message,
     })?;
     let exits = os::Exits::new().map_err(|e| StartError {
         code: EXIT_RUNTIME,
         message: format!("cannot watch child processes: {e}"),
     })?;
-    let mut server = Server::new(opts, &config);
+    let mut server = Server::new(opts, &config, inherited);
     server
         .apply(config)
         .await
@@ -171,10 +190,12 @@ struct Server {
     gates: HashMap<String, Arc<Gate>>,
     /// The served services' datagram guards, by name.
     udp_guards: HashMap<String, Arc<UdpGuard>>,
+    /// Sockets from the service manager, used before binding our own.
+    inherited: Inherited,
 }
 
 impl Server {
-    fn new(opts: Options, first: &Config) -> Server {
+    fn new(opts: Options, first: &Config, inherited: Inherited) -> Server {
         let max = first.globals.max_connections;
         Server {
             opts,
@@ -189,6 +210,7 @@ impl Server {
             listeners: HashMap::new(),
             gates: HashMap::new(),
             udp_guards: HashMap::new(),
+            inherited,
         }
     }
 

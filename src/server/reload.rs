@@ -148,8 +148,32 @@ impl Server {
                 udp_ports: Arc::clone(&udp_ports),
                 tls,
             });
-            for addr in active.svc.addrs() {
-                wanted.insert((active.svc.protocol, addr), Arc::clone(&active));
+            let svc = &active.svc;
+            let named = self.inherited.named(&svc.name, svc.protocol, svc.port);
+            let addrs: Vec<_> = if named.is_empty() {
+                svc.addrs().collect()
+            } else {
+                named
+            };
+            for addr in addrs {
+                wanted.insert((svc.protocol, addr), Arc::clone(&active));
+            }
+        }
+        // At startup every socket the service manager passed must be used:
+        // one that is not means its unit and our config disagree.
+        if self.gates.is_empty() {
+            let unused = self
+                .inherited
+                .unused(|protocol, addr| wanted.contains_key(&(protocol, addr)));
+            if !unused.is_empty() {
+                return Err((
+                    EXIT_BIND,
+                    format!(
+                        "the service manager passed sockets that match no service (by protocol \
+                         and address, or by a service name): {}",
+                        unused.join(", ")
+                    ),
+                ));
             }
         }
 
@@ -175,7 +199,7 @@ impl Server {
             if self.listeners.contains_key(key) {
                 continue;
             }
-            match listener::bind(key.0, key.1) {
+            match self.open(*key) {
                 Ok(b) => bound.push((*key, b)),
                 Err(e)
                     if e.kind() == std::io::ErrorKind::AddrInUse
@@ -207,7 +231,7 @@ impl Server {
             }
         }
         for key in deferred {
-            match listener::bind(key.0, key.1) {
+            match self.open(key) {
                 Ok(b) => bound.push((key, b)),
                 Err(e) => {
                     // Roll back: the old listeners come back, the new go.
@@ -215,7 +239,7 @@ impl Server {
                     drop(bound);
                     for (k, sender) in dropped {
                         let active = sender.borrow().clone();
-                        if let Ok(b) = listener::bind(k.0, k.1) {
+                        if let Ok(b) = self.open(k) {
                             self.start_listener(k, b, active);
                         } else {
                             error!("could not restore the listener on {} {}", k.0, k.1);
@@ -261,6 +285,13 @@ impl Server {
         Ok(())
     }
 
+    /// The service manager's socket for `key` if it passed one, else our own.
+    fn open(&self, key: Key) -> std::io::Result<Bound> {
+        self.inherited
+            .take(key.0, key.1)
+            .unwrap_or_else(|| listener::bind(key.0, key.1))
+    }
+
     fn start_listener(&mut self, key: Key, bound: Bound, active: Arc<Active>) {
         let (tx, rx) = watch::channel(active);
         let ctx = Arc::clone(&self.ctx);
@@ -268,7 +299,14 @@ impl Server {
             Bound::Tcp(l) => tokio::spawn(accept_tcp(l, rx, ctx)),
             Bound::Udp(s) => tokio::spawn(serve_udp(s, rx, ctx)),
         };
-        info!("listening on {} {}", key.0, key.1);
+        if self.inherited.contains(key.0, key.1) {
+            info!(
+                "listening on {} {} (a socket from the service manager)",
+                key.0, key.1
+            );
+        } else {
+            info!("listening on {} {}", key.0, key.1);
+        }
         self.listeners.insert(key, Listening { active: tx, task });
     }
 }

@@ -238,6 +238,10 @@ enum Cmd {
             value_delimiter = ','
         )]
         peers: Vec<String>,
+        /// Leave out the target and met columns (a smoke run or a debug
+        /// build, which the targets are not about).
+        #[arg(long)]
+        no_targets: bool,
     },
     /// Wait until something listens on a TCP port (read from /proc/net/tcp*,
     /// no connection is made). Exit 1 on timeout or when --pid dies.
@@ -489,9 +493,13 @@ fn main() -> ExitCode {
             input,
             subject,
             peers,
+            no_targets,
         } => match std::fs::read_to_string(&input) {
             Ok(text) => {
-                print!("{}", report::render(&text, &subject, &peers));
+                print!(
+                    "{}",
+                    report::render_with(&text, &subject, &peers, !no_targets)
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => setup_error(format!("{}: {e}", input.display())),

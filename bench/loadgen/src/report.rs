@@ -463,7 +463,9 @@ fn best_peer<'a>(
         .map(|(n, s, _)| (n, s))
 }
 
-pub fn render(text: &str, subject: &str, peers: &[String]) -> String {
+/// `targets = false` leaves out the target and met columns: targets are
+/// judged on a release build on the bench machine, not on a smoke run.
+pub fn render_with(text: &str, subject: &str, peers: &[String], targets: bool) -> String {
     let d = load(text);
     let mut out = String::new();
     let get = |server: &str, metric: &str| d.series.get(&(server.to_string(), metric.to_string()));
@@ -506,12 +508,24 @@ pub fn render(text: &str, subject: &str, peers: &[String]) -> String {
     for p in &shown_peers {
         let _ = write!(out, " {p} |");
     }
-    let _ = writeln!(out, " best peer | {subject} ÷ best peer | target | met |");
+    if targets {
+        let _ = writeln!(out, " best peer | {subject} ÷ best peer | target | met |");
+    } else {
+        let _ = writeln!(out, " best peer | {subject} ÷ best peer |");
+    }
     let _ = write!(out, "|---|---:|");
     for _ in &shown_peers {
         let _ = write!(out, "---:|");
     }
-    let _ = writeln!(out, "---|---:|---|---|");
+    let _ = writeln!(
+        out,
+        "{}",
+        if targets {
+            "---|---:|---|---|"
+        } else {
+            "---|---:|"
+        }
+    );
 
     for spec in rows() {
         let subject_name = format!("{subject}{}", spec.subject_suffix);
@@ -571,12 +585,16 @@ pub fn render(text: &str, subject: &str, peers: &[String]) -> String {
             },
             _ => "n/a",
         };
-        let _ = writeln!(
-            out,
-            " {ref_cell} | {} | {} | {met} |",
-            fmt_ratio(ratio),
-            spec.target_text
-        );
+        if targets {
+            let _ = writeln!(
+                out,
+                " {ref_cell} | {} | {} | {met} |",
+                fmt_ratio(ratio),
+                spec.target_text
+            );
+        } else {
+            let _ = writeln!(out, " {ref_cell} | {} |", fmt_ratio(ratio));
+        }
     }
 
     let _ = write!(
@@ -587,15 +605,19 @@ pub fn render(text: &str, subject: &str, peers: &[String]) -> String {
     for p in &shown_peers {
         let _ = write!(out, " {} |", fail_cell(&d, p));
     }
-    let _ = writeln!(
-        out,
-        " | | 0 | {} |",
-        match d.failures.get(subject) {
-            Some(0) => "yes",
-            Some(_) => "no",
-            None => "n/a",
-        }
-    );
+    if targets {
+        let _ = writeln!(
+            out,
+            " | | 0 | {} |",
+            match d.failures.get(subject) {
+                Some(0) => "yes",
+                Some(_) => "no",
+                None => "n/a",
+            }
+        );
+    } else {
+        let _ = writeln!(out, " | |");
+    }
     let _ = writeln!(
         out,
         "\nOwn CPU: the super-server's process CPU clock (all its threads, children excluded) \
@@ -624,6 +646,10 @@ fn fail_cell(d: &Data, server: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn render(text: &str, subject: &str, peers: &[String]) -> String {
+        render_with(text, subject, peers, true)
+    }
 
     fn line(server: &str, round: u64, scenario: &str, fields: &str) -> String {
         format!(
@@ -806,6 +832,24 @@ mod tests {
         assert!(frac.contains("| no |"), "{frac}");
         assert!(out.contains("spawn ceiling** (spawn /bin/cat"));
         assert!(out.contains("1100 (1000–1250) spawns/s"));
+    }
+
+    #[test]
+    fn without_targets_no_row_is_judged() {
+        let out = render_with(&sample(), "wininetd", &["xinetd".into()], false);
+        let header = out.lines().find(|l| l.starts_with("| scenario")).unwrap();
+        assert!(
+            !header.contains("target") && !header.contains("met"),
+            "{header}"
+        );
+        for row in out.lines().filter(|l| l.starts_with("| (")) {
+            assert!(
+                !row.ends_with("| yes |") && !row.ends_with("| no |"),
+                "{row}"
+            );
+            assert!(!row.contains('≥') && !row.contains('≤'), "{row}");
+        }
+        assert!(render(&sample(), "wininetd", &["xinetd".into()]).contains("| met |"));
     }
 
     #[test]

@@ -1,15 +1,19 @@
 //! Unix: fork/exec on a socket, SIGCHLD reaping, signals, systemd.
 
+mod activation;
 mod file_trust;
 mod launch;
+mod preflight;
 mod service;
 mod signals;
 mod spawn;
 mod template;
 
+pub use activation::take_listen_fds;
 pub use file_trust::{check_config_file, check_password_file};
 pub use launch::{Exits, PipeReader, PipeWriter, check_users, init_process, launch, terminate};
-pub use service::{Host, install, reload, remove, unit_text};
+pub use preflight::preflight;
+pub use service::{Host, install, install_socket_activated, reload, remove};
 pub use template::{DEFAULT_PATH, ExecTemplate};
 
 /// Unix needs no logon: a program switches to its user with setuid.

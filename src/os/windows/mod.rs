@@ -1,21 +1,25 @@
 //! Windows: CreateProcessW on a connection (or on pipes wininetd relays),
 //! the SCM, the Event Log.
 
+mod activation;
 mod env;
 mod eventlog;
 mod file_trust;
 mod launch;
 mod logon;
+mod preflight;
 mod security;
 mod service;
 mod template;
 
+pub use activation::take_listen_fds;
 pub use eventlog::EventLog;
 pub use file_trust::{check_config_file, check_password_file};
 pub use launch::{
     Exits, PipeReader, PipeWriter, check_users, init_process, launch, new_socket, terminate,
 };
 pub use logon::{Logon, logon_pending};
+pub use preflight::preflight;
 pub use service::{Host, install, reload, remove, run_as_service};
 pub use template::ExecTemplate;
 
