@@ -39,15 +39,25 @@ if [ ! -x /opt/openbsd-inetd/usr/sbin/inetd ]; then
     rm -rf "$tmp"
 fi
 # Each test run's output, for the count of tests not run (at the end).
+# Into a file, then shown: not through a pipe, which Wine's services
+# (services.exe and friends, started by the first `wine` call) inherit and
+# keep open, so a reader like tee would never see its end.
 logs=target/test-logs
 mkdir -p "$logs"
+logged() { # NAME COMMAND...: run COMMAND, its output to $logs/NAME.txt, then shown
+    local name=$1 rc=0
+    shift
+    "$@" >"$logs/$name.txt" 2>&1 || rc=$?
+    cat "$logs/$name.txt"
+    return $rc
+}
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy (Linux)"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test (Linux)"
-cargo test --workspace --all-targets 2>&1 | tee "$logs/linux.txt"
+logged linux cargo test --workspace --all-targets
 echo "== bench smoke (wininetd alone, small)"
 bench/run.sh --smoke
 echo "== Debian package: build, lintian, install, upgrade, purge (scripts/deb-test.sh)"
@@ -64,10 +74,12 @@ echo "== Windows toolchain and Wine prefix (scripts/windows-env.sh)"
 # Ended (for this checkout's prefix only) however the script exits.
 wineserver -p
 trap 'wineserver -k 2>/dev/null || true' EXIT
+# Wine's own services start now, with no pipe of ours as their output.
+wine wineboot </dev/null >/dev/null 2>&1 || true
 echo "== cargo clippy (Windows)"
 scripts/windows-cargo.sh clippy --all-targets -- -D warnings
 echo "== cargo test (Windows, under Wine)"
-scripts/windows-cargo.sh test --all-targets 2>&1 | tee "$logs/windows.txt"
+logged windows scripts/windows-cargo.sh test --all-targets
 echo "== build wininetd.exe and the test programs"
 scripts/windows-cargo.sh build --bins --examples
 echo "== the Windows zip (scripts/windows-zip.sh, release build)"
@@ -75,7 +87,7 @@ zip=$(scripts/windows-zip.sh)
 echo "== Wine integration tests (tests/wine.rs)"
 WININETD_WINE_EXE="$WININETD_WIN_TARGET_DIR/$WININETD_WIN_TARGET/debug/wininetd.exe" \
     WININETD_WINE_ZIP="$zip" \
-    cargo test --test wine -- --ignored 2>&1 | tee "$logs/wine.txt"
+    logged wine cargo test --test wine -- --ignored
 
 # Tests never skip themselves (they fail, naming what is missing); the only
 # ones not run above are #[ignore]d, and each must have run in the Wine step.
