@@ -181,7 +181,7 @@ install_peers() {
     local need=() p
     # xinetd and ucspi-tcp as packages; openbsd-inetd conflicts with xinetd,
     # so only its libraries are installed and the binary is unpacked below.
-    for p in xinetd ucspi-tcp libwrap0 libevent-2.1-7 libbsd0 libtirpc3 libsystemd0; do
+    for p in xinetd ucspi-tcp libwrap0 libevent-2.1-7 libbsd0 libtirpc3 libsystemd0 stunnel4 openssl; do
         installed "$p" || need+=("$p")
     done
     if ((${#need[@]})); then
@@ -246,11 +246,12 @@ if has_server wininetd && [[ -z ${WININETD_BIN-} ]]; then
 fi
 
 # ---------------------------------------------------------------- servers
-read -r -a PORTS <<<"$("$LOADGEN" free-ports -n 7)"
+read -r -a PORTS <<<"$("$LOADGEN" free-ports -n 10)"
 declare -A PORT=(
     [wininetd]=${PORTS[0]} [xinetd]=${PORTS[1]} [openbsd-inetd]=${PORTS[2]}
     [tcpserver]=${PORTS[3]} [wininetd-iecho]=${PORTS[4]} [wininetd-pipe]=${PORTS[5]}
-    [wininetd-user]=${PORTS[6]}
+    [wininetd-proxy]=${PORTS[6]} [wininetd-tls]=${PORTS[7]} [stunnel]=${PORTS[8]}
+    [wininetd-user]=${PORTS[9]}
 )
 # Scenario (g), the user-switching spawn path, needs root (a service as nobody).
 USER_PATH=0
@@ -337,8 +338,9 @@ start_wininetd() {
     await_listen wininetd "$p"
 }
 
-# Scenario (f): internal echo and pipe handoff, from the extended (.toml)
-# config; only when `wininetd --check` accepts it.
+# Scenarios (f) and (g): internal echo, pipe handoff, and /bin/cat behind
+# a PROXY v2 header, from the extended (.toml) config; only when
+# `wininetd --check` accepts it.
 start_wininetd_ext() {
     cat >"$WORK/wininetd-ext.toml" <<EOF
 [[service]]
@@ -353,6 +355,14 @@ port = ${PORT[wininetd-pipe]}
 bind = ["127.0.0.1"]
 command = ["/bin/cat"]
 handoff = "pipe"
+
+[[service]]
+name = "proxycat"
+port = ${PORT[wininetd-proxy]}
+bind = ["127.0.0.1"]
+command = ["/bin/cat"]
+proxy_protocol = "v2"
+proxy_from = ["127.0.0.1"]
 EOF
     if ((USER_PATH)); then
         cat >>"$WORK/wininetd-ext.toml" <<EOF
@@ -371,9 +381,68 @@ EOF
         return 1
     fi
     launch wininetd-ext env WININETD_LOG="$WININETD_LOG_LEVEL" "$WININETD" --debug --cfgfile "$WORK/wininetd-ext.toml"
-    local ports=("${PORT[wininetd-iecho]}" "${PORT[wininetd-pipe]}")
+    local ports=("${PORT[wininetd-iecho]}" "${PORT[wininetd-pipe]}" "${PORT[wininetd-proxy]}")
     ((USER_PATH)) && ports+=("${PORT[wininetd-user]}")
     await_listen wininetd-ext "${ports[@]}"
+}
+
+# Scenario (h): TLS. One ECDSA P-256 certificate (made here, for
+# localhost, by a throwaway CA) for wininetd's TLS service and for stunnel
+# (`exec = /bin/cat`, the usual TLS wrapper of a stdio program); loadgen
+# speaks TLS 1.3 with a full handshake per connection.
+TLS_DIR=$WORK/tls
+make_tls_cert() {
+    command -v openssl >/dev/null || { note "scenario (h) skipped: no openssl"; return 1; }
+    mkdir -p "$TLS_DIR"
+    (
+        cd "$TLS_DIR" &&
+            openssl ecparam -name prime256v1 -genkey -noout -out ca.key &&
+            openssl req -x509 -new -key ca.key -subj "/CN=bench CA" -days 2 \
+                -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign -out ca.pem &&
+            openssl ecparam -name prime256v1 -genkey -noout -out leaf.key &&
+            openssl req -new -key leaf.key -subj "/CN=localhost" -out leaf.csr &&
+            printf 'subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n' >leaf.ext &&
+            openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -set_serial 1 -days 2 \
+                -extfile leaf.ext -out leaf.pem &&
+            chmod 600 ca.key leaf.key
+    ) >"$WORK/tls-cert.log" 2>&1 || { note "scenario (h) skipped: making the certificate failed"; return 1; }
+}
+
+start_wininetd_tls() {
+    cat >"$WORK/wininetd-tls.toml" <<END
+[[service]]
+name = "tlscat"
+port = ${PORT[wininetd-tls]}
+bind = ["127.0.0.1"]
+command = ["/bin/cat"]
+[service.tls]
+cert = "$TLS_DIR/leaf.pem"
+key = "$TLS_DIR/leaf.key"
+END
+    if ! timeout 10 "$WININETD" --check --cfgfile "$WORK/wininetd-tls.toml" >"$WORK/wininetd-tls-check.log" 2>&1; then
+        note "scenario (h) skipped: 'wininetd --check' does not accept the TLS config:"
+        sed 's/^/    /' "$WORK/wininetd-tls-check.log" | tail -5 >&2
+        return 1
+    fi
+    launch wininetd-tls env WININETD_LOG="$WININETD_LOG_LEVEL" "$WININETD" --debug --cfgfile "$WORK/wininetd-tls.toml"
+    await_listen wininetd-tls "${PORT[wininetd-tls]}"
+}
+
+start_stunnel() {
+    command -v stunnel4 >/dev/null || { note "stunnel4 not installed: scenario (h) has no peer"; return 1; }
+    cat >"$WORK/stunnel.conf" <<END
+foreground = yes
+pid =
+debug = 3
+[tlscat]
+accept = 127.0.0.1:${PORT[stunnel]}
+exec = /bin/cat
+execArgs = cat
+cert = $TLS_DIR/leaf.pem
+key = $TLS_DIR/leaf.key
+END
+    launch stunnel stunnel4 "$WORK/stunnel.conf"
+    await_listen stunnel "${PORT[stunnel]}"
 }
 
 ACTIVE=() # servers that came up, in the order given
@@ -383,6 +452,10 @@ for s in $SERVERS; do
         if start_wininetd; then
             ACTIVE+=(wininetd)
             if start_wininetd_ext; then ACTIVE+=(wininetd-ext); fi
+            if make_tls_cert && start_wininetd_tls; then
+                ACTIVE+=(wininetd-tls)
+                if ((!SMOKE)) && start_stunnel; then ACTIVE+=(stunnel); fi
+            fi
         else
             ((REQUIRE_WININETD)) && die "wininetd did not come up"
             note "wininetd did not come up (not implemented yet?): the run goes on without it"
@@ -442,7 +515,15 @@ run_ext_round() { # round
     fi
     lg stream --target "127.0.0.1:${PORT[wininetd-pipe]}" --bytes "$STREAM_BYTES" \
         --server-pid "$pid" --server wininetd-pipe --round "$r"
-    # (g) the same rate scenario as (a), through a service run as nobody:
+    # (g) the same rate with a PROXY v2 header (loadgen writes it), judged
+    # against direct /bin/cat without one, measured right before it.
+    if has_server wininetd && alive wininetd; then
+        lg rate --target "127.0.0.1:${PORT[wininetd]}" -n "$CONNS" -c "$CONC" --payload-size "$PAYLOAD" \
+            --server-pid "${SPID[wininetd]}" --server wininetd-noproxy --round "$r"
+    fi
+    lg rate --target "127.0.0.1:${PORT[wininetd-proxy]}" -n "$CONNS" -c "$CONC" --payload-size "$PAYLOAD" \
+        --proxy-v2 --server-pid "$pid" --server wininetd-proxy --round "$r"
+    # (i) the same rate scenario as (a), through a service run as nobody:
     # the spawn path without shared memory.
     if ((USER_PATH)); then
         lg rate --target "127.0.0.1:${PORT[wininetd-user]}" -n "$CONNS" -c "$CONC" --payload-size "$PAYLOAD" \
@@ -451,9 +532,21 @@ run_ext_round() { # round
     alive wininetd-ext || true
 }
 
+run_tls_round() { # name round
+    local name=$1 r=$2 pid=${SPID[$1]} t=127.0.0.1:${PORT[$1]}
+    local ca=(--tls-ca "$TLS_DIR/ca.pem")
+    alive "$name" || return 0
+    lg hold --target "$t" -n "$HOLD_N" --seconds 1 --ignore-stdin --warmup 16 "${ca[@]}" \
+        --server-pid "$pid" --server "$name" --round "$r"
+    lg rate --target "$t" -n "$CONNS" -c "$CONC" --payload-size "$PAYLOAD" "${ca[@]}" \
+        --server-pid "$pid" --server "$name" --round "$r"
+    lg stream --target "$t" --bytes "$STREAM_BYTES" "${ca[@]}" --server-pid "$pid" --server "$name" --round "$r"
+    alive "$name" || true
+}
+
 # VmRSS of each super-server as started, before any connection.
 for s in "${ACTIVE[@]}"; do
-    [[ $s == wininetd-ext ]] && continue
+    [[ $s == wininetd-ext || $s == wininetd-tls ]] && continue
     rss=$(awk '/^VmRSS:/ {print $2}' "/proc/${SPID[$s]}/status" 2>/dev/null || true)
     printf '{"mode":"start","scenario":"start","server":"%s","round":1,"server_pid":%s,"server_rss_kib":%s}\n' \
         "$s" "${SPID[$s]}" "${rss:-null}" >>"$RESULTS"
@@ -476,8 +569,13 @@ for ((r = 1; r <= ROUNDS; r++)); do
                 --scenario spawn-event-loop --round "$r"
             lg spawn-ceiling -n "$SPAWNS" -c "$CONC" --payload-size "$PAYLOAD" --fork \
                 --scenario spawn-fork --round "$r"
+            if [[ -f $TLS_DIR/leaf.pem ]]; then
+                lg tls-handshake --cert "$TLS_DIR/leaf.pem" --key "$TLS_DIR/leaf.key" \
+                    --ca "$TLS_DIR/ca.pem" -n "$SPAWNS" --server machine --round "$r"
+            fi
             ;;
         wininetd-ext) run_ext_round "$r" ;;
+        wininetd-tls | stunnel) run_tls_round "$item" "$r" ;;
         *) run_server_round "$item" "$r" ;;
         esac
         sleep 1 # let the children of the last scenario finish exiting
@@ -503,7 +601,14 @@ peer_versions() {
     echo "Scenarios: rate $CONNS conns, C=$CONC, $PAYLOAD B echoed by /bin/cat; stream $STREAM_BYTES B through /bin/cat;" \
         "idle $HOLD_N held; spawn ceiling $SPAWNS spawns, $CONC outstanding. Took $((SECONDS - START_S)) s."
     echo
-    "$LOADGEN" report --input "$RESULTS"
+    if ((SMOKE)) || [[ $PROFILE != release ]]; then
+        # The targets are about a release build in a full run.
+        echo "Targets are judged only in a full run of a release build; none are shown here."
+        echo
+        "$LOADGEN" report --input "$RESULTS" --no-targets
+    else
+        "$LOADGEN" report --input "$RESULTS"
+    fi
 } >"$OUT/table.md"
 echo
 cat "$OUT/table.md"

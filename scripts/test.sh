@@ -5,9 +5,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the tests drive: real third-party servers and clients.
+# Debian packages the tests drive: real third-party servers and clients
+# (openbsd-inetd is unpacked below, as it conflicts with xinetd),
+# systemd-socket-activate (systemd), promtool and a real scraper
+# (prometheus), the .deb checks (lintian, man-db) and
+# the Windows zip (zip, unzip).
 packages=(rsync git tftpd-hpa tftp-hpa curl xinetd python3 netbase tcpd
-          libbsd0 libevent-2.1-7 libtirpc3 libwrap0 prometheus)
+          libbsd0 libevent-2.1-7 libtirpc3 libwrap0 prometheus
+          haproxy nginx libnginx-mod-stream openssl gnutls-bin
+          systemd lintian man-db zip unzip)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -34,17 +40,32 @@ if [ ! -x /opt/openbsd-inetd/usr/sbin/inetd ]; then
     rm -rf "$tmp"
 fi
 # Each test run's output, for the count of tests not run (at the end).
+# Into a file, then shown: not through a pipe, which Wine's services
+# (services.exe and friends, started by the first `wine` call) inherit and
+# keep open, so a reader like tee would never see its end.
 logs=target/test-logs
 mkdir -p "$logs"
+logged() { # NAME COMMAND...: run COMMAND, its output to $logs/NAME.txt, then shown
+    local name=$1 rc=0
+    shift
+    "$@" >"$logs/$name.txt" 2>&1 || rc=$?
+    cat "$logs/$name.txt"
+    return $rc
+}
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy (Linux)"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test (Linux)"
-cargo test --workspace --all-targets 2>&1 | tee "$logs/linux.txt"
+logged linux cargo test --workspace --all-targets
 echo "== bench smoke (wininetd alone, small)"
 bench/run.sh --smoke
+echo "== Debian package: build, lintian, install, upgrade, purge (scripts/deb-test.sh)"
+# cargo-deb builds it; installed here from crates.io when missing (a debug
+# build: it packs files, and builds in a third of the time).
+command -v cargo-deb >/dev/null || cargo install --locked --debug cargo-deb
+scripts/deb-test.sh
 
 # Windows (x86_64-pc-windows-gnu), cross-built here and run under Wine.
 echo "== Windows toolchain and Wine prefix (scripts/windows-env.sh)"
@@ -54,15 +75,20 @@ echo "== Windows toolchain and Wine prefix (scripts/windows-env.sh)"
 # Ended (for this checkout's prefix only) however the script exits.
 wineserver -p
 trap 'wineserver -k 2>/dev/null || true' EXIT
+# Wine's own services start now, with no pipe of ours as their output.
+wine wineboot </dev/null >/dev/null 2>&1 || true
 echo "== cargo clippy (Windows)"
 scripts/windows-cargo.sh clippy --all-targets -- -D warnings
 echo "== cargo test (Windows, under Wine)"
-scripts/windows-cargo.sh test --all-targets 2>&1 | tee "$logs/windows.txt"
+logged windows scripts/windows-cargo.sh test --all-targets
 echo "== build wininetd.exe and the test programs"
 scripts/windows-cargo.sh build --bins --examples
+echo "== the Windows zip (scripts/windows-zip.sh, release build)"
+zip=$(scripts/windows-zip.sh)
 echo "== Wine integration tests (tests/wine.rs)"
 WININETD_WINE_EXE="$WININETD_WIN_TARGET_DIR/$WININETD_WIN_TARGET/debug/wininetd.exe" \
-    cargo test --test wine -- --ignored 2>&1 | tee "$logs/wine.txt"
+    WININETD_WINE_ZIP="$zip" \
+    logged wine cargo test --test wine -- --ignored
 
 # Tests never skip themselves (they fail, naming what is missing); the only
 # ones not run above are #[ignore]d, and each must have run in the Wine step.

@@ -15,7 +15,7 @@ use crate::config::{Access, DEFAULT_IPV6_SOURCE_PREFIX, Limits, Rate, canonical_
 use crate::metrics::ServiceStats;
 
 /// Why a connection was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Refusal {
     Denied,
     NotAllowed,
@@ -24,6 +24,14 @@ pub enum Refusal {
     PerSource,
     Rate,
     PerSourceRate,
+    /// The socket's peer may not send a PROXY header (`proxy_from`).
+    ProxyRefused,
+    /// Too many connections are waiting for their PROXY header.
+    ProxyBusy,
+    /// A malformed, truncated or late PROXY header.
+    ProxyInvalid,
+    /// The TLS handshake failed or timed out (its class).
+    TlsFailed(&'static str),
 }
 
 impl fmt::Display for Refusal {
@@ -36,6 +44,10 @@ impl fmt::Display for Refusal {
             Refusal::PerSource => "per_source limit reached",
             Refusal::Rate => "rate limit exceeded",
             Refusal::PerSourceRate => "per_source_rate exceeded",
+            Refusal::ProxyRefused => "peer is not in proxy_from",
+            Refusal::ProxyBusy => "too many connections waiting for a PROXY header",
+            Refusal::ProxyInvalid => "PROXY header",
+            Refusal::TlsFailed(class) => return write!(f, "TLS handshake failed ({class})"),
         })
     }
 }
@@ -548,14 +560,14 @@ impl SourceBuckets {
     }
 }
 
-/// Keeps refusals from flooding the log: one line per service and source
-/// per window, carrying how many were refused since the last line; beyond
+/// Keeps refusals from flooding the log: one line per service, source and
+/// reason per window, carrying how many were refused since the last line; beyond
 /// [`REFUSAL_LOG_MAX_SOURCES`] sources, one summary line per window.
 /// `W` is the reason kept with each line: a [`Refusal`], or a UDP guard's
 /// drop reason.
 #[derive(Debug)]
 pub struct RefusalLog<W = Refusal> {
-    table: Table<(Arc<str>, Source), Held<W>>,
+    table: Table<(Arc<str>, Source, W), Held<W>>,
     others: Others,
     hasher: RandomState,
     /// Table entries the last call looked at (for the bound test).
@@ -598,7 +610,7 @@ pub enum RefusalLine<W = Refusal> {
     Others { refused: u64, sources: u64 },
 }
 
-impl<W> Default for RefusalLog<W> {
+impl<W: Copy + Eq + Hash> Default for RefusalLog<W> {
     fn default() -> Self {
         RefusalLog {
             table: Table::new(REFUSAL_LOG_MAX_SOURCES),
@@ -613,7 +625,7 @@ impl<W> Default for RefusalLog<W> {
     }
 }
 
-impl<W: Copy> RefusalLog<W> {
+impl<W: Copy + Eq + Hash> RefusalLog<W> {
     /// Records a refusal and hands `emit` the lines to log now (at most a
     /// few): this source's, held-back counts of sources whose window ended,
     /// and the summary of untracked sources once per window.
@@ -625,7 +637,7 @@ impl<W: Copy> RefusalLog<W> {
         now: Instant,
         mut emit: impl FnMut(RefusalLine<W>),
     ) {
-        let key = (Arc::clone(service), source);
+        let key = (Arc::clone(service), source, why);
         self.looked = 1;
         let known = match self.table.get_mut(&key) {
             Some(held) => {
@@ -649,7 +661,7 @@ impl<W: Copy> RefusalLog<W> {
             now,
             |h| h.last_line,
             |h| now.saturating_duration_since(h.last_line) >= REFUSAL_LOG_WINDOW,
-            |(service, source), held| {
+            |(service, source, _), held| {
                 if held.pending > 0 {
                     emit(RefusalLine::Source {
                         service,
@@ -675,7 +687,9 @@ impl<W: Copy> RefusalLog<W> {
                 });
             } else {
                 self.others.refused += 1;
-                self.others.sources.add(self.hasher.hash_one(&key));
+                self.others
+                    .sources
+                    .add(self.hasher.hash_one((&key.0, key.1)));
             }
         }
         let others = &mut self.others;

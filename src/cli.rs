@@ -6,13 +6,14 @@ use clap::Parser;
 
 use crate::config::{Format, Handoff};
 
-/// wininetd: an inetd-like super-server for Windows and Unix. Each
-/// connection to a configured port runs a program with the connection as
-/// its standard input, output and error.
+/// An inetd-like super-server for Windows and Unix (WinInetd rebuilt).
+///
+/// Each connection to a configured port runs a program with the connection
+/// as its standard input, output and error.
 #[derive(Debug, Clone, Parser)]
 // args_override_self: a later option wins, so SCM start parameters can
 // follow the service's launch arguments.
-#[command(name = "wininetd", version, about, long_about = None, args_override_self = true)]
+#[command(name = "wininetd", version = VERSION, about, args_override_self = true)]
 pub struct Cli {
     /// The config file; `.toml` selects the extended format.
     #[arg(long, value_name = "FILE", default_value_os_t = default_config())]
@@ -28,7 +29,9 @@ pub struct Cli {
           value_parser = clap::value_parser!(u32).range(0..=65_535))]
     pub linger_timeout: Option<u32>,
 
-    /// Run in the foreground and log to the console.
+    /// Log to the console (stderr) instead of journald or syslog; on Windows,
+    /// run in the console instead of as a service (Ctrl-C stops, Ctrl-Break
+    /// reloads). On Unix wininetd always stays in the foreground.
     #[arg(long)]
     pub debug: bool,
 
@@ -36,11 +39,19 @@ pub struct Cli {
     #[arg(long, conflicts_with_all = ["remove", "check", "reload"])]
     pub install: bool,
 
+    /// With --install (systemd): also write wininetd.socket, one listening
+    /// socket per service address, which systemd keeps open while wininetd
+    /// restarts, so no connection is refused.
+    #[arg(long = "socket-activation", requires = "install")]
+    pub socket_activation: bool,
+
     /// Stop and remove the installed service.
     #[arg(long, conflicts_with_all = ["check", "reload"])]
     pub remove: bool,
 
-    /// Validate the config, list its services, and exit 0 (valid) or 1.
+    /// Validate the config and check its programs and users on this machine
+    /// (errors: start would refuse; warnings: connections would fail); list
+    /// its services; exit 0 (no error) or 1.
     #[arg(long, conflicts_with = "reload")]
     pub check: bool,
 
@@ -116,6 +127,14 @@ fn parse_source(s: &str) -> Result<Source, String> {
 fn parse_format(s: &str) -> Result<Format, String> {
     Format::parse(s).ok_or_else(|| format!("{s:?} is not `classic`, `toml` or `inetd`"))
 }
+
+/// The version and the git commit it was built from (`build.rs`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("WININETD_COMMIT"),
+    ")"
+);
 
 fn parse_handoff(s: &str) -> Result<Handoff, String> {
     Handoff::parse(s).ok_or_else(|| format!("{s:?} is not `direct` or `pipe`"))
@@ -229,5 +248,12 @@ mod tests {
         assert!(Cli::try_parse_from(["wininetd", "--install", "--remove"]).is_err());
         assert!(Cli::try_parse_from(["wininetd", "--handoff", "sideways"]).is_err());
         assert!(Cli::try_parse_from(["wininetd", "--linger-timeout", "65536"]).is_err());
+        assert!(Cli::try_parse_from(["wininetd", "--socket-activation"]).is_err());
+        let c = Cli::try_parse_from(["wininetd", "--install", "--socket-activation"]).unwrap();
+        assert!(c.socket_activation);
+        assert!(
+            !c.service_args()
+                .contains(&"--socket-activation".to_string())
+        );
     }
 }

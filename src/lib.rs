@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod convert;
 pub mod os;
+pub mod proxy;
 
 mod admission;
 mod children;
@@ -23,6 +24,7 @@ mod logging;
 mod metrics;
 mod relay;
 mod server;
+mod tls;
 mod udp_guard;
 
 use std::process::ExitCode;
@@ -40,6 +42,17 @@ pub fn main() -> ExitCode {
         None => {}
     }
     if cli.install {
+        // The service would only fail at its first start: say so now.
+        if let Err(e) = std::fs::metadata(&cli.cfgfile) {
+            return report(Err(format!(
+                "cannot install: the config {}: {e} (write it first, and try it with \
+                 `wininetd --check --cfgfile FILE`)",
+                cli.cfgfile.display()
+            )));
+        }
+        if cli.socket_activation {
+            return report(install_socket_activated(&cli));
+        }
         return report(os::install(&cli.service_args()));
     }
     if cli.remove {
@@ -52,6 +65,25 @@ pub fn main() -> ExitCode {
         return check(&cli);
     }
     run(&cli)
+}
+
+/// `--install --socket-activation`: the socket unit holds every listener of
+/// the config, so the config must be valid now.
+#[cfg(unix)]
+fn install_socket_activated(cli: &cli::Cli) -> Result<String, String> {
+    let cfg = config::load(&cli.cfgfile)
+        .map_err(|e| format!("{e}\ncannot install: the config has errors"))?;
+    let listeners: Vec<_> = cfg
+        .services
+        .iter()
+        .flat_map(|s| s.addrs().map(move |a| (s.protocol, a)))
+        .collect();
+    os::install_socket_activated(&cli.service_args(), &listeners)
+}
+
+#[cfg(windows)]
+fn install_socket_activated(_cli: &cli::Cli) -> Result<String, String> {
+    Err("--socket-activation is systemd's (Unix); a Windows service binds its own sockets".into())
 }
 
 fn report(r: Result<String, String>) -> ExitCode {
@@ -139,49 +171,86 @@ fn control_failure(e: &std::io::Error) -> String {
     }
 }
 
-/// `--check`: every error at once, or the list of services.
+/// `--check`: every error of the file and what this machine would refuse
+/// (errors) or fail at per connection (warnings), all in one pass; or, with
+/// no error, the list of services.
 fn check(cli: &cli::Cli) -> ExitCode {
-    let loaded = config::load_as(&cli.cfgfile, cli.format).and_then(|c| {
-        os::check_internal_users(&c)?;
-        Ok(c)
-    });
-    match loaded {
-        Err(errors) => {
-            eprintln!("{errors}");
-            eprintln!("{}: {} error(s)", cli.cfgfile.display(), errors.0.len());
-            ExitCode::FAILURE
+    let (cfg, mut config_errors) = config::load_partial(&cli.cfgfile, cli.format);
+    if let Some(c) = &cfg {
+        if let Err(e) = os::check_internal_users(c) {
+            config_errors.extend(e.0);
         }
-        Ok(cfg) => {
-            for w in cfg.warnings.iter().chain(&os::unknown_accounts(&cfg)) {
-                eprintln!("{w}");
+        // Certificates and keys are read as a start or reload would.
+        config_errors.extend(
+            c.services
+                .iter()
+                .filter_map(|s| s.tls.as_ref())
+                .filter_map(|t| tls::build(t).err())
+                .flatten(),
+        );
+    }
+    for e in &config_errors {
+        eprintln!("{e}");
+    }
+    let (mut errors, mut warnings) = (config_errors.len(), 0);
+    for w in cfg.iter().flat_map(|c| &c.warnings) {
+        warnings += 1;
+        eprintln!("{w}");
+    }
+    for s in cfg.iter().flat_map(|c| &c.services) {
+        for finding in os::preflight(s) {
+            match finding {
+                os::Finding::Error(m) => {
+                    errors += 1;
+                    eprintln!("{}: error: service {}: {m}", s.origin, s.name);
+                }
+                os::Finding::Warning(m) => {
+                    warnings += 1;
+                    eprintln!("{}: warning: service {}: {m}", s.origin, s.name);
+                }
             }
-            println!(
-                "{}: OK, {} service(s)",
-                cli.cfgfile.display(),
-                cfg.services.len()
-            );
-            for s in &cfg.services {
-                let addrs: Vec<String> = s.addrs().map(|a| a.to_string()).collect();
-                let user = match &s.user {
-                    RunAs::Daemon => "none".to_string(),
-                    RunAs::User { name, .. } => name.clone(),
-                };
-                let program = match &s.program {
-                    Program::Command(c) => c.to_string(),
-                    Program::Internal(i) => format!("internal {}", i.as_str()),
-                };
-                println!(
-                    "{}\t{} {}\tuser {}\t{}",
-                    s.name,
-                    s.protocol,
-                    addrs.join(","),
-                    user,
-                    program
-                );
-            }
-            ExitCode::SUCCESS
         }
     }
+    let cfg = match cfg {
+        Some(cfg) if errors == 0 => cfg,
+        _ => {
+            eprintln!(
+                "{}: {errors} error(s), {warnings} warning(s)",
+                cli.cfgfile.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let warned = if warnings > 0 {
+        format!(", {warnings} warning(s)")
+    } else {
+        String::new()
+    };
+    println!(
+        "{}: OK, {} service(s){warned}",
+        cli.cfgfile.display(),
+        cfg.services.len()
+    );
+    for s in &cfg.services {
+        let addrs: Vec<String> = s.addrs().map(|a| a.to_string()).collect();
+        let user = match &s.user {
+            RunAs::Daemon => "none".to_string(),
+            RunAs::User { name, .. } => name.clone(),
+        };
+        let program = match &s.program {
+            Program::Command(c) => c.to_string(),
+            Program::Internal(i) => format!("internal {}", i.as_str()),
+        };
+        println!(
+            "{}\t{} {}\tuser {}\t{}",
+            s.name,
+            s.protocol,
+            addrs.join(","),
+            user,
+            program
+        );
+    }
+    ExitCode::SUCCESS
 }
 
 /// Runs the daemon in the foreground (console or service manager).
@@ -191,6 +260,8 @@ fn run(cli: &cli::Cli) -> ExitCode {
     if cli.service {
         return os::run_as_service(cli);
     }
+    // Before any thread: this unsets LISTEN_* in our environment.
+    let passed = os::take_listen_fds();
     logging::init(if cli.debug {
         logging::Sink::Console
     } else {
@@ -215,7 +286,11 @@ fn run(cli: &cli::Cli) -> ExitCode {
             code: server::EXIT_RUNTIME,
             message: format!("cannot set up signal handling: {e}"),
         })?;
-        server::serve(opts, &mut host).await
+        let passed = passed.map_err(|message| server::StartError {
+            code: server::EXIT_BIND,
+            message,
+        })?;
+        server::serve_with(opts, passed, &mut host).await
     });
     // Programs still running are not ours to wait for.
     runtime.shutdown_background();

@@ -143,6 +143,103 @@ pub fn bind(protocol: Protocol, addr: SocketAddr) -> io::Result<Bound> {
     })
 }
 
+/// Listening sockets the service manager passed us (systemd socket
+/// activation), each with its protocol, address and name. They are matched
+/// to services by (protocol, address, port), or by a name that is a
+/// service's name. The set keeps its own copy of each for the daemon's
+/// life, so a service removed by a reload and added back by another gets
+/// the same socket again (the manager still holds it: binding our own would
+/// fail).
+#[derive(Default)]
+pub struct Inherited {
+    sockets: Vec<InheritedSocket>,
+}
+
+struct InheritedSocket {
+    protocol: Protocol,
+    addr: SocketAddr,
+    name: String,
+    socket: socket2::Socket,
+}
+
+impl Inherited {
+    /// Sorts out what the manager passed: `Err` names each socket that is
+    /// not a TCP or UDP socket on an IP address.
+    pub fn new(passed: Vec<(socket2::Socket, String)>) -> Result<Inherited, String> {
+        let mut sockets = Vec::new();
+        let mut bad = Vec::new();
+        for (socket, name) in passed {
+            let protocol = match socket.r#type() {
+                Ok(Type::STREAM) => Some(Protocol::Tcp),
+                Ok(Type::DGRAM) => Some(Protocol::Udp),
+                _ => None,
+            };
+            let addr = socket.local_addr().ok().and_then(|a| a.as_socket());
+            match (protocol, addr) {
+                (Some(protocol), Some(addr)) => sockets.push(InheritedSocket {
+                    protocol,
+                    addr,
+                    name,
+                    socket,
+                }),
+                _ => bad.push(format!(
+                    "{name:?} (not a TCP or UDP socket on an IP address)"
+                )),
+            }
+        }
+        if bad.is_empty() {
+            Ok(Inherited { sockets })
+        } else {
+            Err(format!(
+                "the service manager passed sockets wininetd cannot serve: {}",
+                bad.join(", ")
+            ))
+        }
+    }
+
+    /// Where a service listens when the manager passed sockets under its
+    /// name (`FileDescriptorName=`) for its protocol and port: there,
+    /// instead of its configured addresses.
+    pub fn named(&self, name: &str, protocol: Protocol, port: u16) -> Vec<SocketAddr> {
+        self.sockets
+            .iter()
+            .filter(|s| s.name == name && s.protocol == protocol && s.addr.port() == port)
+            .map(|s| s.addr)
+            .collect()
+    }
+
+    /// The passed sockets no listener would use (`wanted` says which
+    /// protocol and address one would), as text.
+    pub fn unused(&self, wanted: impl Fn(Protocol, SocketAddr) -> bool) -> Vec<String> {
+        self.sockets
+            .iter()
+            .filter(|s| !wanted(s.protocol, s.addr))
+            .map(|s| format!("{} {} (name {:?})", s.protocol, s.addr, s.name))
+            .collect()
+    }
+
+    pub fn contains(&self, protocol: Protocol, addr: SocketAddr) -> bool {
+        self.sockets
+            .iter()
+            .any(|s| s.protocol == protocol && s.addr == addr)
+    }
+
+    /// The passed socket for `addr`, ready to serve, if there is one.
+    pub fn take(&self, protocol: Protocol, addr: SocketAddr) -> Option<io::Result<Bound>> {
+        let s = self
+            .sockets
+            .iter()
+            .find(|s| s.protocol == protocol && s.addr == addr)?;
+        Some(s.socket.try_clone().and_then(|sock| {
+            sock.set_nonblocking(true)?;
+            Ok(match protocol {
+                Protocol::Tcp => Bound::Tcp(Acceptor::new(sock.into())?),
+                Protocol::Udp => Bound::Udp(tokio::net::UdpSocket::from_std(sock.into())?),
+            })
+        }))
+    }
+}
+
 /// accept() errors that mean "out of descriptors or memory": retrying at
 /// once would spin, so the listener backs off instead.
 pub fn is_resource_exhaustion(e: &io::Error) -> bool {

@@ -26,9 +26,11 @@ pub enum Outcome {
     PerSourceLimited,
     InstanceLimited,
     MaxConnections,
-    /// A PROXY header from a peer outside `proxy_from`, or none in time.
+    /// A PROXY header from a peer outside `proxy_from`.
     ProxyRefused,
-    /// A malformed PROXY header.
+    /// Too many connections already waiting for their PROXY header.
+    ProxyBusy,
+    /// A malformed, truncated or late PROXY header.
     ProxyInvalid,
     /// The TLS handshake failed or timed out.
     TlsFailed,
@@ -38,7 +40,7 @@ pub enum Outcome {
     UserFailed,
 }
 
-const OUTCOMES: [Outcome; 14] = [
+const OUTCOMES: [Outcome; 15] = [
     Outcome::Started,
     Outcome::Internal,
     Outcome::Denied,
@@ -49,6 +51,7 @@ const OUTCOMES: [Outcome; 14] = [
     Outcome::InstanceLimited,
     Outcome::MaxConnections,
     Outcome::ProxyRefused,
+    Outcome::ProxyBusy,
     Outcome::ProxyInvalid,
     Outcome::TlsFailed,
     Outcome::SpawnFailed,
@@ -68,6 +71,7 @@ impl Outcome {
             Outcome::InstanceLimited => "instance_limited",
             Outcome::MaxConnections => "max_connections",
             Outcome::ProxyRefused => "proxy_refused",
+            Outcome::ProxyBusy => "proxy_busy",
             Outcome::ProxyInvalid => "proxy_invalid",
             Outcome::TlsFailed => "tls_failed",
             Outcome::SpawnFailed => "spawn_failed",
@@ -86,6 +90,10 @@ impl From<Refusal> for Outcome {
             Refusal::PerSource => Outcome::PerSourceLimited,
             Refusal::Rate => Outcome::RateLimited,
             Refusal::PerSourceRate => Outcome::PerSourceRateLimited,
+            Refusal::ProxyRefused => Outcome::ProxyRefused,
+            Refusal::ProxyBusy => Outcome::ProxyBusy,
+            Refusal::ProxyInvalid => Outcome::ProxyInvalid,
+            Refusal::TlsFailed(_) => Outcome::TlsFailed,
         }
     }
 }
@@ -699,6 +707,10 @@ mod tests {
             (Refusal::PerSource, "per_source_limited"),
             (Refusal::Rate, "rate_limited"),
             (Refusal::PerSourceRate, "per_source_rate_limited"),
+            (Refusal::ProxyRefused, "proxy_refused"),
+            (Refusal::ProxyBusy, "proxy_busy"),
+            (Refusal::ProxyInvalid, "proxy_invalid"),
+            (Refusal::TlsFailed("client closed"), "tls_failed"),
         ];
         for (r, name) in all {
             assert_eq!(Outcome::from(r).as_str(), name);

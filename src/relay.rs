@@ -82,6 +82,9 @@ pub struct Tally {
 pub struct Relayed {
     pub to_program: u64,
     pub to_client: u64,
+    /// The client's input ended without its end being said (a TLS client
+    /// gone without close_notify): the program's stdin got EOF all the same.
+    pub truncated: bool,
 }
 
 /// Relays until the program has closed its output and either the client
@@ -96,8 +99,8 @@ pub struct Relayed {
 ///
 /// Linux uses [`relay_tcp`]'s splice path for plain TCP; this one serves
 /// other systems (Windows named pipes) and streams that are not plain
-/// sockets.
-#[cfg_attr(target_os = "linux", allow(dead_code))]
+/// sockets (a TLS session: each write is flushed, so a record never waits
+/// in rustls for the next one).
 pub async fn relay<C, W, R>(
     client: C,
     mut to_program: W,
@@ -112,11 +115,22 @@ where
     R: AsyncRead + Unpin,
 {
     let (mut client_rx, mut client_tx) = tokio::io::split(client);
+    let mut truncated = false;
     let upstream = async {
-        let mut buf = vec![0u8; BUF_SIZE];
+        // Filled by read_buf, never zeroed: an idle session's buffer pages
+        // are never touched, so they cost no resident memory.
+        let mut buf = Vec::with_capacity(BUF_SIZE);
         let mut total = 0u64;
         loop {
-            let n = with_idle(idle, client_rx.read(&mut buf)).await?;
+            buf.clear();
+            let n = match with_idle(idle, client_rx.read_buf(&mut buf)).await {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    truncated = true;
+                    0
+                }
+                Err(e) => return Err(e),
+            };
             if n == 0 {
                 break;
             }
@@ -133,21 +147,32 @@ where
         io::Result::Ok(total)
     };
     let downstream = async {
-        let mut buf = vec![0u8; BUF_SIZE];
+        // Filled by read_buf, never zeroed: an idle session's buffer pages
+        // are never touched, so they cost no resident memory.
+        let mut buf = Vec::with_capacity(BUF_SIZE);
         let mut total = 0u64;
         loop {
-            let n = from_program.read(&mut buf).await?;
+            buf.clear();
+            let n = from_program.read_buf(&mut buf).await?;
             if n == 0 {
                 break;
             }
-            with_idle(idle, client_tx.write_all(&buf[..n])).await?;
+            with_idle(idle, async {
+                client_tx.write_all(&buf[..n]).await?;
+                client_tx.flush().await
+            })
+            .await?;
             total += n as u64;
             tally.to_client.fetch_add(n as u64, Ordering::Relaxed);
         }
         client_tx.shutdown().await?;
         io::Result::Ok(total)
     };
-    drive(upstream, downstream, program_exited).await
+    let relayed = drive(upstream, downstream, program_exited).await?;
+    Ok(Relayed {
+        truncated,
+        ..relayed
+    })
 }
 
 /// The relay for a plain TCP client and the program's own pipes. On Linux
@@ -230,6 +255,7 @@ async fn drive(
     Ok(Relayed {
         to_program: up_total.unwrap_or(0),
         to_client: down_total.unwrap_or(0),
+        truncated: false,
     })
 }
 
@@ -437,7 +463,8 @@ mod tests {
             r,
             Relayed {
                 to_program: 5,
-                to_client: 5
+                to_client: 5,
+                truncated: false,
             }
         );
         assert_eq!(tally.to_client.load(Ordering::Relaxed), 5);

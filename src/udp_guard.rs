@@ -15,7 +15,7 @@ use crate::config::canonical_ip;
 
 /// Why a datagram got no answer; the names are the outcomes a metrics
 /// endpoint reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Dropped {
     /// A privileged or one of our own ports, or a non-unicast address.
     BadSource,

@@ -328,14 +328,16 @@ fn check_warns_of_unknown_users_and_groups_with_file_and_line() {
     );
     assert_eq!(c.code, Some(0), "{}", c.stderr);
     assert!(
-        c.stderr
-            .contains("inetd.conf:1: service 7000/tcp: unknown user \"nosuchuser9\""),
+        c.stderr.contains(
+            "inetd.conf:1: warning: service 7000/tcp: user \"nosuchuser9\" does not exist"
+        ),
         "{}",
         c.stderr
     );
     assert!(
-        c.stderr
-            .contains("inetd.conf:2: service 7001/tcp: unknown group \"nosuchgroup9\""),
+        c.stderr.contains(
+            "inetd.conf:2: warning: service 7001/tcp: group \"nosuchgroup9\" does not exist"
+        ),
         "{}",
         c.stderr
     );

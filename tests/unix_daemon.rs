@@ -412,6 +412,180 @@ fn check_lists_services_or_every_error() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read the config"));
 }
 
+/// `--check` is the dry run: what this machine would refuse or fail at is
+/// reported too, each with its FILE:LINE.
+#[test]
+fn check_reports_programs_and_users_that_cannot_run() {
+    assert!(
+        is_root(),
+        "this test runs as root (CI does) to check both sides"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let plain = write_file(dir.path(), "plain", b"#!/bin/sh\n");
+    let text = format!(
+        "7001 none /nonexistent/prog\n7002 none {}\n7003 no-such-user-here /bin/cat\n\
+         7004 none no-such-program-in-path\n7005 nobody /bin/cat\n7006 none cat\n7007 root /bin/cat\n",
+        plain.display()
+    );
+    let cfg = write_file(dir.path(), "w.conf", text.as_bytes());
+    let out = run_cli(&["--check", "--cfgfile", cfg.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // As root: each of these only fails per connection, so warnings.
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    for (line, needle) in [
+        (1, "/nonexistent/prog"),
+        (2, "is not executable"),
+        (3, "user \"no-such-user-here\" does not exist"),
+        (4, "not found in PATH"),
+    ] {
+        let want = format!("w.conf:{line}: warning: service tcp/700{line}: ");
+        let hit = stderr.lines().find(|l| l.contains(&want));
+        assert!(
+            hit.is_some_and(|l| l.contains(needle)),
+            "{want}{needle} in:\n{stderr}"
+        );
+    }
+    assert!(!stderr.contains("w.conf:5"), "nobody exists: {stderr}");
+    assert!(!stderr.contains("w.conf:6"), "cat is in PATH: {stderr}");
+    assert!(!stderr.contains("w.conf:7"), "root may be anyone: {stderr}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("OK, 7 service(s), 4 warning(s)"),
+        "{out:?}"
+    );
+
+    // Not root: another user is what start would refuse, so an error.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let out = std::os::unix::process::CommandExt::uid(
+        std::process::Command::new(BIN).args(["--check", "--cfgfile", cfg.to_str().unwrap()]),
+        nobody.uid.as_raw(),
+    )
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("w.conf:3: error: service tcp/7003: user \"no-such-user-here\""),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("w.conf:7: error: service tcp/7007: runs as user \"root\""),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("w.conf:5"), "nobody is itself: {stderr}");
+    assert!(stderr.contains(": 2 error(s), 3 warning(s)"), "{stderr}");
+}
+
+/// One pass: a config error does not hide what the machine would refuse.
+#[test]
+fn check_reports_config_errors_and_machine_findings_together() {
+    let out = check(
+        "w.conf",
+        b"80x none /bin/cat\n7001 none /nonexistent/prog\n7002 none /bin/cat\n7002 none /bin/cat\n",
+    );
+    assert_eq!(out.code, Some(1));
+    let stderr = out.stderr;
+    assert!(
+        stderr.contains("w.conf:1: port \"80x\" is not a number"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("w.conf:4: tcp port 7002"), "{stderr}");
+    assert!(
+        stderr.contains("w.conf:2: warning: service tcp/7001: program /nonexistent/prog"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(": 2 error(s), 1 warning(s)"), "{stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "no service list with errors: {}",
+        out.stdout
+    );
+}
+
+#[test]
+fn version_names_the_git_commit() {
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("git is installed (package git)");
+    let head = String::from_utf8(head.stdout).unwrap();
+    let out = run_cli(&["--version"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.trim(),
+        format!(
+            "wininetd {} (commit {})",
+            env!("CARGO_PKG_VERSION"),
+            head.trim()
+        )
+    );
+}
+
+#[test]
+fn install_refuses_a_config_that_does_not_exist() {
+    let out = run_cli(&["--install", "--cfgfile", "/nonexistent/wininetd.conf"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("/nonexistent/wininetd.conf"), "{stderr}");
+    assert!(stderr.contains("write it first"), "{stderr}");
+}
+
+/// The quick start's line service answers each line before the next is
+/// sent (mawk, Debian's awk, did not: it buffers its input). Its command is
+/// taken from examples/wininetd.conf and served on loopback.
+#[test]
+fn the_example_line_service_answers_line_by_line() {
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/wininetd.conf"
+    ))
+    .unwrap();
+    let line = example
+        .lines()
+        .find(|l| l.starts_with("10079 "))
+        .expect("the example has the line service on 10079");
+    let command = line.strip_prefix("10079 none ").unwrap();
+    let port = free_port();
+    let toml =
+        format!("[[service]]\nport = {port}\nbind = [\"127.0.0.1\"]\ncommand = {command:?}\n");
+    let _d = Daemon::start("w.toml", &toml, &[]);
+    let mut s = connect(port);
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    for word in ["hello", "second line"] {
+        s.write_all(format!("{word}\n").as_bytes()).unwrap();
+        let mut got = Vec::new();
+        let mut byte = [0u8; 1];
+        while !got.ends_with(b"\n") {
+            let n = s.read(&mut byte).expect("an answer before the next line");
+            assert_eq!(n, 1, "closed after {got:?}");
+            got.push(byte[0]);
+        }
+        assert_eq!(got, format!("{}\n", word.to_uppercase()).as_bytes());
+    }
+}
+
+#[test]
+fn install_with_socket_activation_refuses_an_invalid_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_file(dir.path(), "w.conf", b"7000 none\n");
+    let out = run_cli(&[
+        "--install",
+        "--socket-activation",
+        "--cfgfile",
+        cfg.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("w.conf:1: port 7000 has no command line"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("cannot install"), "{stderr}");
+}
+
 #[test]
 fn duplicate_ports_are_reported_by_check() {
     let out = check("dup.conf", b"7002 none /bin/cat\n7002 none /bin/cat\n");
@@ -583,7 +757,7 @@ fn sd_notify_reports_ready_reloading_and_stopping() {
     assert!(next().starts_with("RELOADING=1\nMONOTONIC_USEC="));
     assert!(next().starts_with("READY=1"));
     d.signal(Signal::SIGTERM);
-    assert_eq!(next(), "STOPPING=1");
+    assert_eq!(next().trim_end(), "STOPPING=1");
     assert_eq!(d.wait_exit(Duration::from_secs(10)).code(), Some(0));
 }
 

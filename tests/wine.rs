@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{pattern, read_all};
+use rustls_pki_types::pem::PemObject as _;
 
 /// The Windows exe under test.
 fn exe() -> PathBuf {
@@ -832,4 +833,500 @@ fn status_and_reload_over_the_control_pipe() {
         text(&out)
     );
     drop(s);
+}
+
+/// An ECDSA P-256 CA and a leaf for localhost, made with openssl in `dir`.
+fn make_tls_certs(dir: &Path) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("openssl (package openssl)");
+        assert!(out.status.success(), "openssl {args:?}: {}", text(&out));
+    };
+    for key in ["ca.key", "leaf.key"] {
+        openssl(&[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            key,
+        ]);
+    }
+    openssl(&[
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        "ca.key",
+        "-subj",
+        "/CN=Wine CA",
+        "-days",
+        "2",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+        "-out",
+        "ca.pem",
+    ]);
+    openssl(&[
+        "req",
+        "-new",
+        "-key",
+        "leaf.key",
+        "-subj",
+        "/CN=localhost",
+        "-out",
+        "leaf.csr",
+    ]);
+    std::fs::write(dir.join("leaf.ext"), "subjectAltName=DNS:localhost\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-set_serial",
+        "1",
+        "-days",
+        "2",
+        "-extfile",
+        "leaf.ext",
+        "-out",
+        "leaf.pem",
+    ]);
+}
+
+fn tls_config(port: u16, command: &str, dir: &Path) -> String {
+    format!(
+        "[[service]]\nport = {port}\nbind = [\"127.0.0.1\"]\ncommand = {command}\n[service.tls]\ncert = '{}'\nkey = '{}'\n",
+        win_path(&dir.join("leaf.pem")),
+        win_path(&dir.join("leaf.key"))
+    )
+}
+
+#[test]
+#[ignore = "needs Wine and the Windows build; run by scripts/test.sh"]
+fn tls_under_wine_serves_openssl_and_tells_the_program_the_session() {
+    let certs = tempfile::tempdir().unwrap();
+    make_tls_certs(certs.path());
+    let port = free_port();
+    let command = "\"cmd.exe /c echo TLS %SSL_PROTOCOL% %SSL_TLS_SNI_SERVERNAME% %CLIENT_IP%\"";
+    let d = Daemon::start("w.toml", &tls_config(port, command, certs.path()), &[]);
+    let out = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+            "-servername",
+            "localhost",
+        ])
+        .arg("-CAfile")
+        .arg(certs.path().join("ca.pem"))
+        .args(["-ign_eof", "-tls1_3"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl s_client (package openssl)");
+    let shown = text(&out);
+    assert!(shown.contains("Verify return code: 0 (ok)"), "{shown}");
+    assert!(
+        shown.contains("TLS TLSv1.3 localhost 127.0.0.1"),
+        "{shown}\n{}",
+        d.log()
+    );
+}
+
+#[test]
+#[ignore = "needs Wine and the Windows build; run by scripts/test.sh"]
+fn tls_under_wine_echoes_one_mib_byte_exact_with_close_notify_both_ways() {
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let certs = tempfile::tempdir().unwrap();
+    make_tls_certs(certs.path());
+    let port = free_port();
+    let echo = format!("{:?}", example("stdio_echo"));
+    let d = Daemon::start("w.toml", &tls_config(port, &echo, certs.path()), &[]);
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = std::fs::read(certs.path().join("ca.pem")).unwrap();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(&ca) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    );
+    let data = pattern(1 << 20, 13);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let back = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let s = tokio_rustls::TlsConnector::from(cfg)
+            .connect(
+                rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+                tcp,
+            )
+            .await
+            .unwrap();
+        let (mut rx, mut tx) = tokio::io::split(s);
+        let sent = data.clone();
+        let writer = async move {
+            tx.write_all(&sent).await.unwrap();
+            tx.shutdown().await.unwrap(); // close_notify, then FIN
+        };
+        let reader = async {
+            let mut back = Vec::new();
+            tokio::time::timeout(Duration::from_secs(60), rx.read_to_end(&mut back))
+                .await
+                .expect("the echo completes")
+                .expect("it ends with close_notify");
+            back
+        };
+        tokio::join!(writer, reader).1
+    });
+    assert_eq!(back.len(), data.len());
+    assert!(back == data, "echo differs");
+    d.wait_log("status=exit code: 0", Duration::from_secs(30));
+}
+
+/// PROXY protocol on Windows: the header is consumed exactly (direct and
+/// pipe), the program sees the client from it, byte-by-byte headers work,
+/// and malformed, foreign and silent peers start nothing.
+#[test]
+#[ignore = "needs Wine and the Windows build; run by scripts/test.sh"]
+fn proxy_headers_are_read_exactly_and_bad_ones_start_nothing() {
+    let [direct, pipe, env, other] = [free_port(), free_port(), free_port(), free_port()];
+    let echo = example("stdio_echo");
+    let proxy = "proxy_protocol = \"any\"\nproxy_from = [\"127.0.0.1\"]\nproxy_timeout = 3";
+    let d = Daemon::start(
+        "w.toml",
+        &format!(
+            "[[service]]\nport = {direct}\nbind = [\"127.0.0.1\"]\nhandoff = \"direct\"\ncommand = '{echo}'\n{proxy}\n\
+             [[service]]\nport = {pipe}\nbind = [\"127.0.0.1\"]\nhandoff = \"pipe\"\ncommand = '{echo}'\n{proxy}\n\
+             [[service]]\nport = {env}\nbind = [\"127.0.0.1\"]\ncommand = 'cmd.exe /c echo %CLIENT_IP% %CLIENT_PORT% %TCPLOCALPORT% %PROXY_PEER_IP% %PROXY_VERSION%'\n{proxy}\n\
+             [[service]]\nport = {other}\nbind = [\"127.0.0.1\"]\ncommand = 'cmd.exe /c echo started'\nproxy_protocol = \"v1\"\nproxy_from = [\"127.0.0.2\"]\n"
+        ),
+        &[],
+    );
+    let v2 = {
+        let mut h = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+        h.extend_from_slice(&[192, 0, 2, 5, 198, 51, 100, 6]);
+        h.extend_from_slice(&[0x1f, 0x90, 0x01, 0xbb]); // 8080 → 443
+        h
+    };
+    let v1 = b"PROXY TCP4 192.0.2.9 198.51.100.1 5555 25\r\n".to_vec();
+    for port in [direct, pipe] {
+        for (header, chunk) in [(&v1, 1000), (&v2, 1000), (&v1, 1), (&v2, 3)] {
+            let mut s = connect(port);
+            s.set_nodelay(true).unwrap();
+            for piece in header.chunks(chunk) {
+                s.write_all(piece).unwrap();
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            s.write_all(b"PROXY payload\r\n").unwrap();
+            s.shutdown(Shutdown::Write).unwrap();
+            assert_eq!(
+                read_all(&mut s),
+                b"PROXY payload\r\n",
+                "port {port}, chunks of {chunk}"
+            );
+        }
+    }
+    let mut s = connect(env);
+    s.write_all(&v2).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(
+        String::from_utf8(read_all(&mut s)).unwrap(),
+        "192.0.2.5 8080 443 127.0.0.1 2\r\n"
+    );
+    d.wait_log("via=127.0.0.1:", Duration::from_secs(10));
+    let started = d.log().matches(" started ").count();
+
+    // Malformed, from outside proxy_from, or silent: nothing starts.
+    for bad in [
+        &b"PROXY TCP4 1.2.3.4 5.6.7.8 080 1\r\n"[..],
+        b"GET / HTTP/1.0\r\n\r\n",
+    ] {
+        let mut s = connect(env);
+        s.write_all(bad).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        assert!(read_all(&mut s).is_empty());
+    }
+    let mut s = connect(other);
+    let _ = s.write_all(&v1);
+    assert!(read_all(&mut s).is_empty());
+    d.wait_log("peer is not in proxy_from", Duration::from_secs(10));
+    let silent = Instant::now();
+    // (On `direct`: refusals on `env` within 5 s are counted, not logged.)
+    let mut quiet = connect(direct);
+    let mut s = connect(pipe);
+    s.write_all(&[&v1[..], b"meanwhile"].concat()).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(
+        read_all(&mut s),
+        b"meanwhile",
+        "served while a silent peer waits"
+    );
+    assert!(read_all(&mut quiet).is_empty());
+    let waited = silent.elapsed();
+    assert!(
+        waited >= Duration::from_millis(2500) && waited < Duration::from_secs(20),
+        "the silent peer was dropped after {waited:?}"
+    );
+    d.wait_log("within proxy_timeout (3 s)", Duration::from_secs(10));
+    assert_eq!(
+        d.log().matches(" started ").count(),
+        started + 1,
+        "{}",
+        d.log()
+    );
+}
+
+/// The release zip (scripts/windows-zip.sh; WININETD_WINE_ZIP names it).
+fn zip() -> PathBuf {
+    PathBuf::from(
+        std::env::var_os("WININETD_WINE_ZIP")
+            .expect("WININETD_WINE_ZIP: the zip to test (scripts/test.sh sets it)"),
+    )
+}
+
+/// The zip as a user gets it: unzipped into C:\ of the Wine prefix, its
+/// example config (ports moved to free ones) checked, installed as the
+/// service from there, started with `sc`, serving, and removed.
+#[test]
+#[ignore = "needs Wine and the Windows build; run by scripts/test.sh"]
+fn the_zip_installs_and_serves_from_where_it_was_unzipped() {
+    let _one = SCM.lock().unwrap_or_else(|p| p.into_inner());
+    let prefix = PathBuf::from(std::env::var_os("WINEPREFIX").expect("WINEPREFIX"));
+    let drive_c = prefix.join("drive_c");
+    let place = drive_c.join("wininetd-zip-test");
+    let _ = std::fs::remove_dir_all(&place);
+    let o = Command::new("unzip")
+        .arg("-q")
+        .arg(zip())
+        .arg("-d")
+        .arg(&place)
+        .output()
+        .expect("unzip is installed (package unzip)");
+    assert!(o.status.success(), "unzip: {}", text(&o));
+    let stem = zip().file_stem().unwrap().to_str().unwrap().to_string();
+    assert!(
+        stem.starts_with(&format!("wininetd-{}-", env!("CARGO_PKG_VERSION")))
+            && stem.ends_with("-x86_64-windows"),
+        "{stem}"
+    );
+    let root = place.join(&stem);
+    for f in [
+        "wininetd.exe",
+        "wininetd.conf",
+        "wininetd.toml",
+        "README.txt",
+        "LICENSE.txt",
+        "CHANGELOG.txt",
+        "docs/configuration.txt",
+        "docs/windows.txt",
+    ] {
+        assert!(root.join(f).is_file(), "the zip lacks {f}");
+    }
+    let readme = std::fs::read_to_string(root.join("README.txt")).unwrap();
+    assert!(
+        readme.contains("\r\n") && !readme.contains("\n\n"),
+        "README.txt has CRLF ends"
+    );
+
+    let exe_bytes = std::fs::read(root.join("wininetd.exe")).unwrap();
+    assert_version_and_manifest(&exe_bytes);
+
+    let [echo, greeting] = [free_port(), free_port()];
+    let cfg = root.join("wininetd.toml");
+    let example = std::fs::read_to_string(&cfg).unwrap();
+    assert!(example.contains("port = 10007") && example.contains("port = 10013"));
+    std::fs::write(
+        &cfg,
+        example
+            .replace("port = 10007", &format!("port = {echo}"))
+            .replace("port = 10013", &format!("port = {greeting}")),
+    )
+    .unwrap();
+    let win = |p: &Path| {
+        format!("C:\\{}", p.strip_prefix(&drive_c).unwrap().display()).replace('/', "\\")
+    };
+    let (exe_w, cfg_w) = (win(&root.join("wininetd.exe")), win(&cfg));
+
+    let o = run(&[&exe_w, "--check", "--cfgfile", &cfg_w]);
+    assert!(o.status.success(), "--check: {}", text(&o));
+    let o = run(&[
+        &exe_w,
+        "--check",
+        "--cfgfile",
+        &win(&root.join("wininetd.conf")),
+    ]);
+    assert!(
+        o.status.success(),
+        "--check of the classic example: {}",
+        text(&o)
+    );
+    let o = run(&[&exe_w, "--version"]);
+    assert!(
+        text(&o).starts_with(&format!("wininetd {} (commit ", env!("CARGO_PKG_VERSION"))),
+        "{}",
+        text(&o)
+    );
+
+    let _ = run(&[&exe_w, "--remove"]);
+    let _cleanup = Uninstall;
+    let o = run(&[&exe_w, "--install", "--cfgfile", &cfg_w]);
+    assert!(o.status.success(), "install: {}", text(&o));
+    assert!(
+        text(&o).contains(&exe_w) || text(&o).contains("wininetd-zip-test"),
+        "{}",
+        text(&o)
+    );
+    let o = run(&["sc", "start", "wininetd"]);
+    assert!(o.status.success(), "sc start: {}", text(&o));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", echo)) {
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            if s.write_all(b"from the zip\r\n").is_ok() {
+                let _ = s.shutdown(Shutdown::Write);
+                if read_all(&mut s) == b"from the zip\r\n" {
+                    break;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "echo on {echo} not served");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut s = connect(greeting);
+    let _ = s.shutdown(Shutdown::Write);
+    let hello = String::from_utf8_lossy(&read_all(&mut s)).into_owned();
+    assert!(
+        hello.starts_with("Hello 127.0.0.1, you came from port "),
+        "{hello:?}"
+    );
+
+    let o = run(&[&exe_w, "--remove"]);
+    assert!(o.status.success(), "remove: {}", text(&o));
+    wait_refused(echo, Duration::from_secs(30));
+    let _ = std::fs::remove_dir_all(&place);
+}
+
+/// What Explorer's Details tab and the loader read from the exe: the
+/// version resource (fixed file version and strings) and the manifest,
+/// found by walking the PE resource directory.
+fn assert_version_and_manifest(pe: &[u8]) {
+    let resources = pe_resources(pe);
+    let find = |ty: u32| {
+        resources
+            .iter()
+            .find(|(t, _, _)| *t == ty)
+            .map(|(_, _, data)| data.as_slice())
+    };
+    let version = find(16).expect("an RT_VERSION resource");
+    // VS_FIXEDFILEINFO: signature 0xFEEF04BD, then the struct version,
+    // then FileVersionMS (major.minor) and FileVersionLS (patch.0).
+    let sig = version
+        .windows(4)
+        .position(|w| w == 0xFEEF_04BDu32.to_le_bytes())
+        .expect("VS_FIXEDFILEINFO");
+    let word = |o: usize| u32::from_le_bytes(version[sig + o..sig + o + 4].try_into().unwrap());
+    let n = |s: &str| s.parse::<u32>().unwrap();
+    let (major, minor, patch) = (
+        n(env!("CARGO_PKG_VERSION_MAJOR")),
+        n(env!("CARGO_PKG_VERSION_MINOR")),
+        n(env!("CARGO_PKG_VERSION_PATCH")),
+    );
+    assert_eq!(word(8), (major << 16) | minor, "FileVersionMS");
+    assert_eq!(word(12), patch << 16, "FileVersionLS");
+    let strings: String = char::decode_utf16(
+        version
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]])),
+    )
+    .map(|c| c.unwrap_or('?'))
+    .collect();
+    for (key, value) in [
+        ("ProductName", "wininetd"),
+        ("FileVersion", env!("CARGO_PKG_VERSION")),
+        ("FileDescription", "super-server"),
+        ("OriginalFilename", "wininetd.exe"),
+    ] {
+        let at = strings.find(key).unwrap_or_else(|| panic!("{key} missing"));
+        let after = &strings[at + key.len()..];
+        let val: String = after
+            .trim_start_matches('\0')
+            .chars()
+            .take_while(|c| *c != '\0')
+            .collect();
+        assert!(val.contains(value), "{key} = {val:?}, want {value:?}");
+    }
+    let manifest = String::from_utf8_lossy(find(24).expect("an RT_MANIFEST resource"));
+    assert!(
+        manifest.contains("requestedExecutionLevel level=\"asInvoker\""),
+        "{manifest}"
+    );
+    assert!(find(11).is_some(), "the Event Log message table");
+}
+
+/// Every leaf of a PE32+ file's resource tree: (type id, name id, data).
+fn pe_resources(pe: &[u8]) -> Vec<(u32, u32, Vec<u8>)> {
+    let u16_at = |o: usize| u16::from_le_bytes(pe[o..o + 2].try_into().unwrap()) as usize;
+    let u32_at = |o: usize| u32::from_le_bytes(pe[o..o + 4].try_into().unwrap()) as usize;
+    assert_eq!(&pe[..2], b"MZ", "not a PE file");
+    let nt = u32_at(0x3c);
+    assert_eq!(&pe[nt..nt + 4], b"PE\0\0", "not a PE file");
+    let (coff, opt) = (nt + 4, nt + 24);
+    assert_eq!(u16_at(opt), 0x20b, "not PE32+");
+    // Data directory 2 is the resource table; PE32+ directories start at 112.
+    let rsrc = u32_at(opt + 112 + 2 * 8);
+    let sections = opt + u16_at(coff + 16);
+    let (va, raw) = (0..u16_at(coff + 2))
+        .map(|i| sections + i * 40)
+        .map(|s| {
+            (
+                u32_at(s + 12),
+                u32_at(s + 8).max(u32_at(s + 16)),
+                u32_at(s + 20),
+            )
+        })
+        .find(|(va, size, _)| (*va..va + size).contains(&rsrc))
+        .map(|(va, _, raw)| (va, raw))
+        .expect("a section holding the resources");
+    let base = raw + (rsrc - va);
+    // A directory: 16-byte header, then named and id entries of 8 bytes
+    // each (id, offset; the high bit of the offset marks a subdirectory).
+    let entries = |dir: usize| {
+        let n = u16_at(base + dir + 12) + u16_at(base + dir + 14);
+        (0..n)
+            .map(|i| base + dir + 16 + i * 8)
+            .map(|e| (u32_at(e) as u32, u32_at(e + 4)))
+            .collect::<Vec<_>>()
+    };
+    let mut out = Vec::new();
+    for (ty, types) in entries(0) {
+        for (name, names) in entries(types & 0x7fff_ffff) {
+            for (_, leaf) in entries(names & 0x7fff_ffff) {
+                let (data_rva, size) = (u32_at(base + leaf), u32_at(base + leaf + 4));
+                let at = raw + (data_rva - va);
+                out.push((ty, name, pe[at..at + size].to_vec()));
+            }
+        }
+    }
+    out
 }

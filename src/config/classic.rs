@@ -7,11 +7,13 @@
 
 use super::{Access, CommandLine, Limits};
 use super::{
-    CLASSIC_BIND, Config, ConfigError, ConfigErrors, Globals, Password, Program, Protocol, RunAs,
-    Secret, Service, StderrMode,
+    CLASSIC_BIND, Config, ConfigError, Globals, Password, Program, Protocol, RunAs, Secret,
+    Service, StderrMode,
 };
 
-pub(super) fn parse(file: &str, bytes: &[u8]) -> Result<Config, ConfigErrors> {
+/// The services of every good line, and an error for every bad one: the
+/// cross-line checks then run on the good lines, so one pass reports all.
+pub(super) fn parse(file: &str, bytes: &[u8]) -> (Config, Vec<ConfigError>) {
     let mut services = Vec::new();
     let mut errors = Vec::new();
     for (index, raw) in bytes.split(|&b| b == b'\n').enumerate() {
@@ -39,19 +41,18 @@ pub(super) fn parse(file: &str, bytes: &[u8]) -> Result<Config, ConfigErrors> {
                 pass_env: None,
                 group: None,
                 argv0: None,
+                tls: None,
+                proxy: None,
             }),
             Err(message) => errors.push(ConfigError { location, message }),
         }
     }
-    if errors.is_empty() {
-        Ok(Config {
-            globals: Globals::default(),
-            services,
-            warnings: Vec::new(),
-        })
-    } else {
-        Err(ConfigErrors(errors))
-    }
+    let config = Config {
+        globals: Globals::default(),
+        services,
+        warnings: Vec::new(),
+    };
+    (config, errors)
 }
 
 fn is_blank(c: char) -> bool {
@@ -303,5 +304,31 @@ mod tests {
         let e = parse_err(b"7000 none /bin/echo 'unterminated\n");
         assert_eq!(e.0[0].location, "test.conf:1");
         assert!(e.0[0].message.contains("quote"));
+    }
+
+    /// The newcomer's file: the line errors and the cross-line ones
+    /// (quotes, a duplicate port) come out together, in file order.
+    #[cfg(unix)]
+    #[test]
+    fn line_errors_do_not_hide_the_cross_line_checks() {
+        let e = parse_err(
+            b"0 none /bin/cat\n70000 none /bin/cat\n80x none /bin/cat\n7001 none\n\
+              7002 none /bin/echo 'open\n7000 none /bin/cat\n7000 none /bin/cat\n",
+        );
+        let lines: Vec<&str> = e.0.iter().map(|e| e.location.as_str()).collect();
+        assert_eq!(
+            lines,
+            [
+                "test.conf:1",
+                "test.conf:2",
+                "test.conf:3",
+                "test.conf:4",
+                "test.conf:5",
+                "test.conf:7"
+            ],
+            "{e}"
+        );
+        assert!(e.0[4].message.contains("quote"), "{e}");
+        assert!(e.0[5].message.contains("already configured"), "{e}");
     }
 }

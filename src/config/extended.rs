@@ -21,6 +21,9 @@ use super::{
     Access, CommandLine, Config, ConfigError, ConfigErrors, DEFAULT_BIND, Globals, Handoff,
     Internal, Limits, LogFormat, Program, Protocol, Rate, RunAs, Secret, Service, StderrMode,
 };
+use super::{DEFAULT_PROXY_TIMEOUT, ProxyProtocol, ProxyVersion};
+
+mod tls;
 
 type Value<'i> = Spanned<DeValue<'i>>;
 
@@ -59,6 +62,10 @@ const SERVICE_KEYS: &[&str] = &[
     "pass_env",
     "group",
     "argv0",
+    "tls",
+    "proxy_protocol",
+    "proxy_from",
+    "proxy_timeout",
 ];
 
 /// Keys that only mean something when a program runs.
@@ -78,7 +85,10 @@ const PROGRAM_KEYS: &[&str] = &[
 /// Windows keeps SO_LINGER in an unsigned 16-bit field.
 const MAX_LINGER: i64 = 65_535;
 
-pub(super) fn parse(file: &str, bytes: &[u8]) -> Result<Config, ConfigErrors> {
+/// `Err` when the file cannot be read as TOML at all; otherwise the good
+/// settings and services, and an error for each bad one, so the cross-line
+/// checks still run on what is good.
+pub(super) fn parse(file: &str, bytes: &[u8]) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
     let text = std::str::from_utf8(bytes).map_err(|e| {
         let before = &bytes[..e.valid_up_to()];
         let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
@@ -169,15 +179,14 @@ pub(super) fn parse(file: &str, bytes: &[u8]) -> Result<Config, ConfigErrors> {
             }
         }
     }
-    if r.errors.is_empty() {
-        Ok(Config {
+    Ok((
+        Config {
             globals,
             services,
             warnings: Vec::new(),
-        })
-    } else {
-        Err(r.finish())
-    }
+        },
+        r.finish().0,
+    ))
 }
 
 fn one_error(file: &str, line: usize, message: String) -> ConfigErrors {
@@ -678,6 +687,27 @@ impl Report<'_> {
             }
             _ => Some(None),
         };
+        let tls = match get("tls") {
+            Some(v) => {
+                if protocol == Some(Protocol::Udp) {
+                    self.at(
+                        v.span(),
+                        "`tls` applies to TCP services only: TLS runs over a stream (DTLS is not supported)",
+                    );
+                }
+                if let Some(h) = get("handoff")
+                    && h.get_ref().as_str() == Some("direct")
+                {
+                    self.at(
+                        h.span(),
+                        "`handoff = \"direct\"` cannot go with `tls`: wininetd holds the TLS session and relays plain bytes through pipes; remove `handoff`",
+                    );
+                }
+                self.tls(v).map(Some)
+            }
+            None => Some(None),
+        };
+        let proxy = self.proxy(&get, protocol, &header);
 
         if self.errors.len() != errors_before {
             return None;
@@ -711,7 +741,71 @@ impl Report<'_> {
             pass_env: pass_env?,
             group: group?,
             argv0: argv0?,
+            tls: tls?,
+            proxy: proxy?,
         })
+    }
+
+    /// `proxy_protocol` with `proxy_from` and `proxy_timeout`; `Some(None)`
+    /// when the service reads no header.
+    fn proxy<'v>(
+        &mut self,
+        get: &dyn Fn(&str) -> Option<&'v Value<'v>>,
+        protocol: Option<Protocol>,
+        header: &Range<usize>,
+    ) -> Option<Option<ProxyProtocol>> {
+        let Some(v) = get("proxy_protocol") else {
+            for key in ["proxy_from", "proxy_timeout"] {
+                if let Some(v) = get(key) {
+                    self.at(
+                        v.span(),
+                        format!("`{key}` needs `proxy_protocol = \"v1\"`, \"v2\" or \"any\""),
+                    );
+                }
+            }
+            return Some(None);
+        };
+        let choices = [
+            ("v1", ProxyVersion::V1),
+            ("v2", ProxyVersion::V2),
+            ("any", ProxyVersion::Any),
+        ];
+        let version = self.choice("proxy_protocol", v, &choices);
+        if protocol == Some(Protocol::Udp) {
+            self.at(
+                v.span(),
+                "`proxy_protocol` applies to TCP services only: a UDP datagram carries no PROXY header here",
+            );
+            return None;
+        }
+        let from = match get("proxy_from") {
+            Some(f) => self.nets("proxy_from", f).and_then(|nets| {
+                if nets.is_empty() {
+                    self.at(
+                        f.span(),
+                        "`proxy_from = []` would refuse every connection: list the load balancers' addresses",
+                    );
+                    return None;
+                }
+                Some(nets)
+            }),
+            None => {
+                self.at(
+                    header.clone(),
+                    "`proxy_protocol` needs `proxy_from`: the load balancers allowed to send a header (anyone else could claim any client address)",
+                );
+                None
+            }
+        };
+        let timeout = match get("proxy_timeout") {
+            Some(t) => self.integer("proxy_timeout", t, 1..=3600).map(|n| n as u32),
+            None => Some(DEFAULT_PROXY_TIMEOUT),
+        };
+        Some(Some(ProxyProtocol {
+            version: version?,
+            from: from?,
+            timeout: timeout?,
+        }))
     }
 
     fn bind(&mut self, v: &Value) -> Option<Vec<IpAddr>> {
@@ -2020,5 +2114,94 @@ internal = \"echo\"
                 s.name
             );
         }
+    }
+
+    #[test]
+    fn proxy_protocol_is_read_with_its_defaults() {
+        assert_eq!(service(&with("")).proxy, None);
+        let s = service(&with(
+            "proxy_protocol = \"v2\"\nproxy_from = [\"10.0.0.0/24\", \"::1\"]",
+        ));
+        assert_eq!(
+            s.proxy,
+            Some(ProxyProtocol {
+                version: ProxyVersion::V2,
+                from: vec!["10.0.0.0/24".parse().unwrap(), "::1/128".parse().unwrap()],
+                timeout: DEFAULT_PROXY_TIMEOUT,
+            })
+        );
+        let s = service(&internal_with(
+            "proxy_protocol = \"any\"\nproxy_from = [\"127.0.0.1\"]\nproxy_timeout = 9",
+        ));
+        let p = s.proxy.unwrap();
+        assert_eq!((p.version, p.timeout), (ProxyVersion::Any, 9));
+        let s = service(&with(
+            "proxy_protocol = \"v1\"\nproxy_from = [\"127.0.0.1\"]",
+        ));
+        assert_eq!(s.proxy.unwrap().version, ProxyVersion::V1);
+    }
+
+    #[test]
+    fn proxy_protocol_errors_name_their_line() {
+        assert_error(
+            &with("proxy_protocol = \"v2\""),
+            1,
+            "`proxy_protocol` needs `proxy_from`",
+        );
+        assert_error(
+            &with("proxy_protocol = \"v3\"\nproxy_from = [\"127.0.0.1\"]"),
+            4,
+            "\"v1\", \"v2\", \"any\"",
+        );
+        assert_error(
+            &with("proxy_protocol = \"v2\"\nproxy_from = []"),
+            5,
+            "would refuse every connection",
+        );
+        assert_error(
+            &with("proxy_protocol = \"v2\"\nproxy_from = [\"10.0.0.0/33\"]"),
+            5,
+            "not an IP network",
+        );
+        assert_error(
+            &with("proxy_protocol = \"v2\"\nproxy_from = [\"127.0.0.1\"]\nproxy_timeout = 0"),
+            6,
+            "from 1 to 3600",
+        );
+        assert_error(
+            &with("proxy_from = [\"127.0.0.1\"]"),
+            4,
+            "needs `proxy_protocol",
+        );
+        assert_error(&with("proxy_timeout = 3"), 4, "needs `proxy_protocol");
+        // UDP: a program's `wait` socket and an internal service alike.
+        assert_error(
+            &with(
+                "protocol = \"udp\"\nwait = true\nproxy_protocol = \"v2\"\nproxy_from = [\"127.0.0.1\"]",
+            ),
+            6,
+            "TCP services only",
+        );
+        assert_error(
+            &internal_with(
+                "protocol = \"udp\"\nproxy_protocol = \"v1\"\nproxy_from = [\"127.0.0.1\"]",
+            ),
+            5,
+            "TCP services only",
+        );
+    }
+
+    #[test]
+    fn a_typo_does_not_hide_the_cross_line_checks() {
+        let e = errors(
+            "timout = 1\n[[service]]\nport = 7000\ninternal = \"echo\"\n\
+             [[service]]\nport = 7000\ninternal = \"echo\"\n",
+        );
+        // The duplicate clashes once per address family (0.0.0.0 and ::).
+        assert_eq!(e.len(), 3, "{e:#?}");
+        assert_eq!(e[0].0, "test.toml:1");
+        assert!(e[0].1.contains("did you mean `timeout`"), "{e:#?}");
+        assert_eq!(e[1].0, "test.toml:5");
+        assert!(e[1].1.contains("already configured"), "{e:#?}");
     }
 }

@@ -291,6 +291,8 @@ fn entry(
         group,
         argv0,
         pass_env: None,
+        tls: None,
+        proxy: None,
     }))
 }
 

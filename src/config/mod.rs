@@ -7,6 +7,7 @@
 mod classic;
 mod extended;
 mod secret;
+mod tls;
 
 mod inetd;
 mod services;
@@ -14,6 +15,7 @@ pub mod toml_out;
 pub mod xinetd;
 
 pub use secret::{Password, Secret};
+pub use tls::{ClientCert, DEFAULT_HANDSHAKE_TIMEOUT, Located, SniCert, TlsSettings, TlsVersion};
 
 pub use services::ServiceTable;
 pub use toml_out::to_toml;
@@ -176,6 +178,10 @@ pub struct Service {
     pub group: Option<String>,
     /// argv[0] when it is not the program (inetd.conf, xinetd NAMEINARGS).
     pub argv0: Option<String>,
+    /// `[service.tls]`: wininetd terminates TLS and relays plain bytes.
+    pub tls: Option<TlsSettings>,
+    /// A PROXY protocol header is required on every connection.
+    pub proxy: Option<ProxyProtocol>,
 }
 
 impl Service {
@@ -406,6 +412,28 @@ impl Rate {
     }
 }
 
+/// `proxy_protocol`, `proxy_from`, `proxy_timeout`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyProtocol {
+    pub version: ProxyVersion,
+    /// The balancers allowed to send a header; any other peer is refused
+    /// before a byte is read.
+    pub from: Vec<IpNet>,
+    /// Seconds to receive the whole header.
+    pub timeout: u32,
+}
+
+/// Default for `proxy_timeout`, in seconds.
+pub const DEFAULT_PROXY_TIMEOUT: u32 = 5;
+
+/// Which PROXY header versions a service accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyVersion {
+    V1,
+    V2,
+    Any,
+}
+
 /// Source address rules: `deny` wins; a non-empty `allow` refuses the rest.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Access {
@@ -521,14 +549,47 @@ pub fn parse_as(
     format: Format,
     services: &ServiceTable,
 ) -> Result<Config, ConfigErrors> {
+    match parse_partial(file, bytes, format, services) {
+        (Some(config), errors) if errors.is_empty() => Ok(config),
+        (_, errors) => Err(ConfigErrors(errors)),
+    }
+}
+
+/// Every error of the file in file order, and the config of what has none
+/// (`None` when the file cannot be read in its format at all), so that
+/// `--check` can look at those services on the machine in the same pass.
+pub fn parse_partial(
+    file: &Path,
+    bytes: &[u8],
+    format: Format,
+    services: &ServiceTable,
+) -> (Option<Config>, Vec<ConfigError>) {
     let name = file.display().to_string();
-    let config = match format {
-        Format::Toml => extended::parse(&name, bytes)?,
-        Format::Classic => classic::parse(&name, bytes)?,
-        Format::Inetd => inetd::parse(&name, bytes, services)?,
+    let (config, mut errors) = match format {
+        Format::Toml => match extended::parse(&name, bytes) {
+            Ok(parsed) => parsed,
+            Err(fatal) => return (None, fatal.0),
+        },
+        Format::Classic => classic::parse(&name, bytes),
+        Format::Inetd => match inetd::parse(&name, bytes, services) {
+            Ok(config) => (config, Vec::new()),
+            Err(errors) => return (None, errors.0),
+        },
     };
-    validate(&name, &config)?;
-    Ok(config)
+    // The cross-line checks run even when some lines were bad: `--check`
+    // reports every error in one pass.
+    let had_errors = !errors.is_empty();
+    errors.extend(validate(&name, &config, had_errors));
+    errors.sort_by_key(|e| line_of(&e.location));
+    (Some(config), errors)
+}
+
+/// The LINE of `FILE:LINE` (0 for a bare FILE), to list errors in file order.
+fn line_of(location: &str) -> usize {
+    location
+        .rsplit_once(':')
+        .and_then(|(_, l)| l.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Reads and parses a config file, in the format its name says.
@@ -541,22 +602,35 @@ pub fn load(file: &Path) -> Result<Config, ConfigErrors> {
 /// it cannot be read). As root (LocalSystem), a config or a password file
 /// that another user could change is refused.
 pub fn load_as(file: &Path, format: Option<Format>) -> Result<Config, ConfigErrors> {
+    match load_partial(file, format) {
+        (Some(config), errors) if errors.is_empty() => Ok(config),
+        (_, errors) => Err(ConfigErrors(errors)),
+    }
+}
+
+/// [`load_as`], keeping what has no error: every error at once, and the
+/// services `--check` can then look at on the machine.
+pub fn load_partial(file: &Path, format: Option<Format>) -> (Option<Config>, Vec<ConfigError>) {
     let refused = |message: String| {
-        ConfigErrors(vec![ConfigError {
+        vec![ConfigError {
             location: file.display().to_string(),
             message,
-        }])
+        }]
     };
-    crate::os::check_config_file(file).map_err(|why| refused(format!("refused: {why}")))?;
-    let bytes = std::fs::read(file).map_err(|e| refused(format!("cannot read the config: {e}")))?;
+    if let Err(why) = crate::os::check_config_file(file) {
+        return (None, refused(format!("refused: {why}")));
+    }
+    let bytes = match std::fs::read(file) {
+        Ok(b) => b,
+        Err(e) => return (None, refused(format!("cannot read the config: {e}"))),
+    };
     let format = format.unwrap_or_else(|| Format::detect(file));
     let table = match format {
         Format::Inetd => ServiceTable::system(),
         _ => ServiceTable::default(),
     };
-    let config = parse_as(file, &bytes, format, &table)?;
-    let mut errors = Vec::new();
-    for s in &config.services {
+    let (config, mut errors) = parse_partial(file, &bytes, format, &table);
+    for s in config.iter().flat_map(|c| &c.services) {
         if let RunAs::User {
             secret: Some(Secret::File(pw)),
             ..
@@ -569,16 +643,13 @@ pub fn load_as(file: &Path, format: Option<Format>) -> Result<Config, ConfigErro
             });
         }
     }
-    if errors.is_empty() {
-        Ok(config)
-    } else {
-        Err(ConfigErrors(errors))
-    }
+    (config, errors)
 }
 
 /// Checks that hold for both formats: distinct listeners and names, at
-/// least one service, command lines this platform can run.
-fn validate(file: &str, config: &Config) -> Result<(), ConfigErrors> {
+/// least one service (unless `had_errors`: the bad lines were the services),
+/// command lines this platform can run.
+fn validate(file: &str, config: &Config, had_errors: bool) -> Vec<ConfigError> {
     let mut errors = Vec::new();
     let mut seen_addr: std::collections::HashMap<(Protocol, SocketAddr), &str> =
         std::collections::HashMap::new();
@@ -648,17 +719,13 @@ fn validate(file: &str, config: &Config) -> Result<(), ConfigErrors> {
             });
         }
     }
-    if errors.is_empty() && config.services.is_empty() {
+    if !had_errors && errors.is_empty() && config.services.is_empty() {
         errors.push(ConfigError {
             location: file.to_string(),
             message: "no service is configured".into(),
         });
     }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(ConfigErrors(errors))
-    }
+    errors
 }
 
 /// Rules on `group`, `argv0` and TCP `wait` that hold whatever the format.

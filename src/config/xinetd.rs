@@ -816,6 +816,8 @@ fn service(
         group,
         argv0,
         pass_env,
+        tls: None,
+        proxy: None,
     }))
 }
 

@@ -116,6 +116,15 @@ impl std::fmt::Display for LaunchError {
     }
 }
 
+/// What `--check` finds about a service on this machine ([`preflight`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finding {
+    /// Start would refuse the config.
+    Error(String),
+    /// Each connection to the service would fail.
+    Warning(String),
+}
+
 /// A request from the service manager (or a signal).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {

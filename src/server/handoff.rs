@@ -15,15 +15,17 @@ use crate::metrics::Outcome;
 use crate::os::{self, ChildStdio, LaunchSpec};
 
 /// Launches the program and records it for the reaper; logs either way.
+/// `client` is the peer and the balancer it came through (PROXY).
 pub(super) fn launch(
     ctx: &Arc<Ctx>,
     active: &Active,
     env: &[(String, String)],
     stdio: ChildStdio,
-    peer: SocketAddr,
+    client: (SocketAddr, Option<SocketAddr>),
     lease: Lease,
     logon: Option<os::Logon>,
 ) -> Option<os::Launched> {
+    let (peer, via) = client;
     let svc = &active.svc;
     let template = active.exec.as_ref()?;
     let spec = LaunchSpec {
@@ -37,7 +39,7 @@ pub(super) fn launch(
         Ok(mut launched) => {
             lease.stats().connection(Outcome::Started);
             // The end's line says it all; this one is for debugging.
-            debug!(service = %svc.name, port = svc.port, %peer, pid = launched.id, "started");
+            debug!(service = %svc.name, port = svc.port, %peer, via = via.map(tracing::field::display), pid = launched.id, "started");
             if let Some(stderr) = launched.stderr.take() {
                 tokio::spawn(log_stderr(svc.name.clone(), launched.id, stderr));
             }
@@ -66,7 +68,7 @@ pub(super) fn launch(
                 os::LaunchError::User(_) | os::LaunchError::Quiet => Outcome::UserFailed,
             });
             lease.stats().error(e.to_string());
-            error!(service = %svc.name, %peer, "{e}");
+            error!(service = %svc.name, %peer, via = via.map(tracing::field::display), "{e}");
             None
         }
     }

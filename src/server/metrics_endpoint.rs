@@ -1,36 +1,19 @@
 //! `internal = "metrics"`: one HTTP request per connection, answered with
 //! the counters of the services served now.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use tokio::net::TcpStream;
-use tracing::{debug, info};
+use std::time::Duration;
 
 use super::Ctx;
-use crate::admission::Lease;
 use crate::http_request;
 use crate::metrics::{self, ServiceView, Snapshot};
 
-/// Serves one scrape in its own task; the lease holds its slot meanwhile.
-pub(super) fn serve(
-    ctx: &Arc<Ctx>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    idle: Option<Duration>,
-    lease: Lease,
-) {
-    let ctx = Arc::clone(ctx);
-    tokio::spawn(async move {
-        let started = Instant::now();
-        let result = http_request::serve(stream, idle, || scrape(&ctx)).await;
-        lease.stats().session_ended(started.elapsed());
-        match result {
-            Ok(status) => debug!(service = %lease.service(), %peer, status, "metrics request"),
-            Err(e) => info!(service = %lease.service(), %peer, "metrics request failed: {e}"),
-        }
-    });
+/// Answers one scrape: the HTTP status sent.
+pub(super) async fn serve<S>(ctx: &Ctx, stream: S, idle: Option<Duration>) -> std::io::Result<u16>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    http_request::serve(stream, idle, || scrape(ctx)).await
 }
 
 /// The text of one scrape.

@@ -24,6 +24,7 @@ use tracing::{error, info, warn};
 use crate::admission::{Gate, Global, Refusal, RefusalLine, RefusalLog};
 use crate::children::{Children, Ended};
 use crate::config::{self, Config, Handoff, Protocol, Service};
+use crate::listener::Inherited;
 use crate::metrics::{DaemonStats, ProgramExit};
 use crate::os::{self, Control, HostStatus, ServiceHost};
 use crate::relay::PipeBudget;
@@ -32,6 +33,7 @@ use crate::udp_guard::{Dropped, UdpGuard};
 mod control;
 mod handoff;
 mod metrics_endpoint;
+mod prespawn;
 mod reload;
 mod tcp;
 mod udp;
@@ -79,16 +81,34 @@ pub const EXIT_RUNTIME: u32 = 4;
 
 /// Loads the config, binds every listener, reports READY, then serves until
 /// the host asks to stop. Errors before READY are returned, not logged.
+/// (The Windows service's entry; Unix uses [`serve_with`].)
+#[cfg(windows)]
 pub async fn serve<H: ServiceHost>(opts: Options, host: &mut H) -> Result<(), StartError> {
+    serve_with(opts, Vec::new(), host).await
+}
+
+/// [`serve`], with the listening sockets the service manager passed
+/// (socket activation): a service whose address matches one (or whose name
+/// is one's name) uses it instead of binding its own. A passed socket that
+/// matches no service is an error.
+pub async fn serve_with<H: ServiceHost>(
+    opts: Options,
+    passed: Vec<(socket2::Socket, String)>,
+    host: &mut H,
+) -> Result<(), StartError> {
     let config = config::load_as(&opts.cfgfile, opts.format).map_err(|e| StartError {
         code: EXIT_CONFIG,
         message: e.to_string(),
+    })?;
+    let inherited = Inherited::new(passed).map_err(|message| StartError {
+        code: EXIT_BIND,
+        message,
     })?;
     let exits = os::Exits::new().map_err(|e| StartError {
         code: EXIT_RUNTIME,
         message: format!("cannot watch child processes: {e}"),
     })?;
-    let mut server = Server::new(opts, &config);
+    let mut server = Server::new(opts, &config, inherited);
     server
         .apply(config)
         .await
@@ -156,6 +176,10 @@ struct Active {
     udp_ports: Arc<[u16]>,
     /// What is fixed for starting its program (`None`: an internal service).
     exec: Option<os::ExecTemplate>,
+    /// `[service.tls]`, built from its files when the config was applied.
+    tls: Option<Arc<crate::tls::Terminator>>,
+    /// Its connections waiting in the pre-spawn stage.
+    waiting: Arc<prespawn::Waiting>,
 }
 
 struct Listening {
@@ -172,6 +196,8 @@ struct Ctx {
     udp_drops: Mutex<RefusalLog<Dropped>>,
     /// What widened relay pipes may hold, all sessions together.
     pipe_budget: Arc<PipeBudget>,
+    /// Connections waiting in the pre-spawn stage, all services together.
+    waiting: Arc<prespawn::Waiting>,
     /// The served services, in config order, for scrapes and `status`.
     served: Mutex<Arc<[Served]>>,
     /// Reloads and other daemon-wide counts.
@@ -203,10 +229,12 @@ struct Server {
     gates: HashMap<String, Arc<Gate>>,
     /// The served services' datagram guards, by name.
     udp_guards: HashMap<String, Arc<UdpGuard>>,
+    /// Sockets from the service manager, used before binding our own.
+    inherited: Inherited,
 }
 
 impl Server {
-    fn new(opts: Options, first: &Config) -> Server {
+    fn new(opts: Options, first: &Config, inherited: Inherited) -> Server {
         let max = first.globals.max_connections;
         Server {
             opts,
@@ -216,12 +244,14 @@ impl Server {
                 refusals: Mutex::new(RefusalLog::default()),
                 udp_drops: Mutex::new(RefusalLog::default()),
                 pipe_budget: PipeBudget::new(first.globals.pipe_budget),
+                waiting: prespawn::Waiting::new(max),
                 served: Mutex::new(Arc::new([])),
                 daemon: DaemonStats::default(),
             }),
             listeners: HashMap::new(),
             gates: HashMap::new(),
             udp_guards: HashMap::new(),
+            inherited,
         }
     }
 
@@ -247,23 +277,55 @@ fn seconds(s: Option<u32>) -> Option<Duration> {
     s.filter(|&n| n > 0).map(|n| Duration::from_secs(n.into()))
 }
 
-/// Counts a refused connection and logs it (see [`refused`]).
+/// Counts a refused connection under its outcome and logs it as [`refused`] does.
 fn refused_connection(ctx: &Ctx, active: &Active, ip: IpAddr, why: Refusal) {
-    active.gate.stats().connection(why.into());
-    refused(ctx, active, ip, why);
+    refused_because(ctx, active, ip, why, None);
 }
 
 /// Logs a refusal, at most once per service and source per few seconds,
-/// and one summary per window for sources beyond the log's table.
+/// and one summary per window for sources beyond the log's table. Not
+/// counted as a connection: a refused datagram is counted as a datagram.
 fn refused(ctx: &Ctx, active: &Active, ip: IpAddr, why: Refusal) {
-    let source = ctx.global.source(ip);
+    log_refusal(ctx, active, ip, why, None);
+}
+
+/// [`refused_connection`], with what went wrong in detail (a PROXY parse
+/// error, a TLS alert) for the line that names this source.
+fn refused_because(
+    ctx: &Ctx,
+    active: &Active,
+    ip: IpAddr,
+    why: Refusal,
+    detail: Option<&dyn std::fmt::Display>,
+) {
+    active.gate.stats().connection(why.into());
+    log_refusal(ctx, active, ip, why, detail);
+}
+
+fn log_refusal(
+    ctx: &Ctx,
+    active: &Active,
+    ip: IpAddr,
+    why: Refusal,
+    detail: Option<&dyn std::fmt::Display>,
+) {
+    let this = ctx.global.source(ip);
     let mut log = ctx.refusals.lock().unwrap_or_else(|p| p.into_inner());
     log.note(
         active.gate.name(),
-        source,
+        this,
         why,
         Instant::now(),
         |line| match line {
+            RefusalLine::Source {
+                service,
+                source,
+                why,
+                count,
+            } if source == this && detail.is_some() => {
+                let detail = detail.map_or(String::new(), |d| d.to_string());
+                warn!(%service, %source, refused = count, "refused: {why}: {detail}")
+            }
             RefusalLine::Source {
                 service,
                 source,

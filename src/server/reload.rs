@@ -9,7 +9,9 @@ use tracing::{error, info, warn};
 
 use super::tcp::accept_tcp;
 use super::udp::serve_udp;
-use super::{Active, EXIT_BIND, EXIT_CONFIG, EXIT_USERS, Key, Listening, Served, Server, seconds};
+use super::{
+    Active, EXIT_BIND, EXIT_CONFIG, EXIT_USERS, Key, Listening, Served, Server, prespawn, seconds,
+};
 use crate::admission::{Gate, fair_floor};
 use crate::config::{self, Config, Handoff, Program, Protocol, RunAs, Secret, Service};
 use crate::listener::{self, Bound};
@@ -63,6 +65,25 @@ impl Server {
             warn!("{w}");
         }
         warn_ignored_passwords(&config);
+
+        // Every certificate and key is read now, before anything changes:
+        // a bad one rejects the whole config.
+        let mut terminators = HashMap::new();
+        let mut tls_errors = Vec::new();
+        for svc in &config.services {
+            if let Some(settings) = &svc.tls {
+                match crate::tls::build(settings) {
+                    Ok(t) => {
+                        terminators.insert(svc.name.clone(), Arc::new(t));
+                    }
+                    Err(errors) => tls_errors.extend(errors),
+                }
+            }
+        }
+        if !tls_errors.is_empty() {
+            let lines: Vec<String> = tls_errors.iter().map(|e| e.to_string()).collect();
+            return Err((EXIT_CONFIG, lines.join("\n")));
+        }
 
         // What should listen, and with which settings.
         let mut udp_ports: Vec<u16> = config
@@ -121,21 +142,56 @@ impl Server {
                 }
                 Program::Internal(_) => None,
             };
+            let tls = terminators.remove(&svc.name);
             let active = Arc::new(Active {
                 exec,
-                handoff: svc
-                    .handoff
-                    .or(self.opts.handoff)
-                    .unwrap_or_else(Handoff::platform_default),
+                // TLS is relayed: the program cannot hold the session.
+                handoff: if tls.is_some() {
+                    Handoff::Pipe
+                } else {
+                    svc.handoff
+                        .or(self.opts.handoff)
+                        .unwrap_or_else(Handoff::platform_default)
+                },
                 timeout: seconds(svc.timeout.or(self.opts.timeout).or(config.globals.timeout)),
                 linger: seconds(self.opts.linger_timeout.or(config.globals.linger_timeout)),
+                waiting: prespawn::Waiting::new(
+                    svc.limits
+                        .max_instances
+                        .unwrap_or(config.globals.max_connections),
+                ),
                 gate,
                 svc,
                 udp_guard,
                 udp_ports: Arc::clone(&udp_ports),
+                tls,
             });
-            for addr in active.svc.addrs() {
-                wanted.insert((active.svc.protocol, addr), Arc::clone(&active));
+            let svc = &active.svc;
+            let named = self.inherited.named(&svc.name, svc.protocol, svc.port);
+            let addrs: Vec<_> = if named.is_empty() {
+                svc.addrs().collect()
+            } else {
+                named
+            };
+            for addr in addrs {
+                wanted.insert((svc.protocol, addr), Arc::clone(&active));
+            }
+        }
+        // At startup every socket the service manager passed must be used:
+        // one that is not means its unit and our config disagree.
+        if self.gates.is_empty() {
+            let unused = self
+                .inherited
+                .unused(|protocol, addr| wanted.contains_key(&(protocol, addr)));
+            if !unused.is_empty() {
+                return Err((
+                    EXIT_BIND,
+                    format!(
+                        "the service manager passed sockets that match no service (by protocol \
+                         and address, or by a service name): {}",
+                        unused.join(", ")
+                    ),
+                ));
             }
         }
 
@@ -161,7 +217,7 @@ impl Server {
             if self.listeners.contains_key(key) {
                 continue;
             }
-            match listener::bind(key.0, key.1) {
+            match self.open(*key) {
                 Ok(b) => bound.push((*key, b)),
                 Err(e)
                     if e.kind() == std::io::ErrorKind::AddrInUse
@@ -193,7 +249,7 @@ impl Server {
             }
         }
         for key in deferred {
-            match listener::bind(key.0, key.1) {
+            match self.open(key) {
                 Ok(b) => bound.push((key, b)),
                 Err(e) => {
                     // Roll back: the old listeners come back, the new go.
@@ -201,7 +257,7 @@ impl Server {
                     drop(bound);
                     for (k, sender) in dropped {
                         let active = sender.borrow().clone();
-                        if let Ok(b) = listener::bind(k.0, k.1) {
+                        if let Ok(b) = self.open(k) {
                             self.start_listener(k, b, active);
                         } else {
                             error!("could not restore the listener on {} {}", k.0, k.1);
@@ -241,11 +297,19 @@ impl Server {
                 gate.set_floor(0);
             }
         }
+        self.ctx.waiting.set_max(config.globals.max_connections);
         self.gates = gates;
         self.udp_guards = udp_guards;
         // A removed service's series go with it.
         *self.ctx.served.lock().unwrap_or_else(|p| p.into_inner()) = served.into();
         Ok(())
+    }
+
+    /// The service manager's socket for `key` if it passed one, else our own.
+    fn open(&self, key: Key) -> std::io::Result<Bound> {
+        self.inherited
+            .take(key.0, key.1)
+            .unwrap_or_else(|| listener::bind(key.0, key.1))
     }
 
     fn start_listener(&mut self, key: Key, bound: Bound, active: Arc<Active>) {
@@ -255,7 +319,14 @@ impl Server {
             Bound::Tcp(l) => tokio::spawn(accept_tcp(l, rx, ctx)),
             Bound::Udp(s) => tokio::spawn(serve_udp(s, rx, ctx)),
         };
-        info!("listening on {} {}", key.0, key.1);
+        if self.inherited.contains(key.0, key.1) {
+            info!(
+                "listening on {} {} (a socket from the service manager)",
+                key.0, key.1
+            );
+        } else {
+            info!("listening on {} {}", key.0, key.1);
+        }
         self.listeners.insert(key, Listening { active: tx, task });
     }
 }

@@ -7,19 +7,19 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::handoff::{connection_env, launch};
 use super::wait::{WAIT_RETRY_PAUSE, run_wait_program};
-use super::{Active, Ctx, metrics_endpoint, refused, refused_connection};
-use crate::admission::Lease;
+use super::{Active, Ctx, metrics_endpoint, prespawn, refused_because, refused_connection};
+use crate::admission::{Lease, Refusal};
 use crate::children::Ended;
 use crate::config::Internal;
 use crate::config::{Handoff, Program, Protocol};
 use crate::listener::{self, Acceptor};
 use crate::metrics::Outcome;
 use crate::os::{self, ChildStdio};
-use crate::{internal, relay};
+use crate::{internal, relay, tls};
 
 /// Connections accepted back to back before the runtime polls its
 /// drivers (signals, timers) again.
@@ -72,6 +72,10 @@ pub(super) async fn accept_tcp(
             }
         };
         let active = active.borrow().clone();
+        if prespawn::needed(&active) {
+            prespawn::start(&ctx, active, stream, peer);
+            continue;
+        }
         let lease = match active.gate.admit(peer.ip()) {
             Ok(l) => l,
             Err(why) => {
@@ -81,49 +85,95 @@ pub(super) async fn accept_tcp(
         };
         match &active.svc.program {
             Program::Internal(kind) => {
-                let (kind, idle) = (*kind, active.timeout);
-                let stream = match into_tokio(stream) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        warn!(service = %active.svc.name, %peer, "cannot serve the connection: {e}");
-                        continue;
-                    }
-                };
-                lease.stats().connection(Outcome::Internal);
-                if kind == Internal::Metrics {
-                    metrics_endpoint::serve(&ctx, stream, peer, idle, lease);
-                    continue;
-                }
-                tokio::spawn(async move {
-                    let started = Instant::now();
-                    let result = internal::serve_stream(kind, stream, idle).await;
-                    lease.stats().session_ended(started.elapsed());
-                    info!(
-                        service = %lease.service(),
-                        %peer,
-                        duration = %format_args!("{:.3}s", started.elapsed().as_secs_f64()),
-                        result = %result.map_or_else(|e| e.to_string(), |()| "ok".into()),
-                        "internal session ended"
-                    );
-                });
+                serve_internal(&ctx, &active, *kind, stream, (peer, None), lease)
             }
-            // A logon (Windows USER services) may wait on a domain
-            // controller: it runs off this loop, and only this connection
-            // waits for it.
-            Program::Command(_) => match os::logon_pending(&active.svc.user) {
-                None => hand_off_tcp(&ctx, &active, stream, peer, lease, None),
-                Some(pending) => {
-                    let ctx = Arc::clone(&ctx);
-                    tokio::spawn(async move {
-                        match pending.await {
-                            Ok(l) => hand_off_tcp(&ctx, &active, stream, peer, lease, Some(l)),
-                            Err(e) => error!(service = %active.svc.name, %peer, "{e}"),
-                        }
-                    });
-                }
-            },
+            Program::Command(_) => {
+                let conn = Conn {
+                    peer,
+                    local: stream.local_addr().ok(),
+                    via: None,
+                    extra: Vec::new(),
+                };
+                hand_off_tcp(&ctx, &active, stream, conn, lease)
+            }
         }
     }
+}
+
+/// An internal service (echo…, metrics) on an admitted connection, in a
+/// task of its own, inside a TLS session when the service has `tls`.
+pub(super) fn serve_internal(
+    ctx: &Arc<Ctx>,
+    active: &Arc<Active>,
+    kind: Internal,
+    stream: std::net::TcpStream,
+    (peer, via): (SocketAddr, Option<SocketAddr>),
+    lease: Lease,
+) {
+    let stream = match into_tokio(stream) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(service = %active.svc.name, %peer, "cannot serve the connection: {e}");
+            return;
+        }
+    };
+    let (ctx, active) = (Arc::clone(ctx), Arc::clone(active));
+    tokio::spawn(async move {
+        let idle = active.timeout;
+        let started = Instant::now();
+        let result = match active.tls.clone() {
+            None => {
+                lease.stats().connection(Outcome::Internal);
+                internal_session(&ctx, kind, stream, idle).await
+            }
+            Some(terminator) => match terminator.accept(stream).await {
+                Ok((session, _)) => {
+                    lease.stats().tls_handshake(true, tls::resumed(&session));
+                    lease.stats().connection(Outcome::Internal);
+                    internal_session(&ctx, kind, session, idle).await
+                }
+                Err(failure) => {
+                    lease.stats().tls_handshake(false, false);
+                    let why = Refusal::TlsFailed(failure.class);
+                    refused_because(&ctx, &active, peer.ip(), why, Some(&failure.detail));
+                    return;
+                }
+            },
+        };
+        lease.stats().session_ended(started.elapsed());
+        match result {
+            Ok(Some(status)) => {
+                debug!(service = %lease.service(), %peer, via = via.map(tracing::field::display), status, "metrics request")
+            }
+            other => info!(
+                service = %lease.service(),
+                %peer,
+                via = via.map(tracing::field::display),
+                duration = %format_args!("{:.3}s", started.elapsed().as_secs_f64()),
+                result = %other.map_or_else(|e| e.to_string(), |_| "ok".into()),
+                "internal session ended"
+            ),
+        }
+    });
+}
+
+/// One internal session on a plain or TLS stream; for `metrics`, the HTTP
+/// status it answered.
+async fn internal_session<S>(
+    ctx: &Ctx,
+    kind: Internal,
+    stream: S,
+    idle: Option<Duration>,
+) -> std::io::Result<Option<u16>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if kind == Internal::Metrics {
+        return metrics_endpoint::serve(ctx, stream, idle).await.map(Some);
+    }
+    internal::serve_stream(kind, stream, idle)
+        .await
+        .map(|()| None)
 }
 
 fn is_wait(active: &Active) -> bool {
@@ -158,7 +208,7 @@ async fn wait_tcp(listener: &Acceptor, active: &watch::Receiver<Arc<Active>>, ct
         Ok(l) => l,
         Err(why) => {
             if let Some((_, peer)) = accept_one(listener).await {
-                refused(ctx, &active, peer.ip(), why);
+                refused_connection(ctx, &active, peer.ip(), why);
             }
             return;
         }
@@ -197,18 +247,59 @@ async fn accept_one(listener: &Acceptor) -> Option<(std::net::TcpStream, SocketA
         .ok()
 }
 
-/// Starts the service's program on an accepted connection.
-fn hand_off_tcp(
+/// Who is at the other end of a connection, as its program is told.
+pub(super) struct Conn {
+    /// The client: the socket's peer, or the one a PROXY header names.
+    pub peer: SocketAddr,
+    /// The address the client connected to.
+    pub local: Option<SocketAddr>,
+    /// The load balancer that sent a PROXY header.
+    pub via: Option<SocketAddr>,
+    /// Variables on top of the connection's usual ones.
+    pub extra: Vec<(String, String)>,
+}
+
+/// Starts the service's program on an admitted connection. A logon
+/// (Windows USER services) may wait on a domain controller: it runs off
+/// this loop, and only this connection waits for it.
+pub(super) fn hand_off_tcp(
     ctx: &Arc<Ctx>,
-    active: &Active,
+    active: &Arc<Active>,
     stream: std::net::TcpStream,
-    peer: SocketAddr,
+    conn: Conn,
+    lease: Lease,
+) {
+    match os::logon_pending(&active.svc.user) {
+        None => start_program(ctx, active, stream, conn, lease, None),
+        Some(pending) => {
+            let (ctx, active) = (Arc::clone(ctx), Arc::clone(active));
+            tokio::spawn(async move {
+                match pending.await {
+                    Ok(l) => start_program(&ctx, &active, stream, conn, lease, Some(l)),
+                    Err(e) => error!(service = %active.svc.name, peer = %conn.peer, "{e}"),
+                }
+            });
+        }
+    }
+}
+
+/// The program, on the socket itself (`direct`), or relayed: through
+/// pipes, or TLS.
+fn start_program(
+    ctx: &Arc<Ctx>,
+    active: &Arc<Active>,
+    stream: std::net::TcpStream,
+    conn: Conn,
     lease: Lease,
     logon: Option<os::Logon>,
 ) {
+    if active.tls.is_some() {
+        return hand_off_tls(ctx, active, stream, conn, lease, logon);
+    }
     let svc = &active.svc;
-    let local = stream.local_addr().ok();
-    let env = connection_env(Protocol::Tcp, Some(peer), local);
+    let (peer, via) = (conn.peer, conn.via);
+    let mut env = connection_env(Protocol::Tcp, Some(peer), conn.local);
+    env.extend(conn.extra);
     if active.handoff == Handoff::Direct {
         let sock = socket2::Socket::from(stream);
         if let Err(e) = direct_socket_options(&sock, active) {
@@ -220,7 +311,7 @@ fn hand_off_tcp(
             active,
             &env,
             ChildStdio::Socket(sock),
-            peer,
+            (peer, via),
             lease,
             logon,
         );
@@ -232,7 +323,7 @@ fn hand_off_tcp(
     let stdio = ChildStdio::Pipes {
         wide: grant.is_some(),
     };
-    let Some(launched) = launch(ctx, active, &env, stdio, peer, lease, logon) else {
+    let Some(launched) = launch(ctx, active, &env, stdio, (peer, via), lease, logon) else {
         return;
     };
     let relayed = into_tokio(stream).map(|s| (s, launched.pipes));
@@ -280,41 +371,166 @@ fn hand_off_tcp(
             None => exited.await,
         };
         drop(grant);
-        let (how, status) = ended.unwrap_or((Ended::Failed, None));
-        let duration = format_args!("{:.3}s", started.elapsed().as_secs_f64());
-        let exit = status.map_or_else(|| "unknown".to_string(), |s| s.to_string());
-        match relayed {
-            Ok(r) => {
-                gate.stats().relayed(r.to_program, r.to_client);
-                if how != Ended::NotStarted {
-                    info!(
-                        service = %service,
-                        %peer,
-                        via = via.map(tracing::field::display),
-                        pid,
-                        status = %exit,
-                        %duration,
-                        bytes_in = r.to_program,
-                        bytes_out = r.to_client,
-                        "ended"
-                    );
-                }
+        relayed_end(&gate, &service, peer, via, pid, started, ended, relayed);
+    });
+}
+
+/// The end line of a relayed session (pipe or TLS), with the bytes the
+/// relay carried, and its bytes counted.
+#[allow(clippy::too_many_arguments)]
+fn relayed_end(
+    gate: &crate::admission::Gate,
+    service: &str,
+    peer: SocketAddr,
+    via: Option<SocketAddr>,
+    pid: os::ChildId,
+    started: Instant,
+    ended: Result<crate::children::Exited, tokio::sync::oneshot::error::RecvError>,
+    relayed: std::io::Result<relay::Relayed>,
+) {
+    let (how, status) = ended.unwrap_or((Ended::Failed, None));
+    let duration = format_args!("{:.3}s", started.elapsed().as_secs_f64());
+    let exit = status.map_or_else(|| "unknown".to_string(), |s| s.to_string());
+    match relayed {
+        Ok(r) => {
+            gate.stats().relayed(r.to_program, r.to_client);
+            if how != Ended::NotStarted {
+                info!(
+                    service = %service,
+                    %peer,
+                    via = via.map(tracing::field::display),
+                    pid,
+                    status = %exit,
+                    %duration,
+                    bytes_in = r.to_program,
+                    bytes_out = r.to_client,
+                    "ended"
+                );
             }
-            Err(e) => info!(
-                service = %service,
-                %peer,
-                via = via.map(tracing::field::display),
-                pid,
-                status = %exit,
-                %duration,
-                "ended; relay: {e}"
-            ),
         }
+        Err(e) => info!(
+            service = %service,
+            %peer,
+            via = via.map(tracing::field::display),
+            pid,
+            status = %exit,
+            %duration,
+            "ended; relay: {e}"
+        ),
+    }
+}
+
+/// A TLS service, once admitted (after its PROXY header if it has one):
+/// the handshake runs in its own task under handshake_timeout, and the
+/// program starts only once it has succeeded; then the relay carries the
+/// session. The connection keeps the config it was accepted under, so a
+/// reload never touches it.
+fn hand_off_tls(
+    ctx: &Arc<Ctx>,
+    active: &Arc<Active>,
+    stream: std::net::TcpStream,
+    conn: Conn,
+    lease: Lease,
+    logon: Option<os::Logon>,
+) {
+    let Some(terminator) = active.tls.clone() else {
+        return;
+    };
+    let (peer, via) = (conn.peer, conn.via);
+    let stream = match into_tokio(stream) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(service = %active.svc.name, %peer, "cannot serve the connection: {e}");
+            return;
+        }
+    };
+    let (ctx, active) = (Arc::clone(ctx), Arc::clone(active));
+    tokio::spawn(async move {
+        let (session, tls_env) = match terminator.accept(stream).await {
+            Ok(s) => {
+                lease.stats().tls_handshake(true, tls::resumed(&s.0));
+                s
+            }
+            Err(failure) => {
+                lease.stats().tls_handshake(false, false);
+                let why = Refusal::TlsFailed(failure.class);
+                refused_because(&ctx, &active, peer.ip(), why, Some(&failure.detail));
+                return; // the lease goes with the connection
+            }
+        };
+        let svc = &active.svc;
+        let mut env = connection_env(Protocol::Tcp, Some(peer), conn.local);
+        // The session wininetd terminated is the one the program is told
+        // of, not what a balancer's PROXY header said of its own.
+        env.extend(
+            conn.extra
+                .into_iter()
+                .filter(|(k, _)| !k.starts_with("SSL_")),
+        );
+        env.extend(tls_env);
+        let grant = os::WIDE_PIPE.and_then(|size| ctx.pipe_budget.take(2 * size));
+        let stdio = ChildStdio::Pipes {
+            wide: grant.is_some(),
+        };
+        let Some(launched) = launch(&ctx, &active, &env, stdio, (peer, via), lease, logon) else {
+            return;
+        };
+        let Some((to_program, from_program)) = launched.pipes else {
+            return;
+        };
+        // The relay logs the end when it runs: then the line has the bytes.
+        let tally = Arc::<relay::Tally>::default();
+        let mut exited = ctx.children().watch(launched.id, Some(Arc::clone(&tally)));
+        let mut ended = None;
+        let program_exited = async {
+            ended = Some((&mut exited).await);
+        };
+        let (pid, started) = (launched.id, launched.started);
+        let relayed = relay::relay(
+            session,
+            to_program,
+            from_program,
+            program_exited,
+            active.timeout,
+            &tally,
+        )
+        .await;
+        if matches!(
+            relayed,
+            Ok(relay::Relayed {
+                truncated: true,
+                ..
+            })
+        ) {
+            info!(
+                service = %svc.name,
+                %peer,
+                pid,
+                "the client closed without TLS close_notify (truncated); the program got EOF"
+            );
+        }
+        // The program's ends of the pipes (and what they hold) live until
+        // it exits; the line waits for its status.
+        let ended = match ended {
+            Some(e) => e,
+            None => exited.await,
+        };
+        drop(grant);
+        relayed_end(
+            &active.gate,
+            &svc.name,
+            peer,
+            via,
+            pid,
+            started,
+            ended,
+            relayed,
+        );
     });
 }
 
 /// A connection wininetd serves itself (relay, internal service).
-fn into_tokio(stream: std::net::TcpStream) -> std::io::Result<TcpStream> {
+pub(super) fn into_tokio(stream: std::net::TcpStream) -> std::io::Result<TcpStream> {
     stream.set_nonblocking(true)?;
     TcpStream::from_std(stream)
 }

@@ -214,6 +214,8 @@ mod tests {
             udp_guard: Arc::clone(&guard),
             udp_ports: vec![client.local_addr().unwrap().port()].into(),
             exec: None,
+            tls: None,
+            waiting: super::super::prespawn::Waiting::new(10),
         });
         let ctx = Arc::new(Ctx {
             global: Global::new(10),
@@ -221,6 +223,7 @@ mod tests {
             refusals: Mutex::new(RefusalLog::default()),
             udp_drops: Mutex::new(RefusalLog::default()),
             pipe_budget: crate::relay::PipeBudget::new(0),
+            waiting: super::super::prespawn::Waiting::new(10),
             served: Mutex::new(Arc::new([])),
             daemon: crate::metrics::DaemonStats::default(),
         });

@@ -50,7 +50,7 @@ pub(super) async fn run_wait_program(
         active,
         env,
         ChildStdio::Socket(sock),
-        peer,
+        (peer, None),
         lease,
         logon,
     ) else {

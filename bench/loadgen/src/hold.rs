@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::rate::{Fail, Failures};
 use crate::server::ServerProbe;
+use crate::tls::Stream;
 
 pub struct HoldOpts {
     pub target: SocketAddr,
@@ -27,14 +27,22 @@ pub struct HoldOpts {
     pub max_time: Duration,
     /// Connections served and closed before the first VmRSS reading.
     pub warmup: usize,
+    pub tls: Option<crate::tls::Tls>,
 }
 
-async fn open_one(target: SocketAddr, byte: u8, timeout: Duration) -> Result<TcpStream, Fail> {
+async fn open_one(
+    target: SocketAddr,
+    byte: u8,
+    timeout: Duration,
+    tls: Option<&crate::tls::Tls>,
+) -> Result<Box<dyn Stream>, Fail> {
     let work = async {
-        let mut s = TcpStream::connect(target).await.map_err(|e| Fail {
-            kind: "connect",
-            msg: format!("connect: {e}"),
-        })?;
+        let mut s = crate::tls::connect(target, |_| Vec::new(), tls)
+            .await
+            .map_err(|e| Fail {
+                kind: "connect",
+                msg: format!("connect: {e}"),
+            })?;
         s.write_all(&[byte]).await.map_err(|e| Fail {
             kind: "write",
             msg: format!("write: {e}"),
@@ -92,7 +100,7 @@ pub async fn run(opts: HoldOpts, probe: ServerProbe) -> (Map<String, Value>, Str
         if Instant::now() >= deadline {
             break;
         }
-        if open_one(opts.target, i as u8, opts.conn_timeout)
+        if open_one(opts.target, i as u8, opts.conn_timeout, opts.tls.as_ref())
             .await
             .is_ok()
         {
@@ -110,6 +118,7 @@ pub async fn run(opts: HoldOpts, probe: ServerProbe) -> (Map<String, Value>, Str
     for _ in 0..opts.connect_concurrency.clamp(1, opts.n.max(1)) {
         let next = Arc::clone(&next);
         let (target, n, timeout) = (opts.target, opts.n, opts.conn_timeout);
+        let tls = opts.tls.clone();
         set.spawn(async move {
             let mut held = Vec::new();
             let mut failures = Failures::default();
@@ -121,7 +130,7 @@ pub async fn run(opts: HoldOpts, probe: ServerProbe) -> (Map<String, Value>, Str
                 if i >= n {
                     break;
                 }
-                match open_one(target, b'a' + (i % 26) as u8, timeout).await {
+                match open_one(target, b'a' + (i % 26) as u8, timeout, tls.as_ref()).await {
                     Ok(s) => held.push(s),
                     Err(f) => failures.add(f),
                 }
@@ -129,7 +138,7 @@ pub async fn run(opts: HoldOpts, probe: ServerProbe) -> (Map<String, Value>, Str
             (held, failures)
         });
     }
-    let mut held: Vec<TcpStream> = Vec::with_capacity(opts.n);
+    let mut held: Vec<Box<dyn Stream>> = Vec::with_capacity(opts.n);
     let mut failures = Failures::default();
     while let Some(res) = set.join_next().await {
         match res {
@@ -260,6 +269,7 @@ mod tests {
             conn_timeout: Duration::from_secs(10),
             max_time: Duration::from_secs(60),
             warmup: 3,
+            tls: None,
         };
         let probe = ServerProbe {
             pid: None,

@@ -16,6 +16,7 @@ mod spawn;
 mod stats;
 mod stream;
 mod target;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -75,6 +76,26 @@ impl Watch {
     }
 }
 
+/// TLS 1.3 over each connection (rustls, a full handshake every time).
+#[derive(Args, Clone)]
+struct TlsArgs {
+    /// Speak TLS, trusting the CA certificates in this PEM file.
+    #[arg(long, value_name = "PEM")]
+    tls_ca: Option<PathBuf>,
+    /// The server name sent (SNI) and verified.
+    #[arg(long, default_value = "localhost")]
+    tls_name: String,
+}
+
+impl TlsArgs {
+    fn load(&self) -> Result<Option<tls::Tls>, String> {
+        self.tls_ca
+            .as_deref()
+            .map(|ca| tls::Tls::load(ca, &self.tls_name))
+            .transpose()
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// N short connections, C at a time: send a payload, half-close, verify
@@ -102,6 +123,12 @@ enum Cmd {
         /// Tokio worker threads; 1 = current-thread runtime.
         #[arg(long, default_value_t = 1, value_parser = RangedU64ValueParser::<usize>::new().range(1..=64))]
         threads: usize,
+        /// Send a PROXY protocol v2 header before the payload, as a load
+        /// balancer would (for a service with `proxy_protocol`).
+        #[arg(long)]
+        proxy_v2: bool,
+        #[command(flatten)]
+        tls: TlsArgs,
         #[command(flatten)]
         watch: Watch,
         #[command(flatten)]
@@ -124,6 +151,8 @@ enum Cmd {
         io_timeout: u64,
         #[arg(long, default_value_t = 300, value_parser = RangedU64ValueParser::<u64>::new().range(1..=3600))]
         max_seconds: u64,
+        #[command(flatten)]
+        tls: TlsArgs,
         #[command(flatten)]
         watch: Watch,
         #[command(flatten)]
@@ -161,6 +190,8 @@ enum Cmd {
         /// faulted in, allocator arenas) do not count as per-connection growth
         #[arg(long, default_value_t = 0, value_parser = RangedU64ValueParser::<usize>::new().range(0..=1000))]
         warmup: usize,
+        #[command(flatten)]
+        tls: TlsArgs,
         #[command(flatten)]
         watch: Watch,
         #[command(flatten)]
@@ -207,6 +238,10 @@ enum Cmd {
             value_delimiter = ','
         )]
         peers: Vec<String>,
+        /// Leave out the target and met columns (a smoke run or a debug
+        /// build, which the targets are not about).
+        #[arg(long)]
+        no_targets: bool,
     },
     /// Wait until something listens on a TCP port (read from /proc/net/tcp*,
     /// no connection is made). Exit 1 on timeout or when --pid dies.
@@ -222,6 +257,22 @@ enum Cmd {
     FreePorts {
         #[arg(short = 'n', default_value_t = 1, value_parser = RangedU64ValueParser::<usize>::new().range(1..=64))]
         n: usize,
+    },
+    /// N full TLS 1.3 handshakes between a rustls client and server in
+    /// memory: the server's CPU per handshake, the floor of a TLS server.
+    TlsHandshake {
+        #[arg(long, value_name = "PEM")]
+        cert: PathBuf,
+        #[arg(long, value_name = "PEM")]
+        key: PathBuf,
+        /// The CA that signed `cert` (the client verifies it, for localhost).
+        #[arg(long, value_name = "PEM")]
+        ca: PathBuf,
+        #[arg(short = 'n', long, default_value_t = 2000,
+              value_parser = RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+        n: usize,
+        #[command(flatten)]
+        tags: Tags,
     },
     /// A plain echo server (tokio, no process per connection), to measure the
     /// generator's own ceiling. Loopback only; stops after --max-seconds.
@@ -315,6 +366,8 @@ fn main() -> ExitCode {
             conn_timeout,
             max_seconds,
             threads,
+            proxy_v2,
+            tls,
             watch,
             tags,
         } => {
@@ -332,10 +385,16 @@ fn main() -> ExitCode {
                 payload_size,
                 conn_timeout: Duration::from_secs(conn_timeout),
                 max_time: Duration::from_secs(max_seconds),
+                proxy_v2,
+                tls: match tls.load() {
+                    Ok(t) => t,
+                    Err(e) => return setup_error(e),
+                },
             };
             let probe = watch.probe();
             let (mut m, human, ok) = rt.block_on(rate::run(opts, probe));
             m.insert("threads".into(), json!(threads));
+            m.insert("proxy_v2".into(), json!(proxy_v2));
             emit("rate", &tags, m, &human, ok)
         }
         Cmd::Stream {
@@ -344,6 +403,7 @@ fn main() -> ExitCode {
             chunk,
             io_timeout,
             max_seconds,
+            tls,
             watch,
             tags,
         } => {
@@ -356,6 +416,10 @@ fn main() -> ExitCode {
                 chunk,
                 io_timeout: Duration::from_secs(io_timeout),
                 max_time: Duration::from_secs(max_seconds),
+                tls: match tls.load() {
+                    Ok(t) => t,
+                    Err(e) => return setup_error(e),
+                },
             };
             let probe = watch.probe();
             let (m, human, ok) = stream::run(opts, probe);
@@ -372,6 +436,7 @@ fn main() -> ExitCode {
             max_seconds,
             threads,
             warmup,
+            tls,
             watch,
             tags,
         } => {
@@ -392,6 +457,10 @@ fn main() -> ExitCode {
                 conn_timeout: Duration::from_secs(conn_timeout),
                 max_time: Duration::from_secs(max_seconds),
                 warmup,
+                tls: match tls.load() {
+                    Ok(t) => t,
+                    Err(e) => return setup_error(e),
+                },
             };
             let probe = watch.probe();
             let (m, human, ok) = rt.block_on(hold::run(opts, probe));
@@ -424,9 +493,13 @@ fn main() -> ExitCode {
             input,
             subject,
             peers,
+            no_targets,
         } => match std::fs::read_to_string(&input) {
             Ok(text) => {
-                print!("{}", report::render(&text, &subject, &peers));
+                print!(
+                    "{}",
+                    report::render_with(&text, &subject, &peers, !no_targets)
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => setup_error(format!("{}: {e}", input.display())),
@@ -472,6 +545,16 @@ fn main() -> ExitCode {
             println!("{}", ports.join(" "));
             ExitCode::SUCCESS
         }
+        Cmd::TlsHandshake {
+            cert,
+            key,
+            ca,
+            n,
+            tags,
+        } => match tls::handshake_cost(&cert, &key, &ca, n) {
+            Ok((m, human)) => emit("tls-handshake", &tags, m, &human, true),
+            Err(e) => setup_error(e),
+        },
         Cmd::EchoServer {
             listen,
             max_seconds,

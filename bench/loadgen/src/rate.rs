@@ -23,6 +23,35 @@ pub struct RateOpts {
     pub payload_size: usize,
     pub conn_timeout: Duration,
     pub max_time: Duration,
+    /// Write a PROXY v2 header (the socket's own endpoints) before the
+    /// payload, in the same write, as a balancer would.
+    pub proxy_v2: bool,
+    /// TLS over the connection (after the PROXY header, if any).
+    pub tls: Option<crate::tls::Tls>,
+}
+
+/// A PROXY v2 PROXY/TCP header naming `client` and `server`.
+pub fn proxy_v2_header(client: SocketAddr, server: SocketAddr) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n\x21".to_vec();
+    match (client, server) {
+        (SocketAddr::V4(c), SocketAddr::V4(s)) => {
+            h.extend_from_slice(&[0x11, 0, 12]);
+            h.extend_from_slice(&c.ip().octets());
+            h.extend_from_slice(&s.ip().octets());
+        }
+        _ => {
+            let v6 = |a: SocketAddr| match a.ip() {
+                std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+                std::net::IpAddr::V6(v6) => v6.octets(),
+            };
+            h.extend_from_slice(&[0x21, 0, 36]);
+            h.extend_from_slice(&v6(client));
+            h.extend_from_slice(&v6(server));
+        }
+    }
+    h.extend_from_slice(&client.port().to_be_bytes());
+    h.extend_from_slice(&server.port().to_be_bytes());
+    h
 }
 
 /// One failed connection: a short kind for counting and a message.
@@ -82,15 +111,23 @@ pub fn payload_offset(i: usize) -> u64 {
     (i as u64).wrapping_mul(7919)
 }
 
-/// Sends `payload`, half-closes, and checks the reply is exactly `payload`
-/// followed by EOF. Reading runs concurrently with writing so a payload
-/// larger than the socket buffers cannot deadlock against an echo server.
-pub async fn exchange(stream: &mut TcpStream, payload: &[u8]) -> Result<(), Fail> {
-    let (mut r, mut w) = stream.split();
+/// Sends `header` (may be empty) and `payload` in one write, half-closes,
+/// and checks the reply is exactly `payload` followed by EOF. Reading runs
+/// concurrently with writing so a payload larger than the socket buffers
+/// cannot deadlock against an echo server.
+pub async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    header: &[u8],
+    payload: &[u8],
+) -> Result<(), Fail> {
+    let (mut r, mut w) = tokio::io::split(stream);
     let send = async {
-        w.write_all(payload)
-            .await
-            .map_err(|e| Fail::io("write", e))?;
+        if header.is_empty() {
+            w.write_all(payload).await
+        } else {
+            w.write_all(&[header, payload].concat()).await
+        }
+        .map_err(|e| Fail::io("write", e))?;
         w.shutdown().await.map_err(|e| Fail::io("shutdown", e))
     };
     let recv = async {
@@ -136,13 +173,29 @@ async fn one_connection(
     target: SocketAddr,
     payload: &[u8],
     timeout: Duration,
+    proxy_v2: bool,
+    tls: Option<&crate::tls::Tls>,
 ) -> Result<u64, Fail> {
     let t0 = Instant::now();
     let work = async {
+        if tls.is_some() {
+            let header = |local| match proxy_v2 {
+                true => proxy_v2_header(local, target),
+                false => Vec::new(),
+            };
+            let mut s = crate::tls::connect(target, header, tls)
+                .await
+                .map_err(|e| Fail::io("connect", e))?;
+            return exchange(&mut s, &[], payload).await;
+        }
         let mut s = TcpStream::connect(target)
             .await
             .map_err(|e| Fail::io("connect", e))?;
-        exchange(&mut s, payload).await
+        let header = match proxy_v2 {
+            true => proxy_v2_header(s.local_addr().map_err(|e| Fail::io("connect", e))?, target),
+            false => Vec::new(),
+        };
+        exchange(&mut s, &header, payload).await
     };
     match tokio::time::timeout(timeout, work).await {
         Ok(Ok(())) => Ok(t0.elapsed().as_nanos() as u64),
@@ -171,8 +224,14 @@ pub async fn run(opts: RateOpts, probe: ServerProbe) -> (Map<String, Value>, Str
     for _ in 0..opts.concurrency.min(opts.n) {
         let pattern = Arc::clone(&pattern);
         let next = Arc::clone(&next);
-        let (target, n, size, timeout) =
-            (opts.target, opts.n, opts.payload_size, opts.conn_timeout);
+        let (target, n, size, timeout, proxy_v2) = (
+            opts.target,
+            opts.n,
+            opts.payload_size,
+            opts.conn_timeout,
+            opts.proxy_v2,
+        );
+        let tls = opts.tls.clone();
         set.spawn(async move {
             let mut out = WorkerOut {
                 latencies: Vec::with_capacity(n / 8 + 1),
@@ -187,7 +246,7 @@ pub async fn run(opts: RateOpts, probe: ServerProbe) -> (Map<String, Value>, Str
                     break;
                 }
                 let payload = pattern.window(payload_offset(i), size);
-                match one_connection(target, payload, timeout).await {
+                match one_connection(target, payload, timeout, proxy_v2, tls.as_ref()).await {
                     Ok(ns) => out.latencies.push(ns),
                     Err(f) => out.failures.add(f),
                 }
@@ -313,6 +372,8 @@ mod tests {
             addr,
             p.window(payload_offset(3), 64),
             Duration::from_secs(30),
+            false,
+            None,
         )
         .await
         .map(|_| ())
@@ -364,8 +425,38 @@ mod tests {
     async fn reply_without_eof_is_a_timeout() {
         let addr = server(|r| r, true).await;
         let p = Pattern::new(8);
-        let r = one_connection(addr, p.window(0, 8), Duration::from_millis(300)).await;
+        let r = one_connection(
+            addr,
+            p.window(0, 8),
+            Duration::from_millis(300),
+            false,
+            None,
+        )
+        .await;
         assert_eq!(r.map(|_| ()).map_err(|f| f.kind), Err("timeout"));
+    }
+
+    #[tokio::test]
+    async fn proxy_v2_header_comes_first_and_names_both_ends() {
+        // The server strips a 28-byte TCP4 header after checking it names
+        // 127.0.0.1 on both sides; the echo of the rest must match.
+        let addr = server(
+            |r| {
+                let ok =
+                    r.starts_with(b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c\x7f\0\0\x01\x7f\0\0\x01");
+                if ok { r[28..].to_vec() } else { r }
+            },
+            false,
+        )
+        .await;
+        let p = Pattern::new(64);
+        let r = one_connection(addr, p.window(0, 64), Duration::from_secs(30), true, None).await;
+        assert_eq!(r.map(|_| ()).map_err(|f| f.kind), Ok(()));
+        let h = proxy_v2_header("[::1]:5".parse().unwrap(), "[::1]:6".parse().unwrap());
+        assert_eq!(
+            (h.len(), h[13], &h[h.len() - 4..]),
+            (52, 0x21, &[0, 5, 0, 6][..])
+        );
     }
 
     #[test]

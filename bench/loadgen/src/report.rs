@@ -101,6 +101,8 @@ enum Target {
     AtMost(f64),
     /// the subject's worst (largest) round must be at most this
     WorstAtMost(f64),
+    /// the median of per-round differences to the reference must be at most this
+    DiffAtMost(f64),
 }
 
 enum Reference {
@@ -112,6 +114,8 @@ enum Reference {
     /// measured next to it (server name + suffix) when there is one, else
     /// the subject's own
     Subject(&'static str, &'static str),
+    /// a named server's series of a metric (e.g. stunnel for TLS)
+    Server(&'static str, &'static str),
     None,
 }
 
@@ -276,11 +280,82 @@ fn rows() -> Vec<RowSpec> {
             )
         },
         RowSpec {
+            subject_suffix: "-proxy",
+            show_peers: false,
+            reference: Reference::Subject("-noproxy", "rate.conns_per_s"),
+            ..row(
+                "(g) rate, PROXY v2 header: conns/s (÷ without)",
+                "rate.conns_per_s",
+                true,
+                Target::RatioAtLeast(0.97),
+                "≥ 0.97× without",
+            )
+        },
+        RowSpec {
+            subject_suffix: "-proxy",
+            show_peers: false,
+            reference: Reference::Subject("-noproxy", "rate.server_cpu_us_per_conn"),
+            ..row(
+                "(g) own CPU, PROXY v2 header: µs/conn",
+                "rate.server_cpu_us_per_conn",
+                false,
+                Target::DiffAtMost(3.0),
+                "≤ without + 3 µs",
+            )
+        },
+        tls_row(
+            "(h) TLS rate: conns/s (÷ stunnel)",
+            "rate.conns_per_s",
+            true,
+            Target::RatioAtLeast(1.2),
+            "≥ 1.2× stunnel",
+        ),
+        tls_row(
+            "(h) TLS rate: latency p99, µs (÷ stunnel)",
+            "rate.p99_us",
+            false,
+            Target::RatioAtMost(0.8),
+            "≤ 0.8× stunnel",
+        ),
+        tls_row(
+            "(h) TLS stream 1 conn: MB/s (÷ stunnel)",
+            "stream.mb_per_s",
+            true,
+            Target::RatioAtLeast(1.0),
+            "≥ 1.0× stunnel",
+        ),
+        tls_row(
+            "(h) TLS VmRSS growth, bytes/held session (÷ stunnel)",
+            "hold.rss_growth_bytes_per_conn",
+            false,
+            Target::RatioAtMost(0.5),
+            "≤ 0.5× stunnel",
+        ),
+        tls_row(
+            "(h) TLS own CPU, µs/conn (÷ stunnel)",
+            "rate.server_cpu_us_per_conn",
+            false,
+            Target::None,
+            "",
+        ),
+        RowSpec {
+            subject_suffix: "-tls",
+            show_peers: false,
+            reference: Reference::Server("machine", "tls-handshake.server_us_per_handshake"),
+            ..row(
+                "(h) TLS own CPU, µs/conn (÷ one full handshake alone, server side)",
+                "rate.server_cpu_us_per_conn",
+                false,
+                Target::None,
+                "",
+            )
+        },
+        RowSpec {
             subject_suffix: "-user",
             show_peers: false,
             reference: Reference::Subject("", "rate.conns_per_s"),
             ..row(
-                "(g) rate, as another user: conns/s (÷ as its own)",
+                "(i) rate, as another user: conns/s (÷ as its own)",
                 "rate.conns_per_s",
                 true,
                 Target::None,
@@ -292,7 +367,7 @@ fn rows() -> Vec<RowSpec> {
             show_peers: false,
             reference: Reference::Subject("", "rate.server_cpu_us_per_conn"),
             ..row(
-                "(g) as another user: own CPU, µs/conn (÷ as its own)",
+                "(i) as another user: own CPU, µs/conn (÷ as its own)",
                 "rate.server_cpu_us_per_conn",
                 false,
                 Target::None,
@@ -300,6 +375,22 @@ fn rows() -> Vec<RowSpec> {
             )
         },
     ]
+}
+
+/// A TLS row: wininetd's TLS service against stunnel (`exec = /bin/cat`).
+const fn tls_row(
+    label: &'static str,
+    metric: &'static str,
+    higher_better: bool,
+    target: Target,
+    target_text: &'static str,
+) -> RowSpec {
+    RowSpec {
+        subject_suffix: "-tls",
+        show_peers: false,
+        reference: Reference::Server("stunnel", metric),
+        ..row(label, metric, higher_better, target, target_text)
+    }
 }
 
 fn fmt_num(x: f64) -> String {
@@ -345,6 +436,13 @@ fn ratio_series(a: &Series, b: &Series) -> Vec<f64> {
         .collect()
 }
 
+/// Per-round difference a − b over the rounds both have.
+fn diff_series(a: &Series, b: &Series) -> Vec<f64> {
+    a.iter()
+        .filter_map(|(r, x)| b.get(r).map(|y| x - y))
+        .collect()
+}
+
 /// The peer with the best median of `metric`, and its series.
 fn best_peer<'a>(
     d: &'a Data,
@@ -365,7 +463,9 @@ fn best_peer<'a>(
         .map(|(n, s, _)| (n, s))
 }
 
-pub fn render(text: &str, subject: &str, peers: &[String]) -> String {
+/// `targets = false` leaves out the target and met columns: targets are
+/// judged on a release build on the bench machine, not on a smoke run.
+pub fn render_with(text: &str, subject: &str, peers: &[String], targets: bool) -> String {
     let d = load(text);
     let mut out = String::new();
     let get = |server: &str, metric: &str| d.series.get(&(server.to_string(), metric.to_string()));
@@ -408,12 +508,24 @@ pub fn render(text: &str, subject: &str, peers: &[String]) -> String {
     for p in &shown_peers {
         let _ = write!(out, " {p} |");
     }
-    let _ = writeln!(out, " best peer | {subject} ÷ best peer | target | met |");
+    if targets {
+        let _ = writeln!(out, " best peer | {subject} ÷ best peer | target | met |");
+    } else {
+        let _ = writeln!(out, " best peer | {subject} ÷ best peer |");
+    }
     let _ = write!(out, "|---|---:|");
     for _ in &shown_peers {
         let _ = write!(out, "---:|");
     }
-    let _ = writeln!(out, "---|---:|---|---|");
+    let _ = writeln!(
+        out,
+        "{}",
+        if targets {
+            "---|---:|---|---|"
+        } else {
+            "---|---:|"
+        }
+    );
 
     for spec in rows() {
         let subject_name = format!("{subject}{}", spec.subject_suffix);
@@ -444,6 +556,7 @@ pub fn render(text: &str, subject: &str, peers: &[String]) -> String {
             Reference::Subject(suffix, m) => get(&format!("{subject}{suffix}"), m)
                 .map(|s| (format!("{subject} direct, measured alongside"), s))
                 .or_else(|| get(subject, m).map(|s| (format!("{subject} direct"), s))),
+            Reference::Server(name, m) => get(name, m).map(|s| (name.to_string(), s)),
             Reference::None => None,
         };
         let ratio = match (subj, &reference) {
@@ -464,14 +577,24 @@ pub fn render(text: &str, subject: &str, peers: &[String]) -> String {
             (Target::AtLeast(t), Some(s), _) => yes_no(s.median >= t),
             (Target::AtMost(t), Some(s), _) => yes_no(s.median <= t),
             (Target::WorstAtMost(t), Some(s), _) => yes_no(s.max <= t),
+            (Target::DiffAtMost(t), _, _) => match (subj, &reference) {
+                (Some(a), Some((_, b))) => {
+                    spread(&diff_series(a, b)).map_or("n/a", |d| yes_no(d.median <= t))
+                }
+                _ => "n/a",
+            },
             _ => "n/a",
         };
-        let _ = writeln!(
-            out,
-            " {ref_cell} | {} | {} | {met} |",
-            fmt_ratio(ratio),
-            spec.target_text
-        );
+        if targets {
+            let _ = writeln!(
+                out,
+                " {ref_cell} | {} | {} | {met} |",
+                fmt_ratio(ratio),
+                spec.target_text
+            );
+        } else {
+            let _ = writeln!(out, " {ref_cell} | {} |", fmt_ratio(ratio));
+        }
     }
 
     let _ = write!(
@@ -482,15 +605,19 @@ pub fn render(text: &str, subject: &str, peers: &[String]) -> String {
     for p in &shown_peers {
         let _ = write!(out, " {} |", fail_cell(&d, p));
     }
-    let _ = writeln!(
-        out,
-        " | | 0 | {} |",
-        match d.failures.get(subject) {
-            Some(0) => "yes",
-            Some(_) => "no",
-            None => "n/a",
-        }
-    );
+    if targets {
+        let _ = writeln!(
+            out,
+            " | | 0 | {} |",
+            match d.failures.get(subject) {
+                Some(0) => "yes",
+                Some(_) => "no",
+                None => "n/a",
+            }
+        );
+    } else {
+        let _ = writeln!(out, " | |");
+    }
     let _ = writeln!(
         out,
         "\nOwn CPU: the super-server's process CPU clock (all its threads, children excluded) \
@@ -519,6 +646,10 @@ fn fail_cell(d: &Data, server: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn render(text: &str, subject: &str, peers: &[String]) -> String {
+        render_with(text, subject, peers, true)
+    }
 
     fn line(server: &str, round: u64, scenario: &str, fields: &str) -> String {
         format!(
@@ -611,6 +742,79 @@ mod tests {
     }
 
     #[test]
+    fn tls_rows_are_judged_against_stunnel() {
+        let rate = |server: &str, r: u64, cps: f64| {
+            line(server, r, "rate", &format!(r#""conns_per_s":{cps}"#))
+        };
+        let l = [
+            rate("wininetd-tls", 1, 1300.0),
+            rate("stunnel", 1, 1000.0),
+            rate("wininetd-tls", 2, 1100.0),
+            rate("stunnel", 2, 1000.0),
+        ];
+        let out = render(&l.join("\n"), "wininetd", &[]);
+        let row = out
+            .lines()
+            .find(|l| l.starts_with("| (h) TLS rate: conns/s"))
+            .unwrap();
+        // Ratios 1.3 and 1.1: median 1.2, met; and stunnel is the reference.
+        assert!(
+            row.contains("stunnel: 1000") && row.contains("| yes |"),
+            "{row}"
+        );
+        let worse = l.join("\n").replace("1300", "1200");
+        let out = render(&worse, "wininetd", &[]);
+        let row = out
+            .lines()
+            .find(|l| l.starts_with("| (h) TLS rate: conns/s"))
+            .unwrap();
+        assert!(row.contains("| no |"), "{row}");
+    }
+
+    #[test]
+    fn proxy_rate_is_judged_against_the_run_without_a_header() {
+        let rate = |server: &str, r: u64, cps: f64, cpu: f64| {
+            line(
+                server,
+                r,
+                "rate",
+                &format!(r#""conns_per_s":{cps},"server_cpu_us_per_conn":{cpu}"#),
+            )
+        };
+        let mut l = Vec::new();
+        for (r, (plain, proxied)) in [
+            (1, ((1000.0, 20.0), (980.0, 22.0))),
+            (2, ((900.0, 21.0), (880.0, 25.0))),
+        ] {
+            l.push(rate("wininetd-noproxy", r, plain.0, plain.1));
+            l.push(rate("wininetd-proxy", r, proxied.0, proxied.1));
+        }
+        let out = render(&l.join("\n"), "wininetd", &[]);
+        let row = |start: &str| {
+            out.lines()
+                .find(|l| l.starts_with(start))
+                .unwrap()
+                .to_string()
+        };
+        // conns/s per round 0.98 and 0.978: met.
+        let cps = row("| (g) rate, PROXY v2 header: conns/s");
+        assert!(cps.contains("| yes |"), "{cps}");
+        // CPU differences 2 and 4 µs: median 3, met; one more µs is not.
+        let cpu = row("| (g) own CPU, PROXY v2 header");
+        assert!(cpu.contains("| yes |"), "{cpu}");
+        let worse = l.join("\n").replace(
+            r#""server_cpu_us_per_conn":25"#,
+            r#""server_cpu_us_per_conn":27"#,
+        );
+        let out = render(&worse, "wininetd", &[]);
+        let cpu = out
+            .lines()
+            .find(|l| l.starts_with("| (g) own CPU"))
+            .unwrap();
+        assert!(cpu.contains("| no |"), "{cpu}");
+    }
+
+    #[test]
     fn lower_is_better_picks_smallest_peer_and_fraction_of_ceiling_is_per_round() {
         let out = render(
             &sample(),
@@ -628,6 +832,24 @@ mod tests {
         assert!(frac.contains("| no |"), "{frac}");
         assert!(out.contains("spawn ceiling** (spawn /bin/cat"));
         assert!(out.contains("1100 (1000–1250) spawns/s"));
+    }
+
+    #[test]
+    fn without_targets_no_row_is_judged() {
+        let out = render_with(&sample(), "wininetd", &["xinetd".into()], false);
+        let header = out.lines().find(|l| l.starts_with("| scenario")).unwrap();
+        assert!(
+            !header.contains("target") && !header.contains("met"),
+            "{header}"
+        );
+        for row in out.lines().filter(|l| l.starts_with("| (")) {
+            assert!(
+                !row.ends_with("| yes |") && !row.ends_with("| no |"),
+                "{row}"
+            );
+            assert!(!row.contains('≥') && !row.contains('≤'), "{row}");
+        }
+        assert!(render(&sample(), "wininetd", &["xinetd".into()]).contains("| met |"));
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub struct StreamOpts {
     pub chunk: usize,
     pub io_timeout: Duration,
     pub max_time: Duration,
+    /// TLS over the connection: the same check, through rustls.
+    pub tls: Option<crate::tls::Tls>,
 }
 
 fn writer_loop(
@@ -95,28 +97,11 @@ pub fn run(opts: StreamOpts, probe: ServerProbe) -> (Map<String, Value>, String,
     let t0 = Instant::now();
     let deadline = t0 + opts.max_time;
 
-    let result: Result<(u64, u64), String> = (|| {
-        let mut s = TcpStream::connect_timeout(&opts.target, opts.io_timeout)
-            .map_err(|e| format!("connect: {e}"))?;
-        s.set_read_timeout(Some(opts.io_timeout))
-            .and_then(|_| s.set_write_timeout(Some(opts.io_timeout)))
-            .map_err(|e| format!("socket options: {e}"))?;
-        let ws = s.try_clone().map_err(|e| format!("clone socket: {e}"))?;
-        let wp = Arc::clone(&pattern);
-        let (bytes, chunk) = (opts.bytes, opts.chunk);
-        let writer = std::thread::spawn(move || writer_loop(ws, &wp, bytes, chunk, deadline));
-        let read = reader_loop(&mut s, &pattern, bytes, chunk, deadline);
-        if read.is_err() {
-            // Unblock the writer if it is stuck on a full socket buffer.
-            let _ = s.shutdown(Shutdown::Both);
-        }
-        let written = writer
-            .join()
-            .map_err(|_| "writer thread panicked".to_string())?;
-        // Report the reader's error first: it says what the reply looked like.
-        let got = read?;
-        Ok((written?, got))
-    })();
+    let result: Result<(u64, u64), String> = if let Some(tls) = &opts.tls {
+        tls_echo(&opts, tls, &pattern, deadline)
+    } else {
+        plain_echo(&opts, &pattern, deadline)
+    };
     let elapsed = t0.elapsed().as_secs_f64().max(1e-9);
     let own_after = crate::server::own_cpu_ns();
     let after = probe.sample_after_settle_blocking();
@@ -155,6 +140,105 @@ pub fn run(opts: StreamOpts, probe: ServerProbe) -> (Map<String, Value>, String,
         }
     };
     (m, human, ok)
+}
+
+fn plain_echo(
+    opts: &StreamOpts,
+    pattern: &Arc<Pattern>,
+    deadline: Instant,
+) -> Result<(u64, u64), String> {
+    let mut s = TcpStream::connect_timeout(&opts.target, opts.io_timeout)
+        .map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(opts.io_timeout))
+        .and_then(|_| s.set_write_timeout(Some(opts.io_timeout)))
+        .map_err(|e| format!("socket options: {e}"))?;
+    let ws = s.try_clone().map_err(|e| format!("clone socket: {e}"))?;
+    let wp = Arc::clone(pattern);
+    let (bytes, chunk) = (opts.bytes, opts.chunk);
+    let writer = std::thread::spawn(move || writer_loop(ws, &wp, bytes, chunk, deadline));
+    let read = reader_loop(&mut s, pattern, bytes, chunk, deadline);
+    if read.is_err() {
+        // Unblock the writer if it is stuck on a full socket buffer.
+        let _ = s.shutdown(Shutdown::Both);
+    }
+    let written = writer
+        .join()
+        .map_err(|_| "writer thread panicked".to_string())?;
+    // Report the reader's error first: it says what the reply looked like.
+    let got = read?;
+    Ok((written?, got))
+}
+
+/// The same echo check over TLS: a writer task and this reader, on one
+/// runtime; close_notify then FIN after the last byte.
+fn tls_echo(
+    opts: &StreamOpts,
+    tls: &crate::tls::Tls,
+    pattern: &Arc<Pattern>,
+    deadline: Instant,
+) -> Result<(u64, u64), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    let (bytes, chunk, io_timeout) = (opts.bytes, opts.chunk, opts.io_timeout);
+    let target = opts.target;
+    let limit = deadline.saturating_duration_since(Instant::now());
+    let work = async {
+        let s = tokio::time::timeout(
+            io_timeout,
+            crate::tls::connect(target, |_| Vec::new(), Some(tls)),
+        )
+        .await
+        .map_err(|_| "connect: timed out".to_string())?
+        .map_err(|e| format!("connect: {e}"))?;
+        let (mut r, mut w) = tokio::io::split(s);
+        let writer = async {
+            let mut off = 0u64;
+            while off < bytes {
+                let len = (bytes - off).min(chunk as u64) as usize;
+                w.write_all(pattern.window(off, len))
+                    .await
+                    .map_err(|e| format!("write after {off} bytes: {e}"))?;
+                off += len as u64;
+            }
+            w.shutdown().await.map_err(|e| format!("shutdown: {e}"))?;
+            Ok::<u64, String>(off)
+        };
+        let reader = async {
+            let mut buf = vec![0u8; chunk];
+            let mut got = 0u64;
+            loop {
+                let n = r
+                    .read(&mut buf)
+                    .await
+                    .map_err(|e| format!("read after {got} bytes: {e}"))?;
+                if n == 0 {
+                    break;
+                }
+                if got + n as u64 > bytes {
+                    return Err(format!("extra: reply longer than the {bytes} bytes sent"));
+                }
+                if buf[..n] != *pattern.window(got, n) {
+                    return Err(format!("mismatch: reply differs near byte {got}"));
+                }
+                got += n as u64;
+            }
+            if got < bytes {
+                return Err(format!("short: EOF after {got} of {bytes} bytes"));
+            }
+            Ok(got)
+        };
+        let (sent, got) = tokio::join!(writer, reader);
+        let got = got?;
+        Ok((sent?, got))
+    };
+    rt.block_on(async {
+        tokio::time::timeout(limit, work)
+            .await
+            .unwrap_or_else(|_| Err("time limit reached".to_string()))
+    })
 }
 
 #[cfg(test)]
@@ -197,6 +281,7 @@ mod tests {
             chunk: 65_536,
             io_timeout: Duration::from_secs(30),
             max_time: Duration::from_secs(120),
+            tls: None,
         }
     }
 

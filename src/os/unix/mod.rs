@@ -1,21 +1,25 @@
 //! Unix: fork/exec on a socket, SIGCHLD reaping, signals, systemd.
 
+mod activation;
 mod control;
 mod file_trust;
 mod launch;
+mod preflight;
 mod process_stats;
 mod service;
 mod signals;
 mod spawn;
 mod template;
 
+pub use activation::take_listen_fds;
 pub use control::{
     ControlListener, ControlStream, control_address, control_listen, control_request,
 };
 pub use file_trust::{check_config_file, check_password_file};
 pub use launch::{Exits, PipeReader, PipeWriter, check_users, init_process, launch, terminate};
+pub use preflight::preflight;
 pub use process_stats::process_stats;
-pub use service::{Host, install, reload, remove, unit_text};
+pub use service::{Host, install, install_socket_activated, reload, remove};
 pub use template::{DEFAULT_PATH, ExecTemplate};
 
 /// Unix needs no logon: a program switches to its user with setuid.
@@ -34,4 +38,17 @@ pub fn new_socket(domain: socket2::Domain, ty: socket2::Type) -> std::io::Result
     let sock = socket2::Socket::new(domain, ty, None)?;
     sock.set_reuse_address(true)?;
     Ok(sock)
+}
+
+/// Peeks at what a connection has received, without waiting and without
+/// touching its blocking mode (MSG_DONTWAIT: one system call).
+pub fn peek_now(stream: &std::net::TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    use nix::sys::socket::{MsgFlags, recv};
+    use std::os::fd::AsRawFd;
+    recv(
+        stream.as_raw_fd(),
+        buf,
+        MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+    )
+    .map_err(std::io::Error::from)
 }

@@ -1,31 +1,27 @@
 //! Being a service on Unix: signals, sd_notify, and a systemd unit.
 
 use std::io;
-use std::os::unix::net::UnixDatagram;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use nix::sys::signal::Signal;
+use sd_notify::NotifyState;
 
 use super::signals::Signals;
 
+use crate::config::Protocol;
 use crate::os::{Control, HostStatus, ServiceHost};
 
 /// Signals in, sd_notify out.
 pub struct Host {
     signals: Signals,
-    notify: Option<(UnixDatagram, String)>,
 }
 
 impl Host {
     pub fn new() -> io::Result<Host> {
-        let notify = match std::env::var("NOTIFY_SOCKET") {
-            Ok(addr) if !addr.is_empty() => Some((UnixDatagram::unbound()?, addr)),
-            _ => None,
-        };
         Ok(Host {
             signals: Signals::new(&[Signal::SIGHUP, Signal::SIGTERM, Signal::SIGINT])?,
-            notify,
         })
     }
 }
@@ -44,57 +40,50 @@ impl ServiceHost for Host {
         }
     }
 
-    /// Tells systemd (when it started us with Type=notify) what we are doing.
+    /// Tells systemd (when it started us with Type=notify) what we are
+    /// doing; without NOTIFY_SOCKET this does nothing.
     fn status(&mut self, status: HostStatus) {
-        let Some((sock, addr)) = &self.notify else {
-            return;
-        };
-        let msg = match status {
-            HostStatus::Ready => "READY=1\nSTATUS=serving".to_string(),
-            HostStatus::Reloading => {
-                format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec())
+        let sent = match status {
+            HostStatus::Ready => {
+                sd_notify::notify(&[NotifyState::Ready, NotifyState::Status("serving")])
             }
-            HostStatus::Stopping => "STOPPING=1".to_string(),
+            HostStatus::Reloading => NotifyState::monotonic_usec_now()
+                .and_then(|now| sd_notify::notify(&[NotifyState::Reloading, now])),
+            HostStatus::Stopping => sd_notify::notify(&[NotifyState::Stopping]),
         };
-        if let Err(e) = send_notify(sock, addr, msg.as_bytes()) {
-            tracing::warn!("cannot notify systemd at {addr}: {e}");
+        if let Err(e) = sent {
+            tracing::warn!("cannot notify systemd: {e}");
         }
     }
 }
 
-fn send_notify(sock: &UnixDatagram, addr: &str, msg: &[u8]) -> io::Result<usize> {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    if let Some(name) = addr.strip_prefix('@') {
-        use std::os::linux::net::SocketAddrExt;
-        let a = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
-        return sock.send_to_addr(msg, &a);
-    }
-    sock.send_to(msg, addr)
-}
-
-fn monotonic_usec() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1000)
-        .unwrap_or(0)
-}
-
-const UNIT_PATH: &str = "/etc/systemd/system/wininetd.service";
+const UNIT_DIR: &str = "/etc/systemd/system";
+const SERVICE_UNIT: &str = "wininetd.service";
+const SOCKET_UNIT: &str = "wininetd.socket";
 
 /// The systemd unit that runs `exe` with `args`.
 ///
 /// Type=notify because we report READY only once every listener is bound;
 /// KillMode=process so that stopping us leaves running programs to finish,
-/// as inetd does.
-pub fn unit_text(exe: &Path, args: &[String]) -> String {
+/// as inetd does. With `socket`, it needs wininetd.socket, which holds the
+/// listening sockets across restarts.
+pub fn unit_text(exe: &Path, args: &[String], socket: bool) -> String {
     let mut exec = systemd_quote(&exe.to_string_lossy());
     for a in args {
         exec.push(' ');
         exec.push_str(&systemd_quote(a));
     }
+    let needs_socket = if socket {
+        "Requires=wininetd.socket\nAfter=wininetd.socket\n"
+    } else {
+        ""
+    };
     format!(
         "[Unit]\n\
          Description=wininetd super-server (WinInetd for Unix)\n\
+         Documentation=man:wininetd(8) man:wininetd.conf(5)\n\
          After=network.target\n\
+         {needs_socket}\
          \n\
          [Service]\n\
          Type=notify\n\
@@ -105,6 +94,36 @@ pub fn unit_text(exe: &Path, args: &[String]) -> String {
          \n\
          [Install]\n\
          WantedBy=multi-user.target\n"
+    )
+}
+
+/// wininetd.socket: one `ListenStream=`/`ListenDatagram=` per listener of
+/// the config. systemd binds them and keeps them open while wininetd
+/// restarts, so clients wait in the queue instead of being refused.
+/// IPv6 sockets are IPv6-only, as wininetd's own are. (`FileDescriptorName=`
+/// would name every socket of this one unit alike, so none is set: wininetd
+/// matches these by address.)
+pub fn socket_unit_text(listeners: &[(Protocol, SocketAddr)]) -> String {
+    let mut listen = String::new();
+    for (protocol, addr) in listeners {
+        let key = match protocol {
+            Protocol::Tcp => "ListenStream",
+            Protocol::Udp => "ListenDatagram",
+        };
+        listen.push_str(&format!("{key}={addr}\n"));
+    }
+    format!(
+        "[Unit]\n\
+         Description=wininetd listening sockets\n\
+         Documentation=man:wininetd(8)\n\
+         \n\
+         [Socket]\n\
+         {listen}\
+         BindIPv6Only=ipv6-only\n\
+         Backlog=1024\n\
+         \n\
+         [Install]\n\
+         WantedBy=sockets.target\n"
     )
 }
 
@@ -146,51 +165,111 @@ fn systemctl(args: &[&str]) -> Result<(), String> {
 
 /// `--install`: writes the unit and, where systemd runs, enables it.
 pub fn install(args: &[String]) -> Result<String, String> {
-    let exe: PathBuf =
-        std::env::current_exe().map_err(|e| format!("cannot find the wininetd executable: {e}"))?;
-    install_at(Path::new(UNIT_PATH), &exe, args, systemd_runs())
+    let exe = current_exe()?;
+    install_at(Path::new(UNIT_DIR), &exe, args, None, systemd_runs())
 }
 
-fn install_at(unit: &Path, exe: &Path, args: &[String], systemd: bool) -> Result<String, String> {
-    let shown = unit.display();
-    if unit.exists() {
-        return Err(format!(
-            "{shown} already exists: run `wininetd --remove` first"
-        ));
+/// `--install --socket-activation`: the unit and wininetd.socket holding
+/// `listeners`.
+pub fn install_socket_activated(
+    args: &[String],
+    listeners: &[(Protocol, SocketAddr)],
+) -> Result<String, String> {
+    let exe = current_exe()?;
+    install_at(
+        Path::new(UNIT_DIR),
+        &exe,
+        args,
+        Some(listeners),
+        systemd_runs(),
+    )
+}
+
+fn current_exe() -> Result<PathBuf, String> {
+    std::env::current_exe().map_err(|e| format!("cannot find the wininetd executable: {e}"))
+}
+
+fn install_at(
+    dir: &Path,
+    exe: &Path,
+    args: &[String],
+    socket: Option<&[(Protocol, SocketAddr)]>,
+    systemd: bool,
+) -> Result<String, String> {
+    let unit = dir.join(SERVICE_UNIT);
+    let socket_unit = dir.join(SOCKET_UNIT);
+    for u in [&unit, &socket_unit] {
+        if u.exists() {
+            return Err(format!(
+                "{} already exists: run `wininetd --remove` first",
+                u.display()
+            ));
+        }
     }
-    std::fs::write(unit, unit_text(exe, args))
-        .map_err(|e| format!("cannot write {shown}: {e} (are you root?)"))?;
+    let write = |path: &Path, text: String| {
+        std::fs::write(path, text)
+            .map_err(|e| format!("cannot write {}: {e} (are you root?)", path.display()))
+    };
+    if let Some(listeners) = socket {
+        write(&socket_unit, socket_unit_text(listeners))?;
+    }
+    write(&unit, unit_text(exe, args, socket.is_some()))?;
+    let written = if socket.is_some() {
+        format!("{} and {}", unit.display(), socket_unit.display())
+    } else {
+        unit.display().to_string()
+    };
     if systemd {
         systemctl(&["daemon-reload"])?;
-        systemctl(&["enable", "wininetd.service"])?;
+        let mut enable = vec!["enable", SERVICE_UNIT];
+        if socket.is_some() {
+            enable.push(SOCKET_UNIT);
+        }
+        systemctl(&enable)?;
         Ok(format!(
-            "installed and enabled {shown}; start it with `systemctl start wininetd`"
+            "installed and enabled {written}; start it with `systemctl start wininetd`"
         ))
     } else {
         Ok(format!(
-            "wrote {shown}; systemd is not running here, so it was not enabled"
+            "wrote {written}; systemd is not running here, so nothing was enabled"
         ))
     }
 }
 
-/// `--remove`: stops and disables the unit where systemd runs, then deletes it.
+/// `--remove`: stops and disables the units where systemd runs, then
+/// deletes them.
 pub fn remove() -> Result<String, String> {
-    remove_at(Path::new(UNIT_PATH), systemd_runs())
+    remove_at(Path::new(UNIT_DIR), systemd_runs())
 }
 
-fn remove_at(unit: &Path, systemd: bool) -> Result<String, String> {
-    let shown = unit.display();
+fn remove_at(dir: &Path, systemd: bool) -> Result<String, String> {
+    let unit = dir.join(SERVICE_UNIT);
+    let socket_unit = dir.join(SOCKET_UNIT);
     if !unit.exists() {
-        return Err(format!("{shown} does not exist: wininetd is not installed"));
+        return Err(format!(
+            "{} does not exist: wininetd is not installed",
+            unit.display()
+        ));
     }
+    let has_socket = socket_unit.exists();
     if systemd {
-        systemctl(&["disable", "--now", "wininetd.service"])?;
+        let mut disable = vec!["disable", "--now", SERVICE_UNIT];
+        if has_socket {
+            disable.push(SOCKET_UNIT);
+        }
+        systemctl(&disable)?;
     }
-    std::fs::remove_file(unit).map_err(|e| format!("cannot delete {shown}: {e}"))?;
+    let mut removed = Vec::new();
+    for u in [&unit, &socket_unit] {
+        if u == &unit || has_socket {
+            std::fs::remove_file(u).map_err(|e| format!("cannot delete {}: {e}", u.display()))?;
+            removed.push(u.display().to_string());
+        }
+    }
     if systemd {
         systemctl(&["daemon-reload"])?;
     }
-    Ok(format!("removed {shown}"))
+    Ok(format!("removed {}", removed.join(" and ")))
 }
 
 /// `--reload`: asks the installed service to re-read its config.
@@ -211,7 +290,7 @@ mod tests {
         let args: Vec<String> = ["--cfgfile", "/etc/my inetd.conf", "--timeout", "30"]
             .map(String::from)
             .to_vec();
-        let unit = unit_text(Path::new("/usr/local/bin/wininetd"), &args);
+        let unit = unit_text(Path::new("/usr/local/bin/wininetd"), &args, false);
         assert!(unit.contains("\nType=notify\n"), "{unit}");
         assert!(unit.contains("\nExecReload=/bin/kill -HUP $MAINPID\n"));
         assert!(unit.contains("\nKillMode=process\n"));
@@ -227,18 +306,81 @@ mod tests {
         let unit = dir.path().join("wininetd.service");
         let exe = Path::new("/usr/local/bin/wininetd");
         let args = ["--cfgfile".to_string(), "/etc/w.conf".to_string()];
-        let msg = install_at(&unit, exe, &args, false).unwrap();
-        assert!(msg.contains("not enabled"), "{msg}");
+        let msg = install_at(dir.path(), exe, &args, None, false).unwrap();
+        assert!(msg.contains("nothing was enabled"), "{msg}");
         assert_eq!(
             std::fs::read_to_string(&unit).unwrap(),
-            unit_text(exe, &args)
+            unit_text(exe, &args, false)
         );
-        let again = install_at(&unit, exe, &args, false).unwrap_err();
+        assert!(!dir.path().join("wininetd.socket").exists());
+        let again = install_at(dir.path(), exe, &args, None, false).unwrap_err();
         assert!(again.contains("already exists"), "{again}");
-        remove_at(&unit, false).unwrap();
+        remove_at(dir.path(), false).unwrap();
         assert!(!unit.exists());
-        let gone = remove_at(&unit, false).unwrap_err();
+        let gone = remove_at(dir.path(), false).unwrap_err();
         assert!(gone.contains("not installed"), "{gone}");
+    }
+
+    #[test]
+    fn socket_activation_writes_a_socket_unit_per_listener_and_remove_deletes_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = Path::new("/usr/sbin/wininetd");
+        let args = ["--cfgfile".to_string(), "/etc/w.toml".to_string()];
+        let listeners = [
+            (Protocol::Tcp, "127.0.0.1:7007".parse().unwrap()),
+            (Protocol::Tcp, "[::]:7007".parse().unwrap()),
+            (Protocol::Udp, "0.0.0.0:7013".parse().unwrap()),
+        ];
+        let msg = install_at(dir.path(), exe, &args, Some(&listeners), false).unwrap();
+        assert!(msg.contains("wininetd.socket"), "{msg}");
+        let socket = std::fs::read_to_string(dir.path().join("wininetd.socket")).unwrap();
+        let listen: Vec<&str> = socket.lines().filter(|l| l.starts_with("Listen")).collect();
+        assert_eq!(
+            listen,
+            [
+                "ListenStream=127.0.0.1:7007",
+                "ListenStream=[::]:7007",
+                "ListenDatagram=0.0.0.0:7013"
+            ]
+        );
+        assert!(socket.contains("\nBindIPv6Only=ipv6-only\n"), "{socket}");
+        assert!(socket.contains("\nWantedBy=sockets.target\n"), "{socket}");
+        let service = std::fs::read_to_string(dir.path().join("wininetd.service")).unwrap();
+        assert!(
+            service.contains("\nRequires=wininetd.socket\n"),
+            "{service}"
+        );
+        assert!(service.contains("\nAfter=wininetd.socket\n"), "{service}");
+        assert!(service.contains("\nExecStart=/usr/sbin/wininetd --cfgfile /etc/w.toml\n"));
+        let msg = remove_at(dir.path(), false).unwrap();
+        assert!(msg.contains("wininetd.socket"), "{msg}");
+        assert!(!dir.path().join("wininetd.socket").exists());
+        assert!(!dir.path().join("wininetd.service").exists());
+    }
+
+    /// The Debian package's units are what `--install --socket-activation`
+    /// would write for its config, so the two cannot drift apart.
+    #[test]
+    fn the_packaged_units_are_what_install_writes() {
+        let args = ["--cfgfile", "/etc/wininetd.toml"].map(String::from);
+        assert_eq!(
+            include_str!("../../../packaging/debian/wininetd.service"),
+            unit_text(Path::new("/usr/sbin/wininetd"), &args, false)
+        );
+        let config = crate::config::parse(
+            Path::new("wininetd.toml"),
+            include_bytes!("../../../packaging/debian/wininetd.toml"),
+        )
+        .unwrap();
+        let listeners: Vec<_> = config
+            .services
+            .iter()
+            .flat_map(|s| s.addrs().map(move |a| (s.protocol, a)))
+            .collect();
+        assert_eq!(
+            include_str!("../../../packaging/systemd/wininetd.socket"),
+            socket_unit_text(&listeners)
+        );
     }
 
     #[test]
