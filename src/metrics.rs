@@ -215,7 +215,6 @@ impl ServiceStats {
     }
 
     /// A finished TLS handshake (the TLS stage calls this).
-    #[allow(dead_code)]
     pub fn tls_handshake(&self, ok: bool, resumed: bool) {
         add(if ok { &self.tls_ok } else { &self.tls_failed }, 1);
         if ok && resumed {
