@@ -103,5 +103,5 @@ def diffs(a, b):
 for a, b, what in [("silent", "logged", "default logging"), ("silent", "scraped", "metrics scraped every second")]:
     d = diffs(a, b)
     if d:
-        print(f"{what}: +{statistics.median(d):.2f} µs/conn median over {len(d)} rounds (per round: {', '.join(f'{x:+.1f}' for x in d)})")
+        print(f"{what}: {statistics.median(d):+.2f} µs/conn median over {len(d)} rounds (per round: {', '.join(f'{x:+.1f}' for x in d)})")
 EOF
