@@ -26,6 +26,7 @@ SMOKE=0
 INSTALL=1
 REQUIRE_WININETD=0
 PROFILE=release
+OBSERVABILITY=1
 OUT=""
 KEEP=0
 
@@ -48,6 +49,8 @@ usage: bench/run.sh [options]
                         --smoke defaults to dev)
   --out DIR             where results go (default bench/results/<timestamp>)
   --keep                keep the temporary directory (configs, logs)
+  --no-observability    skip the logging/metrics cost run (bench/observability.sh,
+                        run after the peers in a full run, into observability.md)
 environment: WININETD_BIN overrides the wininetd binary to run;
              WININETD_LOG is wininetd's log level (default here: warn, so no
              line per connection, like the peers as configured);
@@ -80,6 +83,7 @@ while (($#)); do
     --dev) PROFILE=dev; PROFILE_SET=1 ;;
     --out) OUT=${2-}; [[ -n $OUT ]] || die "--out needs a directory"; shift ;;
     --keep) KEEP=1 ;;
+    --no-observability) OBSERVABILITY=0 ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; die "unknown option: $1" ;;
     esac
@@ -610,6 +614,18 @@ peer_versions() {
         "$LOADGEN" report --input "$RESULTS"
     fi
 } >"$OUT/table.md"
+# The rate run with default logging next to the silent one, and with a
+# scraped metrics service: what watching costs (release builds only).
+if ((!SMOKE)) && ((OBSERVABILITY)) && [[ $PROFILE == release ]] && has_server wininetd; then
+    note "observability: silent vs logged vs scraped, $ROUNDS rounds"
+    if WININETD_BIN=$WININETD LOADGEN=$LOADGEN "$REPO/bench/observability.sh" \
+        --rounds "$ROUNDS" --connections "$CONNS" >"$OUT/observability.md"; then
+        { echo; echo "#### What watching costs (bench/observability.sh)"; echo; cat "$OUT/observability.md"; } >>"$OUT/table.md"
+    else
+        note "observability run FAILED"
+        FAILED=1
+    fi
+fi
 echo
 cat "$OUT/table.md"
 echo

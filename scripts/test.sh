@@ -7,10 +7,11 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests drive: real third-party servers and clients
 # (openbsd-inetd is unpacked below, as it conflicts with xinetd),
-# systemd-socket-activate (systemd), the .deb checks (lintian, man-db) and
+# systemd-socket-activate (systemd), promtool and a real scraper
+# (prometheus), the .deb checks (lintian, man-db) and
 # the Windows zip (zip, unzip).
 packages=(rsync git tftpd-hpa tftp-hpa curl xinetd python3 netbase tcpd
-          libbsd0 libevent-2.1-7 libtirpc3 libwrap0
+          libbsd0 libevent-2.1-7 libtirpc3 libwrap0 prometheus
           haproxy nginx libnginx-mod-stream openssl gnutls-bin
           systemd lintian man-db zip unzip)
 missing=()

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::config::{Access, DEFAULT_IPV6_SOURCE_PREFIX, Limits, Rate, canonical_ip};
+use crate::metrics::ServiceStats;
 
 /// Why a connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -170,6 +171,8 @@ pub struct Gate {
     name: Arc<str>,
     global: Arc<Global>,
     state: Mutex<GateState>,
+    /// What the metrics endpoint shows for the service.
+    stats: ServiceStats,
 }
 
 #[derive(Debug)]
@@ -200,7 +203,17 @@ impl Gate {
                 access,
                 limits,
             }),
+            stats: ServiceStats::default(),
         })
+    }
+
+    pub fn stats(&self) -> &ServiceStats {
+        &self.stats
+    }
+
+    /// Live programs and internal sessions now.
+    pub fn live(&self) -> u32 {
+        self.lock().live
     }
 
     pub fn name(&self) -> &Arc<str> {
@@ -358,6 +371,10 @@ pub struct Lease {
 impl Lease {
     pub fn service(&self) -> &Arc<str> {
         self.gate.name()
+    }
+
+    pub fn stats(&self) -> &ServiceStats {
+        self.gate.stats()
     }
 
     /// The peer's address (IPv4-mapped peers as IPv4).

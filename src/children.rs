@@ -4,21 +4,34 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::process::ExitStatus;
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::oneshot;
 
 use crate::admission::Lease;
 use crate::os::ChildId;
+use crate::relay::Tally;
 
-/// One running program: 56 bytes, plus 4 for its pid.
+/// One running program: 88 bytes on 64-bit Linux, plus 4 for its pid.
 #[derive(Debug)]
 pub struct Record {
     /// Counts it against the limits; holds the service and the peer's IP.
     pub lease: Lease,
     pub started: Instant,
     pub peer_port: u16,
+    /// Whoever watches it (the relay) logs its end, with the bytes moved.
+    pub end_logged_elsewhere: bool,
+    /// Bytes its relay has moved so far (`pipe` handoff).
+    pub relayed: Option<Arc<Tally>>,
+    /// The load balancer a PROXY header came through (boxed: most
+    /// connections have none).
+    pub via: Option<Box<SocketAddr>>,
 }
+
+/// What a watcher learns: how it ended, and its status if it ran.
+pub type Exited = (Ended, Option<ExitStatus>);
 
 /// How a watched program ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +58,7 @@ pub struct Children {
     pids: Vec<ChildId>,
     records: Vec<Record>,
     /// Who wants to know when a program ends (relays, UDP wait services).
-    waiters: HashMap<ChildId, oneshot::Sender<Ended>>,
+    waiters: HashMap<ChildId, oneshot::Sender<Exited>>,
 }
 
 impl Children {
@@ -72,21 +85,39 @@ impl Children {
         }
     }
 
-    /// Registers interest in `id`'s exit.
-    pub fn watch(&mut self, id: ChildId) -> oneshot::Receiver<Ended> {
+    /// Registers interest in `id`'s exit; `relay`: a relay carries its
+    /// session, counts its bytes there and logs its end, not the reaper.
+    pub fn watch(&mut self, id: ChildId, relay: Option<Arc<Tally>>) -> oneshot::Receiver<Exited> {
         let (tx, rx) = oneshot::channel();
         self.waiters.insert(id, tx);
+        if relay.is_some()
+            && let Some(at) = self.position(id)
+        {
+            self.records[at].end_logged_elsewhere = true;
+            self.records[at].relayed = relay;
+        }
         rx
     }
 
     /// Removes `id`, waking whoever waits for it.
-    pub fn remove(&mut self, id: ChildId, how: Ended) -> Option<Record> {
+    pub fn remove(
+        &mut self,
+        id: ChildId,
+        how: Ended,
+        status: Option<ExitStatus>,
+    ) -> Option<Record> {
         if let Some(w) = self.waiters.remove(&id) {
-            let _ = w.send(how);
+            let _ = w.send((how, status));
         }
         let at = self.position(id)?;
         self.pids.swap_remove(at);
         Some(self.records.swap_remove(at))
+    }
+
+    /// The balancer `id`'s connection came through, if any.
+    pub fn via(&self, id: ChildId) -> Option<SocketAddr> {
+        self.position(id)
+            .and_then(|at| self.records[at].via.as_deref().copied())
     }
 
     pub fn len(&self) -> usize {
@@ -95,6 +126,11 @@ impl Children {
 
     pub fn ids(&self) -> impl Iterator<Item = ChildId> + '_ {
         self.pids.iter().copied()
+    }
+
+    /// Every running program with its record (for `wininetd status`).
+    pub fn iter(&self) -> impl Iterator<Item = (ChildId, &Record)> + '_ {
+        self.pids.iter().copied().zip(&self.records)
     }
 }
 
@@ -117,23 +153,38 @@ mod tests {
                     lease,
                     started: Instant::now(),
                     peer_port: 1000 + id as u16,
+                    end_logged_elsewhere: false,
+                    relayed: None,
+                    via: None,
                 },
             );
         }
         assert_eq!(global.live(), 5);
-        let mut w = c.watch(3);
-        assert!(c.remove(1, Ended::Succeeded).is_some());
-        assert!(c.remove(1, Ended::Succeeded).is_none());
+        let mut w = c.watch(3, Some(Arc::default()));
+        assert!(c.remove(1, Ended::Succeeded, None).is_some());
+        assert!(c.remove(1, Ended::Succeeded, None).is_none());
         assert_eq!(w.try_recv(), Err(oneshot::error::TryRecvError::Empty));
-        assert!(c.remove(3, Ended::NotStarted).is_some());
-        assert_eq!(w.try_recv(), Ok(Ended::NotStarted));
+        let r = c.remove(3, Ended::NotStarted, None).unwrap();
+        assert!(r.end_logged_elsewhere);
+        drop(r);
+        assert_eq!(w.try_recv(), Ok((Ended::NotStarted, None)));
         let mut left: Vec<_> = c.ids().collect();
         left.sort();
         assert_eq!(left, [2, 4, 5]);
         for id in [5, 2, 4] {
-            assert!(c.remove(id, Ended::Failed).is_some(), "{id}");
+            assert!(c.remove(id, Ended::Failed, None).is_some(), "{id}");
         }
         assert_eq!(c.len(), 0);
         assert_eq!(global.live(), 0);
+    }
+}
+
+#[cfg(all(test, target_os = "linux", target_pointer_width = "64"))]
+mod size {
+    /// The record stays as small as README says: memory grows by one per
+    /// running program.
+    #[test]
+    fn a_record_is_88_bytes() {
+        assert_eq!(size_of::<super::Record>(), 88);
     }
 }

@@ -55,7 +55,8 @@ pub struct Cli {
     #[arg(long, conflicts_with = "reload")]
     pub check: bool,
 
-    /// Ask the installed service to re-read its config.
+    /// Ask the running daemon to re-read its config (over the control
+    /// channel, else through the service manager).
     #[arg(long)]
     pub reload: bool,
 
@@ -84,6 +85,14 @@ pub struct Cli {
 /// Subcommands; without one, wininetd runs (or checks, installs, …).
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Command {
+    /// Ask the running daemon what it serves: each service's addresses,
+    /// live programs and totals, and each live program. Root or
+    /// Administrators only; exit 1 when no daemon answers.
+    Status {
+        /// One JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print an inetd.conf, xinetd or classic config as a `.toml` config.
     ///
     /// The TOML goes to stdout. What has no equivalent is a comment there

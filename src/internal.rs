@@ -62,6 +62,8 @@ where
         }
         Internal::Daytime => tx.write_all(daytime(SystemTime::now()).as_bytes()).await?,
         Internal::Time => tx.write_all(&rfc868_time(SystemTime::now())).await?,
+        // Served by the core, which holds the counters.
+        Internal::Metrics => {}
     }
     tx.shutdown().await
 }
@@ -85,6 +87,8 @@ pub fn datagram_reply(kind: Internal, request: &[u8], seed: u64) -> Option<Vec<u
         }
         Internal::Daytime => Some(daytime(SystemTime::now()).into_bytes()),
         Internal::Time => Some(rfc868_time(SystemTime::now()).to_vec()),
+        // TCP only (a config error on UDP).
+        Internal::Metrics => None,
     }
 }
 

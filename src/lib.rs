@@ -17,9 +17,11 @@ pub mod proxy;
 
 mod admission;
 mod children;
+mod http_request;
 mod internal;
 mod listener;
 mod logging;
+mod metrics;
 mod relay;
 mod server;
 mod tls;
@@ -34,8 +36,10 @@ use crate::config::{Program, RunAs};
 /// The whole program: `main` only calls this.
 pub fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    if let Some(cli::Command::Convert { file, from }) = &cli.command {
-        return convert::run(file, *from);
+    match &cli.command {
+        Some(cli::Command::Status { json }) => return status(*json),
+        Some(cli::Command::Convert { file, from }) => return convert::run(file, *from),
+        None => {}
     }
     if cli.install {
         // The service would only fail at its first start: say so now.
@@ -55,7 +59,7 @@ pub fn main() -> ExitCode {
         return report(os::remove());
     }
     if cli.reload {
-        return report(os::reload());
+        return reload();
     }
     if cli.check {
         return check(&cli);
@@ -92,6 +96,78 @@ fn report(r: Result<String, String>) -> ExitCode {
             eprintln!("wininetd: {m}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// How long a control request may take (a reload rebinds listeners).
+const CONTROL_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `wininetd status`: the daemon's answer, or why there is none.
+fn status(json: bool) -> ExitCode {
+    let request = if json { "status json\n" } else { "status\n" };
+    match os::control_request(request, CONTROL_WAIT) {
+        Ok(reply) => answered(&reply),
+        Err(e) => {
+            eprintln!("wininetd: {}", control_failure(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--reload`: over the control channel when a daemon answers there, else
+/// through the service manager (systemd, the SCM).
+fn reload() -> ExitCode {
+    match os::control_request("reload\n", CONTROL_WAIT) {
+        Ok(reply) => answered(&reply),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound
+                    | std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::Unsupported
+            ) =>
+        {
+            report(os::reload())
+        }
+        Err(e) => {
+            eprintln!("wininetd: {}", control_failure(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints a control reply: `OK` or `ERR`, then its text.
+fn answered(reply: &str) -> ExitCode {
+    match reply.split_once('\n') {
+        Some(("OK", body)) => {
+            print!("{body}");
+            ExitCode::SUCCESS
+        }
+        Some(("ERR", body)) => {
+            eprint!("wininetd: {body}");
+            ExitCode::FAILURE
+        }
+        _ => {
+            eprintln!("wininetd: the daemon refused the request or closed the channel");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn control_failure(e: &std::io::Error) -> String {
+    use std::io::ErrorKind::*;
+    let at = os::control_address();
+    match e.kind() {
+        NotFound | ConnectionRefused => {
+            format!("no wininetd daemon is running (nothing answers on {at})")
+        }
+        BrokenPipe | ConnectionReset | ConnectionAborted => {
+            format!("the daemon refused the request or closed the channel ({at})")
+        }
+        PermissionDenied => format!(
+            "permission denied on {at}: only root (Administrators on Windows) may ask the daemon"
+        ),
+        _ => format!("cannot ask the daemon on {at}: {e}"),
     }
 }
 

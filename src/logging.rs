@@ -97,7 +97,6 @@ fn daemon_sink() -> (Box<dyn LineSink>, bool, bool) {
 
 /// Lines dropped because the sink could not keep up, since the start (for
 /// metrics).
-#[allow(dead_code)] // read by the metrics endpoint to come
 pub fn dropped_lines() -> u64 {
     global().dropped.load(Ordering::Relaxed)
 }

@@ -70,6 +70,13 @@ impl Drop for PipeGrant {
     }
 }
 
+/// What a running relay has moved so far, for `wininetd status`.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub to_program: AtomicU64,
+    pub to_client: AtomicU64,
+}
+
 /// What a finished relay moved.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Relayed {
@@ -100,6 +107,7 @@ pub async fn relay<C, W, R>(
     mut from_program: R,
     program_exited: impl Future<Output = ()>,
     idle: Option<Duration>,
+    tally: &Tally,
 ) -> io::Result<Relayed>
 where
     C: AsyncRead + AsyncWrite,
@@ -131,6 +139,7 @@ where
                 break;
             }
             total += n as u64;
+            tally.to_program.fetch_add(n as u64, Ordering::Relaxed);
         }
         // Dropping our end closes the program's stdin.
         let _ = to_program.shutdown().await;
@@ -154,6 +163,7 @@ where
             })
             .await?;
             total += n as u64;
+            tally.to_client.fetch_add(n as u64, Ordering::Relaxed);
         }
         client_tx.shutdown().await?;
         io::Result::Ok(total)
@@ -174,23 +184,46 @@ pub async fn relay_tcp(
     from_program: crate::os::PipeReader,
     program_exited: impl Future<Output = ()>,
     idle: Option<Duration>,
+    tally: &Tally,
 ) -> io::Result<Relayed> {
     #[cfg(target_os = "linux")]
     {
         let upstream = async {
-            let n = splice::copy(&client, &to_program, idle, splice::Dir::ToProgram).await;
+            let n = splice::copy(
+                &client,
+                &to_program,
+                idle,
+                splice::Dir::ToProgram,
+                &tally.to_program,
+            )
+            .await;
             drop(to_program); // closes the program's stdin
             n
         };
         let downstream = async {
-            let n = splice::copy(&from_program, &client, idle, splice::Dir::ToClient).await?;
+            let n = splice::copy(
+                &from_program,
+                &client,
+                idle,
+                splice::Dir::ToClient,
+                &tally.to_client,
+            )
+            .await?;
             socket2::SockRef::from(&client).shutdown(std::net::Shutdown::Write)?;
             Ok(n)
         };
         drive(upstream, downstream, program_exited).await
     }
     #[cfg(not(target_os = "linux"))]
-    relay(client, to_program, from_program, program_exited, idle).await
+    relay(
+        client,
+        to_program,
+        from_program,
+        program_exited,
+        idle,
+        tally,
+    )
+    .await
 }
 
 /// Runs both directions until output is finished and the input side has no
@@ -298,6 +331,7 @@ mod splice {
         dst: &impl End,
         idle: Option<Duration>,
         dir: Dir,
+        tally: &std::sync::atomic::AtomicU64,
     ) -> io::Result<u64> {
         let mut total = 0u64;
         loop {
@@ -326,6 +360,7 @@ mod splice {
             };
             if n > 0 {
                 total += n as u64;
+                tally.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                 continue;
             }
             if n == 0 {
@@ -400,6 +435,7 @@ mod tests {
         let (prog_in_w, mut prog_in_r) = duplex(1024);
         let (mut prog_out_w, prog_out_r) = duplex(1024);
         let (exit_tx, exit_rx) = tokio::sync::oneshot::channel::<()>();
+        let tally: &'static Tally = Box::leak(Box::default());
         let task = tokio::spawn(relay(
             client_side,
             prog_in_w,
@@ -408,12 +444,15 @@ mod tests {
                 let _ = exit_rx.await;
             },
             None,
+            tally,
         ));
         client.write_all(b"hello").await.unwrap();
         client.shutdown().await.unwrap();
         let mut got = Vec::new();
         prog_in_r.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, b"hello", "program sees the input then EOF");
+        // Counted as it goes, before the session ends.
+        assert_eq!(tally.to_program.load(Ordering::Relaxed), 5);
         prog_out_w.write_all(b"world").await.unwrap();
         drop(prog_out_w);
         let mut back = Vec::new();
@@ -428,6 +467,7 @@ mod tests {
                 truncated: false,
             }
         );
+        assert_eq!(tally.to_client.load(Ordering::Relaxed), 5);
         drop(exit_tx);
     }
 
@@ -437,7 +477,15 @@ mod tests {
         let (prog_in_w, prog_in_r) = duplex(8);
         drop(prog_in_r); // the program never reads
         let (mut prog_out_w, prog_out_r) = duplex(64);
-        let task = tokio::spawn(relay(client_side, prog_in_w, prog_out_r, async {}, None));
+        let tally: &'static Tally = Box::leak(Box::default());
+        let task = tokio::spawn(relay(
+            client_side,
+            prog_in_w,
+            prog_out_r,
+            async {},
+            None,
+            tally,
+        ));
         let _ = client.write_all(&[7u8; 32]).await;
         prog_out_w.write_all(b"output").await.unwrap();
         drop(prog_out_w);
@@ -458,6 +506,7 @@ mod tests {
             prog_out_r,
             std::future::pending(),
             Some(Duration::from_secs(3)),
+            Box::leak(Box::default()),
         ));
         let mut got = Vec::new();
         // With paused time the timeout elapses as soon as all tasks idle.

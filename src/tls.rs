@@ -330,6 +330,11 @@ impl Terminator {
     }
 }
 
+/// Whether the session was resumed (a ticket or a session ID), not new.
+pub fn resumed(session: &TlsStream<TcpStream>) -> bool {
+    session.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
+}
+
 fn failure(e: &io::Error) -> HandshakeFailure {
     let detail = e.to_string();
     let class = match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {

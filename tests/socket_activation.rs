@@ -296,7 +296,7 @@ fn a_restart_under_socket_activation_refuses_no_connection() {
     );
     let (_, after_restart) = log.rsplit_once("serving").unwrap();
     assert!(
-        after_restart.contains(" started "),
+        after_restart.contains(" ended "),
         "the second wininetd served some of the connections: {log}"
     );
     let second = a.children();

@@ -1003,3 +1003,118 @@ fn hundreds_of_silent_clients_never_make_a_real_one_wait() {
     });
     assert_eq!(d.started(), 1);
 }
+
+/// Every sample line of a Prometheus text body as `name{labels}` → value.
+fn samples(text: &str) -> std::collections::HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn handshakes_and_refusals_are_counted_and_metrics_are_served_over_tls() {
+    let pki = Pki::new();
+    let (tls_port, refused_port, invalid_port, metrics_port) =
+        (free_port(), free_port(), free_port(), free_port());
+    let text = format!(
+        "[[service]]\nname = \"tls-env\"\nport = {tls_port}\nbind = [\"127.0.0.1\"]\ncommand = {SHOW_ENV}\n{tls}\n\
+         [[service]]\nname = \"px-refused\"\nport = {refused_port}\nbind = [\"127.0.0.1\"]\ncommand = [\"/bin/cat\"]\n\
+         proxy_protocol = \"v1\"\nproxy_from = [\"192.0.2.1\"]\n\
+         [[service]]\nname = \"px-invalid\"\nport = {invalid_port}\nbind = [\"127.0.0.1\"]\ncommand = [\"/bin/cat\"]\n\
+         proxy_protocol = \"v1\"\nproxy_from = [\"127.0.0.1\"]\n\
+         [[service]]\nname = \"metrics\"\nport = {metrics_port}\nbind = [\"127.0.0.1\"]\ninternal = \"metrics\"\n{tls}",
+        tls = pki.tls_table("")
+    );
+    let d = Daemon::start("w.toml", &text, &[]);
+
+    // One full handshake, one resumed, one that is not TLS.
+    let sess = pki.path("sess");
+    let first = s_client(tls_port, &pki, &["-tls1_3", "-sess_out", &sess]);
+    assert!(first.contains("New, TLSv1.3"), "{first}");
+    let again = s_client(tls_port, &pki, &["-tls1_3", "-sess_in", &sess]);
+    assert!(again.contains("Reused, TLSv1.3"), "{again}");
+    let mut s = connect(tls_port);
+    let _ = std::io::Write::write_all(&mut s, b"GET / HTTP/1.0\r\n\r\n");
+    read_all(&mut s);
+    // A PROXY peer outside proxy_from; a header that is not one.
+    let mut s = connect(refused_port);
+    assert_eq!(read_all(&mut s), b"");
+    let mut s = connect(invalid_port);
+    let _ = std::io::Write::write_all(&mut s, b"PROXY TCP4 nonsense\r\n");
+    assert_eq!(read_all(&mut s), b"");
+    d.wait_log_count(" ended ", 2, Duration::from_secs(10));
+
+    // The metrics service answers inside TLS.
+    let cfg = pki.client_config();
+    let scrape = || {
+        runtime().block_on(async {
+            let mut s = tls_connect(metrics_port, &cfg).await.unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                .await
+                .unwrap();
+            let mut out = Vec::new();
+            tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out))
+                .await
+                .unwrap()
+                .unwrap();
+            String::from_utf8(out).unwrap()
+        })
+    };
+    let want = [
+        (
+            "wininetd_tls_handshakes_total{service=\"tls-env\",result=\"ok\"}",
+            2.0,
+        ),
+        (
+            "wininetd_tls_handshakes_total{service=\"tls-env\",result=\"failed\"}",
+            1.0,
+        ),
+        ("wininetd_tls_resumed_total{service=\"tls-env\"}", 1.0),
+        (
+            "wininetd_connections_total{service=\"tls-env\",outcome=\"started\"}",
+            2.0,
+        ),
+        (
+            "wininetd_connections_total{service=\"tls-env\",outcome=\"tls_failed\"}",
+            1.0,
+        ),
+        (
+            "wininetd_connections_total{service=\"px-refused\",outcome=\"proxy_refused\"}",
+            1.0,
+        ),
+        (
+            "wininetd_connections_total{service=\"px-refused\",outcome=\"started\"}",
+            0.0,
+        ),
+        (
+            "wininetd_connections_total{service=\"px-invalid\",outcome=\"proxy_invalid\"}",
+            1.0,
+        ),
+        (
+            "wininetd_connections_total{service=\"px-invalid\",outcome=\"started\"}",
+            0.0,
+        ),
+    ];
+    // Refusals are counted as their connections close: scrape until all are in.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (response, got) = loop {
+        let response = scrape();
+        let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let got = samples(body);
+        if want.iter().all(|(k, v)| got.get(*k) == Some(v)) || Instant::now() > deadline {
+            break (response, got);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    for (k, v) in want {
+        assert_eq!(got.get(k), Some(&v), "{k} in:\n{response}");
+    }
+    // The scrapes themselves: TLS handshakes of the metrics service.
+    assert!(got["wininetd_tls_handshakes_total{service=\"metrics\",result=\"ok\"}"] >= 1.0);
+    assert_eq!(d.started(), 2);
+}

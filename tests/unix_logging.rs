@@ -247,15 +247,17 @@ fn with_journal_stream_lines_go_to_journald_natively() {
     one_connection(port).unwrap();
     let lines = read_until(&sock, "ended");
     stop(child);
-    let started = lines
+    // A connection's one line at the default level: its end.
+    let ended = lines
         .iter()
-        .find(|l| l.contains("started"))
-        .unwrap_or_else(|| panic!("no 'started' datagram among {}", lines.len()));
+        .find(|l| l.contains("ended"))
+        .unwrap_or_else(|| panic!("no 'ended' datagram among {}", lines.len()));
     // PRIORITY 6 (info), our name and pid, then MESSAGE with a length.
     let head = format!("PRIORITY=6\nSYSLOG_IDENTIFIER=wininetd\nSYSLOG_PID={pid}\nMESSAGE\n");
-    assert!(started.starts_with(&head), "{started:?}");
-    assert!(started.contains(&format!("port={port}")), "{started:?}");
-    assert!(started.ends_with('\n'), "{started:?}");
+    assert!(ended.starts_with(&head), "{ended:?}");
+    assert!(ended.contains(&format!("service=tcp/{port}")), "{ended:?}");
+    assert!(ended.contains("status=exit status: 0"), "{ended:?}");
+    assert!(ended.ends_with('\n'), "{ended:?}");
 }
 
 /// The measurement: with a journal socket nobody reads, the daemon

@@ -103,6 +103,8 @@ impl Daemon {
         let mut all = vec![exe.to_str().unwrap(), "--debug", "--cfgfile", &cfg];
         all.extend_from_slice(args);
         let child = wine(&all)
+            // Tests look for the `started` lines, which are at debug.
+            .env("WININETD_LOG", "debug")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -116,7 +118,11 @@ impl Daemon {
     }
 
     fn start(name: &str, config: &str, args: &[&str]) -> Daemon {
-        let d = Daemon::spawn(name, config, args);
+        Self::start_env(name, config, args, &[])
+    }
+
+    fn start_env(name: &str, config: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let d = Daemon::spawn_env(name, config, args, env);
         d.wait_log("serving", Duration::from_secs(60));
         d
     }
@@ -769,6 +775,64 @@ fn service_stop_leaves_programs_running_unless_kill_on_stop() {
     assert!(read_all(&mut doomed).is_empty(), "the program was ended");
     assert!(started.elapsed() < Duration::from_secs(20));
     assert!(run(&[exe, "--remove"]).status.success());
+}
+
+/// `wininetd status` and `--reload` over the control pipe (its own name,
+/// so tests running side by side do not meet); no daemon: exit 1.
+#[test]
+#[ignore = "needs Wine and the Windows build; run by scripts/test.sh"]
+fn status_and_reload_over_the_control_pipe() {
+    let port = free_port();
+    let pipe = format!(r"\\.\pipe\wininetd-test-{}-{port}", std::process::id());
+    let echo = example("stdio_echo");
+    let config = format!(
+        "[[service]]\nname = \"echo\"\nport = {port}\nbind = [\"127.0.0.1\"]\ncommand = [{echo:?}]\n"
+    );
+    let d = Daemon::start_env("w.toml", &config, &[], &[("WININETD_CONTROL_PIPE", &pipe)]);
+    let cli = |args: &[&str], pipe: &str| {
+        let exe = exe();
+        let mut all = vec![exe.to_str().unwrap()];
+        all.extend_from_slice(args);
+        wine(&all)
+            .env("WININETD_CONTROL_PIPE", pipe)
+            .output()
+            .expect("run wine")
+    };
+    let mut s = connect(port);
+    assert_eq!(round_trip(&mut s, b"hi"), b"hi");
+
+    let out = cli(&["status"], &pipe);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}\n{}", d.log());
+    assert!(
+        t.contains(&format!("echo  tcp 127.0.0.1:{port}  listening  live 1/-")),
+        "{t}"
+    );
+    assert!(t.contains("totals: started 1"), "{t}");
+
+    let out = cli(&["status", "--json"], &pipe);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["services"][0]["name"], "echo");
+    assert_eq!(v["sessions"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(
+        v["sessions"][0]["client"],
+        s.local_addr().unwrap().to_string()
+    );
+
+    let out = cli(&["--reload"], &pipe);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end(), "reloaded");
+    d.wait_log("reloaded", Duration::from_secs(20));
+
+    let out = cli(&["status"], &format!("{pipe}-none"));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("no wininetd daemon is running"),
+        "{}",
+        text(&out)
+    );
+    drop(s);
 }
 
 /// An ECDSA P-256 CA and a leaf for localhost, made with openssl in `dir`.

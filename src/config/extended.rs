@@ -473,6 +473,7 @@ impl Report<'_> {
                     ("chargen", Internal::Chargen),
                     ("daytime", Internal::Daytime),
                     ("time", Internal::Time),
+                    ("metrics", Internal::Metrics),
                 ];
                 self.choice("internal", i, &choices).map(Program::Internal)
             }
@@ -633,6 +634,14 @@ impl Report<'_> {
         // Settings the core would ignore for UDP must not look as if they
         // protected anything.
         if protocol == Some(Protocol::Udp) {
+            if let (Some(Program::Internal(Internal::Metrics)), Some(v)) =
+                (&program, get("protocol"))
+            {
+                self.at(
+                    v.span(),
+                    "`internal = \"metrics\"` speaks HTTP and is served over TCP only; remove `protocol = \"udp\"`",
+                );
+            }
             if is_internal {
                 for key in ["max_instances", "per_source"] {
                     if let Some(v) = get(key) {
@@ -684,12 +693,6 @@ impl Report<'_> {
                     self.at(
                         v.span(),
                         "`tls` applies to TCP services only: TLS runs over a stream (DTLS is not supported)",
-                    );
-                }
-                if is_internal {
-                    self.at(
-                        v.span(),
-                        "`tls` is for services that run a program; an internal service cannot use it",
                     );
                 }
                 if let Some(h) = get("handoff")
@@ -1334,6 +1337,7 @@ mod tests {
             ("chargen", Internal::Chargen),
             ("daytime", Internal::Daytime),
             ("time", Internal::Time),
+            ("metrics", Internal::Metrics),
         ] {
             let s = service(&format!(
                 "[[service]]\nport = 7000\ninternal = \"{text}\"\n"
@@ -1346,6 +1350,17 @@ mod tests {
             3,
             "`internal` must be one of \"echo\"",
         );
+    }
+
+    #[test]
+    fn metrics_is_tcp_only() {
+        assert_error(
+            "[[service]]\nport = 7000\ninternal = \"metrics\"\nprotocol = \"udp\"\n",
+            4,
+            "served over TCP only",
+        );
+        let s = service("[[service]]\nport = 7000\ninternal = \"metrics\"\nprotocol = \"tcp\"\n");
+        assert_eq!(s.program, Program::Internal(Internal::Metrics));
     }
 
     #[test]

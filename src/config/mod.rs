@@ -280,7 +280,8 @@ fn quote_windows_arg(arg: &str) -> String {
     out
 }
 
-/// The in-process services of RFC 862–868.
+/// The in-process services of RFC 862–868, and wininetd's own metrics
+/// endpoint (TCP only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Internal {
     Echo,
@@ -288,6 +289,8 @@ pub enum Internal {
     Chargen,
     Daytime,
     Time,
+    /// `GET /metrics` over HTTP/1.x: the Prometheus text format.
+    Metrics,
 }
 
 impl Internal {
@@ -298,6 +301,7 @@ impl Internal {
             "chargen" => Internal::Chargen,
             "daytime" => Internal::Daytime,
             "time" => Internal::Time,
+            "metrics" => Internal::Metrics,
             _ => return None,
         })
     }
@@ -309,6 +313,7 @@ impl Internal {
             Internal::Chargen => "chargen",
             Internal::Daytime => "daytime",
             Internal::Time => "time",
+            Internal::Metrics => "metrics",
         }
     }
 }

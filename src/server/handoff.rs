@@ -5,12 +5,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::io::AsyncReadExt as _;
-use tracing::{error, info};
+use tracing::{debug, error, info};
 
 use super::{Active, Ctx};
 use crate::admission::Lease;
 use crate::children::Record;
 use crate::config::{self, Protocol};
+use crate::metrics::Outcome;
 use crate::os::{self, ChildStdio, LaunchSpec};
 
 /// Launches the program and records it for the reaper; logs either way.
@@ -36,7 +37,9 @@ pub(super) fn launch(
     };
     match os::launch(&spec, stdio) {
         Ok(mut launched) => {
-            info!(service = %svc.name, port = svc.port, %peer, via = via.map(tracing::field::display), pid = launched.id, "started");
+            lease.stats().connection(Outcome::Started);
+            // The end's line says it all; this one is for debugging.
+            debug!(service = %svc.name, port = svc.port, %peer, via = via.map(tracing::field::display), pid = launched.id, "started");
             if let Some(stderr) = launched.stderr.take() {
                 tokio::spawn(log_stderr(svc.name.clone(), launched.id, stderr));
             }
@@ -46,12 +49,25 @@ pub(super) fn launch(
                     lease,
                     started: launched.started,
                     peer_port: peer.port(),
+                    end_logged_elsewhere: false,
+                    relayed: None,
+                    // Hook: the PROXY stage's balancer, `via.map(Box::new)`.
+                    via: None,
                 },
             );
             Some(launched)
         }
-        Err(os::LaunchError::Quiet) => None,
+        // The user could not be looked up; said a moment ago.
+        Err(os::LaunchError::Quiet) => {
+            lease.stats().connection(Outcome::UserFailed);
+            None
+        }
         Err(e) => {
+            lease.stats().connection(match e {
+                os::LaunchError::Spawn(_) => Outcome::SpawnFailed,
+                os::LaunchError::User(_) | os::LaunchError::Quiet => Outcome::UserFailed,
+            });
+            lease.stats().error(e.to_string());
             error!(service = %svc.name, %peer, via = via.map(tracing::field::display), "{e}");
             None
         }

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
@@ -25,11 +25,14 @@ use crate::admission::{Gate, Global, Refusal, RefusalLine, RefusalLog};
 use crate::children::{Children, Ended};
 use crate::config::{self, Config, Handoff, Protocol, Service};
 use crate::listener::Inherited;
+use crate::metrics::{DaemonStats, ProgramExit};
 use crate::os::{self, Control, HostStatus, ServiceHost};
 use crate::relay::PipeBudget;
 use crate::udp_guard::{Dropped, UdpGuard};
 
+mod control;
 mod handoff;
+mod metrics_endpoint;
 mod prespawn;
 mod reload;
 mod tcp;
@@ -110,7 +113,12 @@ pub async fn serve_with<H: ServiceHost>(
         .apply(config)
         .await
         .map_err(|(code, message)| StartError { code, message })?;
+    server.ctx.daemon.applied(false);
     tokio::spawn(reap(Arc::clone(&server.ctx), exits));
+    let (reload_tx, mut reload_rx) = mpsc::channel::<control::ReloadRequest>(4);
+    // Aborted at stop, which drops the listener and removes its socket.
+    let control_task = control::listen()
+        .map(|l| tokio::spawn(control::serve(l, Arc::clone(&server.ctx), reload_tx)));
     info!(
         "wininetd {} serving {} service(s) from {}",
         env!("CARGO_PKG_VERSION"),
@@ -119,14 +127,30 @@ pub async fn serve_with<H: ServiceHost>(
     );
     host.status(HostStatus::Ready);
     loop {
-        match host.next().await {
+        let (control, asked) = tokio::select! {
+            c = host.next() => (c, None),
+            Some(answer) = reload_rx.recv() => (Control::Reload, Some(answer)),
+        };
+        match control {
             Control::Reload => {
                 host.status(HostStatus::Reloading);
-                server.reload().await;
+                let ok = server.reload().await;
+                if ok {
+                    server.ctx.daemon.applied(true);
+                } else {
+                    server.ctx.daemon.reload_failed();
+                }
+                if let Some(answer) = asked {
+                    let _ = answer.send(ok);
+                }
                 host.status(HostStatus::Ready);
             }
             Control::Stop => {
                 host.status(HostStatus::Stopping);
+                if let Some(task) = control_task {
+                    task.abort();
+                    let _ = task.await;
+                }
                 server.stop();
                 return Ok(());
             }
@@ -174,6 +198,21 @@ struct Ctx {
     pipe_budget: Arc<PipeBudget>,
     /// Connections waiting in the pre-spawn stage, all services together.
     waiting: Arc<prespawn::Waiting>,
+    /// The served services, in config order, for scrapes and `status`.
+    served: Mutex<Arc<[Served]>>,
+    /// Reloads and other daemon-wide counts.
+    daemon: DaemonStats,
+}
+
+/// A served service as a scrape sees it.
+struct Served {
+    gate: Arc<Gate>,
+    protocol: Protocol,
+    addrs: Vec<SocketAddr>,
+    /// `max_instances`, if any.
+    limit: Option<u32>,
+    /// A UDP internal service's guard (its drop counts).
+    udp_guard: Option<Arc<UdpGuard>>,
 }
 
 impl Ctx {
@@ -206,6 +245,8 @@ impl Server {
                 udp_drops: Mutex::new(RefusalLog::default()),
                 pipe_budget: PipeBudget::new(first.globals.pipe_budget),
                 waiting: prespawn::Waiting::new(max),
+                served: Mutex::new(Arc::new([])),
+                daemon: DaemonStats::default(),
             }),
             listeners: HashMap::new(),
             gates: HashMap::new(),
@@ -236,15 +277,32 @@ fn seconds(s: Option<u32>) -> Option<Duration> {
     s.filter(|&n| n > 0).map(|n| Duration::from_secs(n.into()))
 }
 
-/// Logs a refusal, at most once per service and source per few seconds,
-/// and one summary per window for sources beyond the log's table.
-fn refused(ctx: &Ctx, active: &Active, ip: IpAddr, why: Refusal) {
+/// Counts a refused connection under its outcome and logs it as [`refused`] does.
+fn refused_connection(ctx: &Ctx, active: &Active, ip: IpAddr, why: Refusal) {
     refused_because(ctx, active, ip, why, None);
 }
 
-/// [`refused`], with what went wrong in detail (a PROXY parse error, a TLS
-/// alert) for the line that names this source.
+/// Logs a refusal, at most once per service and source per few seconds,
+/// and one summary per window for sources beyond the log's table. Not
+/// counted as a connection: a refused datagram is counted as a datagram.
+fn refused(ctx: &Ctx, active: &Active, ip: IpAddr, why: Refusal) {
+    log_refusal(ctx, active, ip, why, None);
+}
+
+/// [`refused_connection`], with what went wrong in detail (a PROXY parse
+/// error, a TLS alert) for the line that names this source.
 fn refused_because(
+    ctx: &Ctx,
+    active: &Active,
+    ip: IpAddr,
+    why: Refusal,
+    detail: Option<&dyn std::fmt::Display>,
+) {
+    active.gate.stats().connection(why.into());
+    log_refusal(ctx, active, ip, why, detail);
+}
+
+fn log_refusal(
     ctx: &Ctx,
     active: &Active,
     ip: IpAddr,
@@ -290,14 +348,28 @@ async fn reap(ctx: Arc<Ctx>, mut exits: os::Exits) {
             Ok(_) => Ended::Failed,
             Err(_) => Ended::NotStarted,
         };
-        let Some(record) = ctx.children().remove(id, how) else {
+        let status = result.as_ref().ok().copied();
+        let Some(record) = ctx.children().remove(id, how, status) else {
             continue;
         };
         let (service, peer) = (record.lease.service(), record.peer());
+        let stats = record.lease.stats();
+        match &result {
+            Ok(status) => {
+                stats.exit(ProgramExit::of(status));
+                stats.session_ended(record.started.elapsed());
+            }
+            Err(e) => {
+                stats.exit(ProgramExit::NotStarted);
+                stats.error(format!("cannot start the program: {e}"));
+            }
+        }
         match result {
+            Ok(_) if record.end_logged_elsewhere => {}
             Ok(status) => info!(
                 %service,
                 %peer,
+                via = record.via.as_deref().map(tracing::field::display),
                 pid = id,
                 %status,
                 duration = %format_args!("{:.3}s", record.started.elapsed().as_secs_f64()),

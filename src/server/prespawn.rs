@@ -16,18 +16,18 @@ use std::io::Read as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::AsyncReadExt as _;
 use tokio::net::TcpStream;
-use tracing::{info, warn};
+use tracing::warn;
 
-use super::tcp::{Conn, hand_off_tcp, into_tokio};
-use super::{Active, Ctx, refused, refused_because};
+use super::tcp::{Conn, hand_off_tcp, serve_internal};
+use super::{Active, Ctx, refused_because, refused_connection};
 use crate::admission::Refusal;
 use crate::config::{Program, ProxyVersion, canonical_ip};
+use crate::os;
 use crate::proxy::{self, Parse};
-use crate::{internal, os};
 
 /// A count of connections in the stage, with its bound.
 #[derive(Debug)]
@@ -109,7 +109,7 @@ pub(super) fn start(
     };
     let balancer = canonical_ip(peer.ip());
     if !proxy.from.iter().any(|n| n.contains(&balancer)) {
-        refused(ctx, &active, peer.ip(), Refusal::ProxyRefused);
+        refused_connection(ctx, &active, peer.ip(), Refusal::ProxyRefused);
         return;
     }
     match at_once(&stream, proxy.version) {
@@ -120,7 +120,7 @@ pub(super) fn start(
         }
     }
     let Some(slot) = Slot::take(&ctx.waiting, &active.waiting) else {
-        refused(ctx, &active, peer.ip(), Refusal::ProxyBusy);
+        refused_connection(ctx, &active, peer.ip(), Refusal::ProxyBusy);
         return;
     };
     let (deadline, version) = (Duration::from_secs(proxy.timeout.into()), proxy.version);
@@ -223,32 +223,13 @@ fn proceed(
     let lease = match active.gate.admit(peer.ip()) {
         Ok(l) => l,
         Err(why) => {
-            refused(ctx, active, peer.ip(), why);
+            refused_connection(ctx, active, peer.ip(), why);
             return;
         }
     };
     match &active.svc.program {
         Program::Internal(kind) => {
-            let (kind, idle) = (*kind, active.timeout);
-            let stream = match into_tokio(stream) {
-                Ok(s) => s,
-                Err(e) => {
-                    warn!(service = %active.svc.name, %peer, via = %balancer, "cannot serve the connection: {e}");
-                    return;
-                }
-            };
-            tokio::spawn(async move {
-                let started = Instant::now();
-                let result = internal::serve_stream(kind, stream, idle).await;
-                info!(
-                    service = %lease.service(),
-                    %peer,
-                    via = %balancer,
-                    duration = %format_args!("{:.3}s", started.elapsed().as_secs_f64()),
-                    result = %result.map_or_else(|e| e.to_string(), |()| "ok".into()),
-                    "internal session ended"
-                );
-            });
+            serve_internal(ctx, active, *kind, stream, (peer, Some(balancer)), lease)
         }
         Program::Command(_) => {
             let conn = Conn {

@@ -10,7 +10,7 @@ use tracing::{error, info, warn};
 use super::tcp::accept_tcp;
 use super::udp::serve_udp;
 use super::{
-    Active, EXIT_BIND, EXIT_CONFIG, EXIT_USERS, Key, Listening, Server, prespawn, seconds,
+    Active, EXIT_BIND, EXIT_CONFIG, EXIT_USERS, Key, Listening, Served, Server, prespawn, seconds,
 };
 use crate::admission::{Gate, fair_floor};
 use crate::config::{self, Config, Handoff, Program, Protocol, RunAs, Secret, Service};
@@ -20,8 +20,9 @@ use crate::os;
 impl Server {
     /// SIGHUP / PARAMCHANGE: a config with any error is rejected whole and
     /// the running one stays; otherwise it is applied without closing any
-    /// listener whose (protocol, address, port) is unchanged.
-    pub(super) async fn reload(&mut self) {
+    /// listener whose (protocol, address, port) is unchanged. Says whether
+    /// the new config is served.
+    pub(super) async fn reload(&mut self) -> bool {
         info!("reloading {}", self.opts.cfgfile.display());
         match config::load_as(&self.opts.cfgfile, self.opts.format) {
             Err(errors) => {
@@ -33,12 +34,17 @@ impl Server {
                     errors.0.len(),
                     self.opts.cfgfile.display()
                 );
+                false
             }
             Ok(config) => match self.apply(config).await {
-                Ok(()) => info!("reloaded: serving {} service(s)", self.gates.len()),
+                Ok(()) => {
+                    info!("reloaded: serving {} service(s)", self.gates.len());
+                    true
+                }
                 Err((_, message)) => {
                     error!("{message}");
                     error!("reload rejected; still serving the previous config");
+                    false
                 }
             },
         }
@@ -91,6 +97,7 @@ impl Server {
         let udp_ports: Arc<[u16]> = udp_ports.into();
         let mut udp_guards = HashMap::new();
         let mut gates = HashMap::new();
+        let mut served = Vec::with_capacity(config.services.len());
         let mut wanted: HashMap<Key, Arc<Active>> = HashMap::new();
         // Kept services' new rules, applied only once nothing can fail.
         let mut rule_updates = Vec::new();
@@ -114,6 +121,17 @@ impl Server {
             let udp_guard = self.udp_guards.get(&svc.name).cloned().unwrap_or_default();
             udp_guards.insert(svc.name.clone(), Arc::clone(&udp_guard));
             holds.push((Arc::clone(&gate), most_live(&svc)));
+            served.push(Served {
+                gate: Arc::clone(&gate),
+                protocol: svc.protocol,
+                addrs: svc.addrs().collect(),
+                limit: svc.limits.max_instances,
+                udp_guard: matches!(
+                    (svc.protocol, &svc.program),
+                    (Protocol::Udp, Program::Internal(_))
+                )
+                .then(|| Arc::clone(&udp_guard)),
+            });
             let exec = match &svc.program {
                 Program::Command(_) => {
                     let pass_env = svc.pass_env.as_ref().unwrap_or(&config.globals.pass_env);
@@ -282,6 +300,8 @@ impl Server {
         self.ctx.waiting.set_max(config.globals.max_connections);
         self.gates = gates;
         self.udp_guards = udp_guards;
+        // A removed service's series go with it.
+        *self.ctx.served.lock().unwrap_or_else(|p| p.into_inner()) = served.into();
         Ok(())
     }
 

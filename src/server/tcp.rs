@@ -7,16 +7,19 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::handoff::{connection_env, launch};
 use super::wait::{WAIT_RETRY_PAUSE, run_wait_program};
-use super::{Active, Ctx, prespawn, refused, refused_because};
+use super::{Active, Ctx, metrics_endpoint, prespawn, refused_because, refused_connection};
 use crate::admission::{Lease, Refusal};
+use crate::children::Ended;
+use crate::config::Internal;
 use crate::config::{Handoff, Program, Protocol};
 use crate::listener::{self, Acceptor};
+use crate::metrics::Outcome;
 use crate::os::{self, ChildStdio};
-use crate::{internal, relay};
+use crate::{internal, relay, tls};
 
 /// Connections accepted back to back before the runtime polls its
 /// drivers (signals, timers) again.
@@ -59,6 +62,11 @@ pub(super) async fn accept_tcp(
                         .unwrap_or_default(),
                     pause.as_millis()
                 );
+                active
+                    .borrow()
+                    .gate
+                    .stats()
+                    .error(format!("accept failed: {e}"));
                 tokio::time::sleep(pause).await;
                 continue;
             }
@@ -71,31 +79,13 @@ pub(super) async fn accept_tcp(
         let lease = match active.gate.admit(peer.ip()) {
             Ok(l) => l,
             Err(why) => {
-                refused(&ctx, &active, peer.ip(), why);
+                refused_connection(&ctx, &active, peer.ip(), why);
                 continue; // dropping the stream closes it at once
             }
         };
         match &active.svc.program {
             Program::Internal(kind) => {
-                let (kind, idle) = (*kind, active.timeout);
-                let stream = match into_tokio(stream) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        warn!(service = %active.svc.name, %peer, "cannot serve the connection: {e}");
-                        continue;
-                    }
-                };
-                tokio::spawn(async move {
-                    let started = Instant::now();
-                    let result = internal::serve_stream(kind, stream, idle).await;
-                    info!(
-                        service = %lease.service(),
-                        %peer,
-                        duration = %format_args!("{:.3}s", started.elapsed().as_secs_f64()),
-                        result = %result.map_or_else(|e| e.to_string(), |()| "ok".into()),
-                        "internal session ended"
-                    );
-                });
+                serve_internal(&ctx, &active, *kind, stream, (peer, None), lease)
             }
             Program::Command(_) => {
                 let conn = Conn {
@@ -108,6 +98,82 @@ pub(super) async fn accept_tcp(
             }
         }
     }
+}
+
+/// An internal service (echo…, metrics) on an admitted connection, in a
+/// task of its own, inside a TLS session when the service has `tls`.
+pub(super) fn serve_internal(
+    ctx: &Arc<Ctx>,
+    active: &Arc<Active>,
+    kind: Internal,
+    stream: std::net::TcpStream,
+    (peer, via): (SocketAddr, Option<SocketAddr>),
+    lease: Lease,
+) {
+    let stream = match into_tokio(stream) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(service = %active.svc.name, %peer, "cannot serve the connection: {e}");
+            return;
+        }
+    };
+    let (ctx, active) = (Arc::clone(ctx), Arc::clone(active));
+    tokio::spawn(async move {
+        let idle = active.timeout;
+        let started = Instant::now();
+        let result = match active.tls.clone() {
+            None => {
+                lease.stats().connection(Outcome::Internal);
+                internal_session(&ctx, kind, stream, idle).await
+            }
+            Some(terminator) => match terminator.accept(stream).await {
+                Ok((session, _)) => {
+                    lease.stats().tls_handshake(true, tls::resumed(&session));
+                    lease.stats().connection(Outcome::Internal);
+                    internal_session(&ctx, kind, session, idle).await
+                }
+                Err(failure) => {
+                    lease.stats().tls_handshake(false, false);
+                    let why = Refusal::TlsFailed(failure.class);
+                    refused_because(&ctx, &active, peer.ip(), why, Some(&failure.detail));
+                    return;
+                }
+            },
+        };
+        lease.stats().session_ended(started.elapsed());
+        match result {
+            Ok(Some(status)) => {
+                debug!(service = %lease.service(), %peer, via = via.map(tracing::field::display), status, "metrics request")
+            }
+            other => info!(
+                service = %lease.service(),
+                %peer,
+                via = via.map(tracing::field::display),
+                duration = %format_args!("{:.3}s", started.elapsed().as_secs_f64()),
+                result = %other.map_or_else(|e| e.to_string(), |_| "ok".into()),
+                "internal session ended"
+            ),
+        }
+    });
+}
+
+/// One internal session on a plain or TLS stream; for `metrics`, the HTTP
+/// status it answered.
+async fn internal_session<S>(
+    ctx: &Ctx,
+    kind: Internal,
+    stream: S,
+    idle: Option<Duration>,
+) -> std::io::Result<Option<u16>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if kind == Internal::Metrics {
+        return metrics_endpoint::serve(ctx, stream, idle).await.map(Some);
+    }
+    internal::serve_stream(kind, stream, idle)
+        .await
+        .map(|()| None)
 }
 
 fn is_wait(active: &Active) -> bool {
@@ -142,7 +208,7 @@ async fn wait_tcp(listener: &Acceptor, active: &watch::Receiver<Arc<Active>>, ct
         Ok(l) => l,
         Err(why) => {
             if let Some((_, peer)) = accept_one(listener).await {
-                refused(ctx, &active, peer.ip(), why);
+                refused_connection(ctx, &active, peer.ip(), why);
             }
             return;
         }
@@ -260,8 +326,11 @@ fn start_program(
     let Some(launched) = launch(ctx, active, &env, stdio, (peer, via), lease, logon) else {
         return;
     };
-    let mut exited = ctx.children().watch(launched.id);
     let relayed = into_tokio(stream).map(|s| (s, launched.pipes));
+    // The relay logs the end when it runs: then the line has the bytes.
+    let tally = matches!(relayed, Ok((_, Some(_)))).then(Arc::<relay::Tally>::default);
+    let mut exited = ctx.children().watch(launched.id, tally.clone());
+    let via = ctx.children().via(launched.id);
     let (stream, (to_program, from_program)) = match relayed {
         Ok((s, Some(pipes))) => (s, pipes),
         failed => {
@@ -279,24 +348,76 @@ fn start_program(
         }
     };
     let (idle, service, pid) = (active.timeout, svc.name.clone(), launched.id);
+    let (gate, started) = (Arc::clone(&active.gate), launched.started);
     tokio::spawn(async move {
-        let mut gone = false;
+        let mut ended = None;
         let program_exited = async {
-            let _ = (&mut exited).await;
-            gone = true;
+            ended = Some((&mut exited).await);
         };
-        let relayed =
-            relay::relay_tcp(stream, to_program, from_program, program_exited, idle).await;
-        if let Err(e) = relayed {
-            info!(service = %service, %peer, pid, "relay ended: {e}");
-        }
+        let tally = tally.unwrap_or_default();
+        let relayed = relay::relay_tcp(
+            stream,
+            to_program,
+            from_program,
+            program_exited,
+            idle,
+            &tally,
+        )
+        .await;
         // The program's ends of the pipes (and what they hold) live until
-        // it exits.
-        if grant.is_some() && !gone {
-            let _ = exited.await;
-        }
+        // it exits; the line waits for its status.
+        let ended = match ended {
+            Some(e) => e,
+            None => exited.await,
+        };
         drop(grant);
+        relayed_end(&gate, &service, peer, via, pid, started, ended, relayed);
     });
+}
+
+/// The end line of a relayed session (pipe or TLS), with the bytes the
+/// relay carried, and its bytes counted.
+#[allow(clippy::too_many_arguments)]
+fn relayed_end(
+    gate: &crate::admission::Gate,
+    service: &str,
+    peer: SocketAddr,
+    via: Option<SocketAddr>,
+    pid: os::ChildId,
+    started: Instant,
+    ended: Result<crate::children::Exited, tokio::sync::oneshot::error::RecvError>,
+    relayed: std::io::Result<relay::Relayed>,
+) {
+    let (how, status) = ended.unwrap_or((Ended::Failed, None));
+    let duration = format_args!("{:.3}s", started.elapsed().as_secs_f64());
+    let exit = status.map_or_else(|| "unknown".to_string(), |s| s.to_string());
+    match relayed {
+        Ok(r) => {
+            gate.stats().relayed(r.to_program, r.to_client);
+            if how != Ended::NotStarted {
+                info!(
+                    service = %service,
+                    %peer,
+                    via = via.map(tracing::field::display),
+                    pid,
+                    status = %exit,
+                    %duration,
+                    bytes_in = r.to_program,
+                    bytes_out = r.to_client,
+                    "ended"
+                );
+            }
+        }
+        Err(e) => info!(
+            service = %service,
+            %peer,
+            via = via.map(tracing::field::display),
+            pid,
+            status = %exit,
+            %duration,
+            "ended; relay: {e}"
+        ),
+    }
 }
 
 /// A TLS service, once admitted (after its PROXY header if it has one):
@@ -326,8 +447,12 @@ fn hand_off_tls(
     let (ctx, active) = (Arc::clone(ctx), Arc::clone(active));
     tokio::spawn(async move {
         let (session, tls_env) = match terminator.accept(stream).await {
-            Ok(s) => s,
+            Ok(s) => {
+                lease.stats().tls_handshake(true, tls::resumed(&s.0));
+                s
+            }
             Err(failure) => {
+                lease.stats().tls_handshake(false, false);
                 let why = Refusal::TlsFailed(failure.class);
                 refused_because(&ctx, &active, peer.ip(), why, Some(&failure.detail));
                 return; // the lease goes with the connection
@@ -350,40 +475,57 @@ fn hand_off_tls(
         let Some(launched) = launch(&ctx, &active, &env, stdio, (peer, via), lease, logon) else {
             return;
         };
-        let mut exited = ctx.children().watch(launched.id);
         let Some((to_program, from_program)) = launched.pipes else {
             return;
         };
-        let mut gone = false;
+        // The relay logs the end when it runs: then the line has the bytes.
+        let tally = Arc::<relay::Tally>::default();
+        let mut exited = ctx.children().watch(launched.id, Some(Arc::clone(&tally)));
+        let mut ended = None;
         let program_exited = async {
-            let _ = (&mut exited).await;
-            gone = true;
+            ended = Some((&mut exited).await);
         };
-        let pid = launched.id;
-        match relay::relay(
+        let (pid, started) = (launched.id, launched.started);
+        let relayed = relay::relay(
             session,
             to_program,
             from_program,
             program_exited,
             active.timeout,
+            &tally,
         )
-        .await
-        {
-            Ok(r) if r.truncated => info!(
+        .await;
+        if matches!(
+            relayed,
+            Ok(relay::Relayed {
+                truncated: true,
+                ..
+            })
+        ) {
+            info!(
                 service = %svc.name,
                 %peer,
                 pid,
                 "the client closed without TLS close_notify (truncated); the program got EOF"
-            ),
-            Ok(_) => {}
-            Err(e) => info!(service = %svc.name, %peer, pid, "relay ended: {e}"),
+            );
         }
         // The program's ends of the pipes (and what they hold) live until
-        // it exits.
-        if grant.is_some() && !gone {
-            let _ = exited.await;
-        }
+        // it exits; the line waits for its status.
+        let ended = match ended {
+            Some(e) => e,
+            None => exited.await,
+        };
         drop(grant);
+        relayed_end(
+            &active.gate,
+            &svc.name,
+            peer,
+            via,
+            pid,
+            started,
+            ended,
+            relayed,
+        );
     });
 }
 

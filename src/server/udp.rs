@@ -11,10 +11,11 @@ use tracing::{error, warn};
 
 use super::handoff::connection_env;
 use super::wait::run_wait_program;
-use super::{Active, Ctx, refused};
+use super::{Active, Ctx, refused, refused_connection};
 use crate::admission::{Lease, RefusalLine};
 use crate::config::{Internal, Program, Protocol};
 use crate::internal;
+use crate::metrics::Datagram;
 use crate::udp_guard::{self, Dropped};
 
 /// A UDP listener: internal services answer each datagram; a `wait`
@@ -52,6 +53,7 @@ pub(super) async fn serve_udp(
                     continue;
                 }
                 if let Err(why) = active.gate.admit_datagram(peer.ip()) {
+                    active.gate.stats().datagram(Datagram::Refused);
                     refused(&ctx, &active, peer.ip(), why);
                     continue;
                 }
@@ -61,6 +63,7 @@ pub(super) async fn serve_udp(
                     dropped(&ctx, &active, peer, why);
                     continue;
                 }
+                active.gate.stats().datagram(Datagram::Served);
                 seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
                 if let Some(reply) = internal::datagram_reply(*kind, &buf[..n], seed >> 16) {
                     let _ = sock.try_send_to(&reply, peer);
@@ -79,7 +82,7 @@ pub(super) async fn serve_udp(
                     Ok(l) => l,
                     Err(why) => {
                         let _ = sock.try_recv_from(&mut buf); // drop that datagram
-                        refused(&ctx, &active, peer.ip(), why);
+                        refused_connection(&ctx, &active, peer.ip(), why);
                         continue;
                     }
                 };
@@ -221,6 +224,8 @@ mod tests {
             udp_drops: Mutex::new(RefusalLog::default()),
             pipe_budget: crate::relay::PipeBudget::new(0),
             waiting: super::super::prespawn::Waiting::new(10),
+            served: Mutex::new(Arc::new([])),
+            daemon: crate::metrics::DaemonStats::default(),
         });
         let (_keep, rx) = watch::channel(active);
         let task = tokio::spawn(serve_udp(server, rx, ctx));

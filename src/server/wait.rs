@@ -12,6 +12,7 @@ use super::handoff::launch;
 use super::{Active, Ctx};
 use crate::admission::Lease;
 use crate::children::Ended;
+use crate::metrics::Outcome;
 use crate::os::{self, ChildStdio};
 
 /// The least time between two starts of a `wait` program that fails.
@@ -37,6 +38,8 @@ pub(super) async fn run_wait_program(
         Some(pending) => match pending.await {
             Ok(l) => Some(l),
             Err(e) => {
+                lease.stats().connection(Outcome::UserFailed);
+                lease.stats().error(e.to_string());
                 error!(service = %active.svc.name, %peer, "{e}");
                 return false;
             }
@@ -53,8 +56,8 @@ pub(super) async fn run_wait_program(
     ) else {
         return false;
     };
-    let exited = ctx.children().watch(l.id);
-    let how = exited.await.unwrap_or(Ended::Failed);
+    let exited = ctx.children().watch(l.id, None);
+    let how = exited.await.map_or(Ended::Failed, |(how, _)| how);
     // A program that ends at once without serving would be restarted in
     // a tight loop: at most once a second.
     let ran = l.started.elapsed();

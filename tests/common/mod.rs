@@ -88,6 +88,10 @@ impl Daemon {
             .arg("--cfgfile")
             .arg(&cfg)
             .args(args)
+            // Each daemon's own control channel (`wininetd status`).
+            .env("WININETD_RUN_DIR", dir.path().join("run"))
+            // Tests count the `started` lines, which are at debug.
+            .env("WININETD_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
@@ -103,6 +107,11 @@ impl Daemon {
 
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
+    }
+
+    /// Where its control channel is (`WININETD_RUN_DIR`).
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
     }
 
     pub fn log(&self) -> String {

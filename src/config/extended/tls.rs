@@ -340,7 +340,7 @@ mod tests {
     }
 
     #[test]
-    fn tls_refuses_udp_internal_and_direct_handoff() {
+    fn tls_refuses_udp_and_direct_handoff_and_takes_internal_tcp() {
         let tls = "[service.tls]\ncert = \"/c\"\nkey = \"/k\"\n";
         let udp = format!(
             "[[service]]\nport = 53\nprotocol = \"udp\"\nwait = true\ncommand = [\"/x\"]\n{tls}"
@@ -351,13 +351,10 @@ mod tests {
                 .any(|e| e.starts_with("t.toml:6") && e.contains("TCP services only")),
             "{e:?}"
         );
+        // An internal service (echo, metrics) is served inside the session.
         let internal = format!("[[service]]\nport = 7\ninternal = \"echo\"\n{tls}");
-        let e = parse(&internal).unwrap_err();
-        assert!(
-            e.iter()
-                .any(|e| e.contains("internal service cannot use it")),
-            "{e:?}"
-        );
+        let cfg = parse(&internal).unwrap();
+        assert!(cfg.services[0].tls.is_some());
         let direct = format!("{HEAD}handoff = \"direct\"\n{tls}");
         let e = parse(&direct).unwrap_err();
         assert!(

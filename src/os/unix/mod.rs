@@ -1,18 +1,24 @@
 //! Unix: fork/exec on a socket, SIGCHLD reaping, signals, systemd.
 
 mod activation;
+mod control;
 mod file_trust;
 mod launch;
 mod preflight;
+mod process_stats;
 mod service;
 mod signals;
 mod spawn;
 mod template;
 
 pub use activation::take_listen_fds;
+pub use control::{
+    ControlListener, ControlStream, control_address, control_listen, control_request,
+};
 pub use file_trust::{check_config_file, check_password_file};
 pub use launch::{Exits, PipeReader, PipeWriter, check_users, init_process, launch, terminate};
 pub use preflight::preflight;
+pub use process_stats::process_stats;
 pub use service::{Host, install, install_socket_activated, reload, remove};
 pub use template::{DEFAULT_PATH, ExecTemplate};
 

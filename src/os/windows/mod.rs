@@ -2,17 +2,22 @@
 //! the SCM, the Event Log.
 
 mod activation;
+mod control;
 mod env;
 mod eventlog;
 mod file_trust;
 mod launch;
 mod logon;
 mod preflight;
+mod process_stats;
 mod security;
 mod service;
 mod template;
 
 pub use activation::take_listen_fds;
+pub use control::{
+    ControlListener, ControlStream, control_address, control_listen, control_request,
+};
 pub use eventlog::EventLog;
 pub use file_trust::{check_config_file, check_password_file};
 pub use launch::{
@@ -20,6 +25,7 @@ pub use launch::{
 };
 pub use logon::{Logon, logon_pending};
 pub use preflight::preflight;
+pub use process_stats::process_stats;
 pub use service::{Host, install, reload, remove, run_as_service};
 pub use template::ExecTemplate;
 
