@@ -102,9 +102,18 @@ impl Daemon {
         let cfg = win_path(&cfg);
         let mut all = vec![exe.to_str().unwrap(), "--debug", "--cfgfile", &cfg];
         all.extend_from_slice(args);
+        // A control pipe of its own: the default name belongs to the
+        // service the SCM test starts, whose `--reload` must reach it.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let pipe = format!(
+            r"\\.\pipe\wininetd-test-{}-d{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
         let child = wine(&all)
             // Tests look for the `started` lines, which are at debug.
             .env("WININETD_LOG", "debug")
+            .env("WININETD_CONTROL_PIPE", &pipe)
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
