@@ -6,6 +6,10 @@
 #   logged    default level (info), console sink to a file
 #   scraped   WININETD_LOG=warn + internal = "metrics" scraped every second
 #   both      default level + metrics scraped every second
+#   journald  default level, logging to a journald socket (native protocol)
+#   syslog    default level, logging to /dev/log
+# The last two run in a private mount namespace (root) where the socket is
+# one a small reader here drains, as a journal or syslog daemon would.
 #
 #   bench/observability.sh [--rounds N] [--connections N]
 #
@@ -43,8 +47,41 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-start() { # name level metrics(0|1)
-    local name=$1 level=$2 metrics=$3 port mport
+# A datagram socket at $1 read and dropped (bounded: an hour at most).
+drain() {
+    python3 - "$1" <<'PY' &
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(sys.argv[1])
+s.settimeout(1)
+end = time.monotonic() + 3600
+while time.monotonic() < end:
+    try:
+        s.recv(65536)
+    except socket.timeout:
+        pass
+PY
+    EXTRA_PIDS+=($!)
+    for _ in $(seq 1 50); do [[ -S $1 ]] && return; sleep 0.1; done
+    echo "the log reader did not start" >&2; exit 1
+}
+
+# Runs wininetd in a private mount namespace where the journald socket
+# (journald) or /dev/log (syslog) is $sock.
+as_daemon() { # sink sock args...
+    local sink=$1 sock=$2; shift 2
+    case $sink in
+    journald) JOURNAL_STREAM=8:1 exec unshare -m --propagation private sh -c \
+        'mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/journal && : >/run/systemd/journal/socket &&
+         mount --bind "$0" /run/systemd/journal/socket && exec "$@"' "$sock" "$@" ;;
+    syslog) exec env -u JOURNAL_STREAM unshare -m --propagation private sh -c \
+        'mount -t tmpfs tmpfs /dev && mknod -m 666 /dev/null c 1 3 && : >/dev/log &&
+         mount --bind "$0" /dev/log && exec "$@"' "$sock" "$@" ;;
+    esac
+}
+
+start() { # name level metrics(0|1) [sink]
+    local name=$1 level=$2 metrics=$3 sink=${4-console} port mport
     port=$(free_port)
     {
         printf '[[service]]\nname = "cat"\nport = %s\nbind = ["127.0.0.1"]\ncommand = ["/bin/cat"]\n' "$port"
@@ -54,8 +91,15 @@ start() { # name level metrics(0|1)
         fi
     } >"$WORK/$name.toml"
     mkdir -p "$WORK/$name.run"
-    WININETD_LOG=$level WININETD_RUN_DIR=$WORK/$name.run \
-        "$BIN" --debug --cfgfile "$WORK/$name.toml" 2>"$WORK/$name.log" </dev/null >/dev/null &
+    if [[ $sink == console ]]; then
+        WININETD_LOG=$level WININETD_RUN_DIR=$WORK/$name.run \
+            "$BIN" --debug --cfgfile "$WORK/$name.toml" 2>"$WORK/$name.log" </dev/null >/dev/null &
+    else
+        drain "$WORK/$name.sock"
+        (WININETD_LOG=$level WININETD_RUN_DIR=$WORK/$name.run \
+            as_daemon "$sink" "$WORK/$name.sock" "$BIN" --cfgfile "$WORK/$name.toml") \
+            2>"$WORK/$name.log" </dev/null >/dev/null &
+    fi
     PID[$name]=$!
     PORT[$name]=$port
     "$LOADGEN" wait-listen --port "$port" --pid "${PID[$name]}" --timeout-ms 10000
@@ -70,8 +114,10 @@ start silent warn 0
 start logged info 0
 start scraped warn 1
 start both info 1
+start journald info 0 journald
+start syslog info 0 syslog
 
-NAMES=(silent logged scraped both)
+NAMES=(silent logged scraped both journald syslog)
 for ((r = 1; r <= ROUNDS; r++)); do
     for ((i = 0; i < ${#NAMES[@]}; i++)); do
         name=${NAMES[$(((i + r) % ${#NAMES[@]}))]}
@@ -92,7 +138,7 @@ def med(name, key):
     return statistics.median(v) if v else float("nan")
 print("| daemon | own CPU µs/conn (median) | conns/s (median) | failures |")
 print("|---|---|---|---|")
-for n in ["silent", "logged", "scraped", "both"]:
+for n in ["silent", "logged", "scraped", "both", "journald", "syslog"]:
     fails = sum(r.get("failures", 0) for r in by.get(n, []))
     print(f"| {n} | {med(n, 'server_cpu_us_per_conn'):.1f} | {med(n, 'conns_per_s'):.0f} | {fails} |")
 # Per-round differences: each round's pair saw the same machine weather.
@@ -100,7 +146,8 @@ def diffs(a, b):
     ra = {r["round"]: r.get("server_cpu_us_per_conn") for r in by.get(a, [])}
     rb = {r["round"]: r.get("server_cpu_us_per_conn") for r in by.get(b, [])}
     return [rb[k] - ra[k] for k in ra if k in rb and ra[k] is not None and rb[k] is not None]
-for a, b, what in [("silent", "logged", "default logging"), ("silent", "scraped", "metrics scraped every second")]:
+for a, b, what in [("silent", "logged", "default logging, console"), ("silent", "journald", "default logging, journald"),
+                   ("silent", "syslog", "default logging, syslog"), ("silent", "scraped", "metrics scraped every second")]:
     d = diffs(a, b)
     if d:
         print(f"{what}: {statistics.median(d):+.2f} µs/conn median over {len(d)} rounds (per round: {', '.join(f'{x:+.1f}' for x in d)})")
