@@ -408,7 +408,7 @@ impl LineSink for Syslog {
         self.buf.clear();
         let pri = 3 * 8 + severity(level);
         write!(self.buf, "<{pri}>wininetd[{}]: ", self.pid)?;
-        self.buf.extend_from_slice(line);
+        self.buf.extend_from_slice(line.trim_ascii_start());
         self.sock.send(&self.buf).map(drop)
     }
 }
@@ -461,7 +461,7 @@ fn journald_datagram(buf: &mut Vec<u8>, pid: u32, level: Level, line: &[u8]) {
 #[cfg(unix)]
 impl LineSink for Journald {
     fn write_line(&mut self, level: Level, line: &[u8]) -> io::Result<()> {
-        journald_datagram(&mut self.buf, self.pid, level, line);
+        journald_datagram(&mut self.buf, self.pid, level, line.trim_ascii_start());
         self.sock.send_to(&self.buf, JOURNALD_SOCKET).map(drop)
     }
 }

@@ -231,7 +231,11 @@ fn without_debug_lines_go_to_syslog_with_facility_and_severity() {
         all.contains(&format!("<28>wininetd[{pid}]: ")) && all.contains("passwords are ignored"),
         "{all}"
     );
-    assert!(all.contains(&format!("<30>wininetd[{pid}]: ")), "{all}");
+    // The tag, one space, then the level word (no padding after the tag).
+    assert!(
+        all.contains(&format!("<30>wininetd[{pid}]: INFO ")),
+        "{all}"
+    );
     assert!(all.contains("serving 1 service(s)"), "{all}");
     assert!(!all.contains("TopSecretPw"), "password leaked: {all}");
 }
@@ -255,6 +259,9 @@ fn with_journal_stream_lines_go_to_journald_natively() {
     // PRIORITY 6 (info), our name and pid, then MESSAGE with a length.
     let head = format!("PRIORITY=6\nSYSLOG_IDENTIFIER=wininetd\nSYSLOG_PID={pid}\nMESSAGE\n");
     assert!(ended.starts_with(&head), "{ended:?}");
+    // MESSAGE is the line from its level word on, no leading padding.
+    // (The length's last byte, 0, comes right before it.)
+    assert!(ended.contains("\0INFO ended "), "{ended:?}");
     assert!(ended.contains(&format!("service=tcp/{port}")), "{ended:?}");
     assert!(ended.contains("status=exit status: 0"), "{ended:?}");
     assert!(ended.ends_with('\n'), "{ended:?}");
