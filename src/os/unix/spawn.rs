@@ -93,6 +93,27 @@ pub struct Request<'a> {
     pub stdio: [BorrowedFd<'a>; 3],
 }
 
+/// The raw identity a child takes: uid, gid and the groups array.
+type RawCreds = (libc::uid_t, libc::gid_t, *const libc::gid_t, usize);
+
+impl Request<'_> {
+    /// The working directory for the child, or null to keep ours.
+    fn cwd_ptr(&self) -> *const c_char {
+        self.program
+            .cwd
+            .as_ref()
+            .map_or(std::ptr::null(), |c| c.as_ptr())
+    }
+
+    /// The identity as the child's plan holds it (the pointer stays valid
+    /// while `self.creds` lives).
+    fn raw_creds(&self) -> Option<RawCreds> {
+        self.creds
+            .as_ref()
+            .map(|c| (c.uid, c.gid, c.groups.as_ptr(), c.groups.len()))
+    }
+}
+
 /// The identity to take before exec.
 #[derive(Debug)]
 pub struct Creds {
@@ -276,7 +297,7 @@ unsafe fn reset_signal(sig: c_int) {
 struct ChildPlan {
     ptrs: Pointers,
     cwd: *const c_char,
-    creds: Option<(libc::uid_t, libc::gid_t, *const libc::gid_t, usize)>,
+    creds: Option<RawCreds>,
     to_reset: u64,
 }
 
@@ -300,15 +321,8 @@ pub fn spawn_std(req: Request<'_>) -> io::Result<u32> {
     ptrs.fill(&req.program, &req.env, &req.extra);
     let mut plan = ChildPlan {
         ptrs,
-        cwd: req
-            .program
-            .cwd
-            .as_ref()
-            .map_or(std::ptr::null(), |c| c.as_ptr()),
-        creds: req
-            .creds
-            .as_ref()
-            .map(|c| (c.uid, c.gid, c.groups.as_ptr(), c.groups.len())),
+        cwd: req.cwd_ptr(),
+        creds: req.raw_creds(),
         to_reset: NOT_DEFAULT.load(Ordering::Relaxed),
     };
     // std runs `program` only if our own exec fails without an error
@@ -399,7 +413,7 @@ mod clone {
         envp: *const *const c_char,
         candidates: *const *const c_char,
         cwd: *const c_char,
-        creds: Option<(libc::uid_t, libc::gid_t, *const libc::gid_t, usize)>,
+        creds: Option<super::RawCreds>,
         fds: [c_int; 3],
         errno: *const AtomicI32,
         /// Where a child without shared memory reports a failed exec
@@ -705,15 +719,8 @@ mod clone {
             shell_argv: slot.ptrs.shell_argv.as_mut_ptr(),
             envp: slot.ptrs.env.as_ptr(),
             candidates: slot.ptrs.candidates.as_ptr(),
-            cwd: req
-                .program
-                .cwd
-                .as_ref()
-                .map_or(std::ptr::null(), |c| c.as_ptr()),
-            creds: req
-                .creds
-                .as_ref()
-                .map(|c| (c.uid, c.gid, c.groups.as_ptr(), c.groups.len())),
+            cwd: req.cwd_ptr(),
+            creds: req.raw_creds(),
             fds: req.stdio.map(|fd| fd.as_raw_fd()),
             to_reset: NOT_DEFAULT.load(Ordering::Relaxed),
             errno: &slot.errno,
