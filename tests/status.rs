@@ -115,7 +115,7 @@ fn reload_reaches_a_daemon_without_a_service_manager() {
     std::fs::write(&d.config, &bigger).unwrap();
     let out = cli_in(&d.run_dir(), &["--reload"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), "reloaded\n");
+    assert_eq!(text(&out.stdout), format!("reloaded (pid {})\n", d.pid()));
     assert_eq!(exchange(ports[2], b""), b"new\n");
 
     std::fs::write(&d.config, "not toml [").unwrap();

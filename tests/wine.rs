@@ -831,7 +831,12 @@ fn status_and_reload_over_the_control_pipe() {
 
     let out = cli(&["--reload"], &pipe);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end(), "reloaded");
+    // The daemon names itself (its Windows pid, not Wine's Unix one).
+    let said = String::from_utf8_lossy(&out.stdout).trim_end().to_string();
+    assert!(
+        said.starts_with("reloaded (pid ") && said.ends_with(')'),
+        "{said}"
+    );
     d.wait_log("reloaded", Duration::from_secs(20));
 
     let out = cli(&["status"], &format!("{pipe}-none"));

@@ -83,7 +83,9 @@ async fn answer(
                 "ERR\nthe daemon is stopping\n".to_string()
             } else {
                 match rx.await {
-                    Ok(true) => "OK\nreloaded\n".to_string(),
+                    // Which daemon: a second one (a console run) may hold
+                    // another channel, and the admin should see whom they reached.
+                    Ok(true) => format!("OK\nreloaded (pid {})\n", std::process::id()),
                     Ok(false) => {
                         "ERR\nreload rejected; still serving the previous config (see the log)\n"
                             .to_string()
