@@ -112,7 +112,16 @@ pub fn flush(limit: Duration) {
 /// Where the writer thread puts whole lines (no line break).
 pub trait LineSink: Send + 'static {
     fn write_line(&mut self, level: Level, line: &[u8]) -> io::Result<()>;
+
+    /// The end of a batch: a sink that gathers lines writes them now.
+    fn end_batch(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
+
+/// After a batch the writer rests this long before taking the next, so that
+/// under load lines are written in batches (one wakeup each), not one by one.
+const BATCH_PAUSE: Duration = Duration::from_millis(10);
 
 /// How many bytes of lines may wait for the sink: a few thousand lines.
 const QUEUE_BYTES: usize = 256 * 1024;
@@ -217,6 +226,8 @@ impl Queue {
             if n > 0 {
                 let _ = sink.write_line(Level::WARN, format!("{n} log lines dropped").as_bytes());
             }
+            let _ = sink.end_batch();
+            std::thread::sleep(BATCH_PAUSE);
         }
     }
 
@@ -362,10 +373,16 @@ impl Stderr {
 
 impl LineSink for Stderr {
     fn write_line(&mut self, _level: Level, line: &[u8]) -> io::Result<()> {
-        self.buf.clear();
         self.buf.extend_from_slice(line);
         self.buf.push(b'\n');
-        io::stderr().lock().write_all(&self.buf)
+        Ok(())
+    }
+
+    /// The whole batch in one write.
+    fn end_batch(&mut self) -> io::Result<()> {
+        let r = io::stderr().lock().write_all(&self.buf);
+        self.buf.clear();
+        r
     }
 }
 
@@ -526,6 +543,34 @@ mod tests {
         queue.flush(Duration::from_secs(10));
         assert!(queue.lock().buf.is_empty() && queue.lock().idle);
         assert_eq!(queue.unreported.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn lines_that_keep_coming_are_written_in_batches() {
+        struct Batches(mpsc::Sender<usize>, usize);
+        impl LineSink for Batches {
+            fn write_line(&mut self, _level: Level, _line: &[u8]) -> io::Result<()> {
+                self.1 += 1;
+                Ok(())
+            }
+            fn end_batch(&mut self) -> io::Result<()> {
+                let _ = self.0.send(std::mem::take(&mut self.1));
+                Ok(())
+            }
+        }
+        let queue = Arc::new(Queue::new(QUEUE_BYTES));
+        let (tx, rx) = mpsc::channel();
+        start_writer(Arc::clone(&queue), Box::new(Batches(tx, 0))).unwrap();
+        // 1 000 lines, one every ~0.1 ms, as connections end under load: a
+        // writer woken for each line would write ~1 000 batches.
+        for _ in 0..1000 {
+            queue.push(Level::INFO, b"a connection ended");
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        queue.flush(Duration::from_secs(10));
+        let sizes: Vec<usize> = rx.try_iter().collect();
+        assert_eq!(sizes.iter().sum::<usize>(), 1000);
+        assert!(sizes.len() <= 100, "{} batches: {sizes:?}", sizes.len());
     }
 
     #[test]
