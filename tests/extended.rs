@@ -227,6 +227,9 @@ fn refusals_are_logged_once_per_source_per_window_with_a_count() {
     // One listener accepts in order: once a later client is served, every
     // connection of the flood has been refused.
     assert_eq!(exchange_on(connect_from("127.0.0.2", port), b""), b"ok\n");
+    // The log writer writes in batches: wait for the served one's line,
+    // logged after every refusal of the flood.
+    d.wait_log("peer=127.0.0.2:", LOG_WAIT);
     let lines = d.lines_with("refused:");
     assert_eq!(lines.len(), 1, "the flood flooded the log:\n{}", d.log());
     assert!(lines[0].ends_with("refused=1"), "{}", lines[0]);

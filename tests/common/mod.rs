@@ -191,9 +191,24 @@ impl Daemon {
             .collect()
     }
 
-    /// How many programs the daemon has started so far (text log).
+    /// How many programs the daemon has started so far (text log), once the
+    /// count has held still for a moment: the daemon's log writer writes
+    /// its lines in batches, a little after the programs start.
     pub fn started(&self) -> usize {
-        self.lines_with(" started ").len()
+        let count = || self.lines_with(" started ").len();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut last = count();
+        let mut still_since = Instant::now();
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(25));
+            let now = count();
+            if now != last {
+                (last, still_since) = (now, Instant::now());
+            } else if still_since.elapsed() >= Duration::from_millis(300) {
+                break;
+            }
+        }
+        last
     }
 
     /// Whether any log line names the client at `peer` (as `peer=ADDR`).
