@@ -9,7 +9,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{Shutdown, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -100,6 +100,35 @@ fn out_of_processes_connections_are_refused_logged_once_and_served_when_programs
     assert_eq!(exchange(port, b"back"), b"back");
     drained(&d);
     assert!(d.log().matches("panicked").count() == 0, "{}", d.log());
+}
+
+#[test]
+fn accept_out_of_descriptors_logs_once_per_window_and_backs_off() {
+    let port = free_port();
+    let mut d = Daemon::start("w.toml", &service(port, r#"["/bin/cat"]"#, ""), &[]);
+    // No descriptor left: accept() itself fails with EMFILE.
+    set_limit(d.pid(), libc::RLIMIT_NOFILE, lowest_free_fd(d.pid()));
+    let mut pending = connect(port);
+    d.wait_log("accept on", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(2));
+    let failures = d.lines_with("accept on");
+    assert_eq!(
+        failures.len(),
+        1,
+        "accept failures logged more than once per window: {failures:#?}"
+    );
+    assert!(
+        failures[0].contains("Too many open files"),
+        "{}",
+        failures[0]
+    );
+    // Once descriptors are available again, the waiting client is served.
+    set_limit(d.pid(), libc::RLIMIT_NOFILE, 1024);
+    pending.write_all(b"back").unwrap();
+    pending.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_all(&mut pending), b"back");
+    d.wait_log("works again after", Duration::from_secs(10));
+    assert!(d.alive());
 }
 
 /// Leaves the daemon one descriptor: enough to accept a connection, none
