@@ -49,6 +49,17 @@ fn drained(d: &Daemon) {
     );
 }
 
+/// Whether `pid` has ended (gone, or a zombie its new parent has yet to
+/// reap).
+fn ended(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
 /// Threads of `pid` (each counts against RLIMIT_NPROC).
 fn threads(pid: i32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -57,6 +68,20 @@ fn threads(pid: i32) -> u64 {
         .find_map(|l| l.strip_prefix("Threads:"))
         .and_then(|n| n.trim().parse().ok())
         .unwrap()
+}
+
+/// Reads one line (up to `\n`) from `s`.
+fn read_line(s: &mut TcpStream) -> String {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while line.len() < 256 {
+        match s.read(&mut b) {
+            Ok(1) if b[0] == b'\n' => break,
+            Ok(1) => line.push(b[0]),
+            other => panic!("the line ended with {other:?} after {line:?}"),
+        }
+    }
+    String::from_utf8(line).unwrap()
 }
 
 #[test]
@@ -209,4 +234,57 @@ fn tls_out_of_descriptors_refuses_cleanly_and_serves_once_they_return() {
     let got = tls_client(port);
     assert!(got.contains("tls-served"), "{got:?}\n{}", d.log());
     drained(&d);
+}
+
+#[test]
+fn stopped_and_sigterm_ignoring_programs_are_bounded_and_ended_by_kill_on_stop() {
+    let ports = free_ports(3);
+    let config = [
+        // Stops itself: the relay's idle timeout ends its connection.
+        service(
+            ports[0],
+            r#"["/bin/sh", "-c", "echo $$; kill -STOP $$; exec cat"]"#,
+            "handoff = \"pipe\"\ntimeout = 1",
+        ),
+        service(
+            ports[1],
+            r#"["/bin/sh", "-c", "trap '' TERM; echo $$; exec sleep 60"]"#,
+            "",
+        ),
+        service(ports[2], r#"["/bin/cat"]"#, ""),
+    ]
+    .concat();
+    let mut d = Daemon::start("w.toml", &config, &["--kill-on-stop"]);
+    let mut stopped = connect(ports[0]);
+    let stopped_pid: i32 = read_line(&mut stopped).parse().unwrap();
+    let started = Instant::now();
+    assert_eq!(read_all(&mut stopped), b"");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the idle timeout did not end the connection of a stopped program"
+    );
+    let mut stubborn = connect(ports[1]);
+    let stubborn_pid: i32 = read_line(&mut stubborn).parse().unwrap();
+    assert_eq!(exchange(ports[2], b"others"), b"others");
+    wait_until(
+        "the others' program is reaped",
+        Duration::from_secs(10),
+        || live(&d) == 2,
+    );
+    d.signal(Signal::SIGTERM);
+    let status = d.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "{status}\n{}", d.log());
+    wait_until("the stopped program ends", Duration::from_secs(5), || {
+        ended(stopped_pid)
+    });
+    wait_until(
+        "the program ignoring SIGTERM ends",
+        Duration::from_secs(5),
+        || ended(stubborn_pid),
+    );
+    let log = d.log();
+    assert!(
+        log.contains("ended 2 running program(s), 1 killed after ignoring SIGTERM"),
+        "{log}"
+    );
 }
