@@ -8,9 +8,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -82,6 +84,17 @@ fn read_line(s: &mut TcpStream) -> String {
         }
     }
     String::from_utf8(line).unwrap()
+}
+
+/// Asserts that `s` stays open (no byte, no EOF) for `for_`.
+fn assert_open(s: &mut TcpStream, for_: Duration) {
+    s.set_read_timeout(Some(for_)).unwrap();
+    let mut b = [0u8; 16];
+    match s.read(&mut b) {
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+        other => panic!("the connection did not stay open: {other:?}"),
+    }
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
 }
 
 #[test]
@@ -237,6 +250,81 @@ fn tls_out_of_descriptors_refuses_cleanly_and_serves_once_they_return() {
 }
 
 #[test]
+fn programs_that_exit_at_once_never_read_never_write_or_close_stdout_end_and_are_reaped() {
+    let ports = free_ports(5);
+    let config = [
+        service(ports[0], r#"["/bin/true"]"#, ""),
+        service(ports[1], r#"["/bin/sleep", "1"]"#, ""),
+        service(ports[2], r#"["/bin/sh", "-c", "exec cat >/dev/null"]"#, ""),
+        service(
+            ports[3],
+            r#"["/bin/sh", "-c", "exec 1>&- 2>&-; exec cat >/dev/null"]"#,
+            "handoff = \"pipe\"",
+        ),
+        service(ports[4], r#"["/bin/cat"]"#, ""),
+    ]
+    .concat();
+    let d = Daemon::start("w.toml", &config, &[]);
+    // Exits at once: the client gets EOF.
+    assert_eq!(exchange_on(connect(ports[0]), b"ignored"), b"");
+    // Never reads: the client's writes end when the program does.
+    let mut s = connect(ports[1]);
+    let started = Instant::now();
+    let chunk = [0u8; 64 * 1024];
+    let mut sent = 0usize;
+    while sent < 64 << 20 && s.write_all(&chunk).is_ok() {
+        sent += chunk.len();
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{sent} bytes went to a program that never reads"
+    );
+    assert_eq!(read_all(&mut s), b"");
+    // Never writes: reads everything, the client gets EOF once it is done.
+    assert_eq!(exchange(ports[2], &pattern(1 << 20, 2)), b"");
+    // Closes only its output (pipe relay): the client reads EOF while the
+    // program still takes input.
+    let mut s = connect(ports[3]);
+    let mut b = [0u8; 16];
+    assert_eq!(
+        s.read(&mut b).unwrap(),
+        0,
+        "no EOF after the program closed stdout"
+    );
+    s.write_all(&pattern(256 * 1024, 3)).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_all(&mut s), b"");
+    // Others were served all along, and nothing is left behind.
+    assert_eq!(exchange(ports[4], b"still here"), b"still here");
+    drained(&d);
+}
+
+#[test]
+fn a_background_process_keeping_the_socket_holds_only_its_connection() {
+    let ports = free_ports(2);
+    let config = [
+        service(ports[0], r#"["/bin/sh", "-c", "sleep 60 & echo $!"]"#, ""),
+        service(ports[1], r#"["/bin/cat"]"#, ""),
+    ]
+    .concat();
+    let d = Daemon::start("w.toml", &config, &[]);
+    let mut s = connect(ports[0]);
+    let bg: i32 = read_line(&mut s).parse().unwrap();
+    // The program is gone and reaped; its background child has the socket,
+    // so the connection lasts as long as it does (as with inetd).
+    drained(&d);
+    assert_open(&mut s, Duration::from_millis(500));
+    assert_eq!(exchange(ports[1], b"others"), b"others");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(bg), Signal::SIGKILL).unwrap();
+    assert_eq!(read_all(&mut s), b"");
+    wait_until(
+        "the background process ends",
+        Duration::from_secs(10),
+        || ended(bg),
+    );
+}
+
+#[test]
 fn stopped_and_sigterm_ignoring_programs_are_bounded_and_ended_by_kill_on_stop() {
     let ports = free_ports(3);
     let config = [
@@ -286,5 +374,167 @@ fn stopped_and_sigterm_ignoring_programs_are_bounded_and_ended_by_kill_on_stop()
     assert!(
         log.contains("ended 2 running program(s), 1 killed after ignoring SIGTERM"),
         "{log}"
+    );
+}
+
+/// A config whose `steady` service greets with `version`, and whose `extra`
+/// service exists only in good configs.
+fn versioned(steady: u16, extra: u16, version: usize) -> String {
+    format!(
+        "[[service]]\nname = \"steady\"\nport = {steady}\nbind = [\"127.0.0.1\"]\n\
+         command = [\"/bin/sh\", \"-c\", \"printf '%s:' \\\"$GREETING\\\"; exec cat\"]\n\
+         env = {{ GREETING = \"v{version}\" }}\n\n\
+         [[service]]\nname = \"extra\"\nport = {extra}\nbind = [\"127.0.0.1\"]\n\
+         command = [\"/bin/cat\"]\n"
+    )
+}
+
+/// The greeting `steady` answers with now.
+fn greeting(port: u16) -> String {
+    let got = exchange(port, b"ping");
+    let got = String::from_utf8(got).unwrap();
+    got.strip_suffix(":ping")
+        .unwrap_or_else(|| panic!("steady answered {got:?}"))
+        .to_string()
+}
+
+/// Waits (at most 10 s) until no reload has started for 500 ms.
+fn settle(d: &Daemon) {
+    let mut seen = usize::MAX;
+    for _ in 0..20 {
+        let now = d.log().matches("reloading ").count();
+        if now == seen {
+            return;
+        }
+        seen = now;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    panic!("reloads went on for 10 s after a burst of signals");
+}
+
+/// The ERROR lines of the last reload, which must be rejected.
+fn last_rejection(d: &Daemon) -> Vec<String> {
+    let log = d.log();
+    let (_, last) = log.rsplit_once("reloading ").unwrap();
+    last.lines()
+        .filter(|l| l.contains("ERROR"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn config_renamed_truncated_or_deleted_in_a_reload_storm_keeps_the_last_good_one() {
+    let [steady, extra] = free_ports(2)[..] else {
+        unreachable!()
+    };
+    let mut d = Daemon::start("w.toml", &versioned(steady, extra, 0), &[]);
+    let path = d.config.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let clients: Vec<_> = (0..3)
+        .map(|i| {
+            let (stop, served, failures) = (stop.clone(), served.clone(), failures.clone());
+            std::thread::spawn(move || {
+                for n in 0..50_000u64 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let data = pattern(512, i * 100_000 + n);
+                    let mut got = match TcpStream::connect(("127.0.0.1", steady)) {
+                        Ok(s) => exchange_on(s, &data),
+                        Err(e) => {
+                            failures.lock().unwrap().push(format!("connect: {e}"));
+                            continue;
+                        }
+                    };
+                    let colon = got.iter().position(|&b| b == b':');
+                    match colon {
+                        Some(c) if got[c + 1..] == data[..] => {
+                            served.fetch_add(1, Ordering::Relaxed);
+                        }
+                        _ => {
+                            got.truncate(64);
+                            failures.lock().unwrap().push(format!("got {got:?}"));
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let reload = |expect: &str| {
+        let before = d.log().matches(expect).count();
+        d.signal(Signal::SIGHUP);
+        d.wait_log_count(expect, before + 1, Duration::from_secs(10));
+    };
+    let rejected = |d: &Daemon, version: usize, cause: &str| {
+        let errors = last_rejection(d);
+        assert_eq!(errors.len(), 2, "one cause and the verdict: {errors:#?}");
+        assert!(errors[0].contains(cause), "{errors:#?}");
+        assert!(
+            errors[1].contains("reload rejected: 1 error(s)"),
+            "{errors:#?}"
+        );
+        assert_eq!(greeting(steady), format!("v{version}"));
+        assert_eq!(exchange(extra, b"kept"), b"kept");
+    };
+    let mut version = 0;
+    for round in 0..6 {
+        // Replaced atomically: written aside, renamed over it.
+        version += 1;
+        let aside = path.with_extension("new");
+        std::fs::write(&aside, versioned(steady, extra, version)).unwrap();
+        std::fs::rename(&aside, &path).unwrap();
+        reload("reloaded: serving");
+        assert_eq!(greeting(steady), format!("v{version}"));
+        // Truncated mid-write: the reload sees half a file, inside a string.
+        let full = versioned(steady, extra, version + 1);
+        let cut = full.find("/bin/sh").unwrap() + 4;
+        let mut f = std::fs::File::create(&path).unwrap();
+        f.write_all(&full.as_bytes()[..cut]).unwrap();
+        f.sync_all().unwrap();
+        reload("reload rejected");
+        rejected(&d, version, "w.toml");
+        // The writer finishes: the whole file is taken.
+        f.write_all(&full.as_bytes()[cut..]).unwrap();
+        drop(f);
+        version += 1;
+        reload("reloaded: serving");
+        assert_eq!(greeting(steady), format!("v{version}"));
+        // Deleted: rejected, the last good one kept.
+        std::fs::remove_file(&path).unwrap();
+        reload("reload rejected");
+        rejected(&d, version, "w.toml");
+        std::fs::write(&path, versioned(steady, extra, version)).unwrap();
+        // A burst of signals between two rounds; the next round starts
+        // once their reloads are over.
+        if round % 2 == 1 {
+            for _ in 0..10 {
+                d.signal(Signal::SIGHUP);
+            }
+            settle(&d);
+        }
+    }
+    // The burst's reloads, if any, are done once the last one says so.
+    reload("reloaded: serving");
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let failures = failures.lock().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {} connections failed: {:?}",
+        failures.len(),
+        failures.len() + served.load(Ordering::Relaxed),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(served.load(Ordering::Relaxed) > 0);
+    assert!(d.alive());
+    eprintln!(
+        "{} connections served, none failed, across {} reloads ({} rejected)",
+        served.load(Ordering::Relaxed),
+        d.log().matches("reloading ").count(),
+        d.log().matches("reload rejected").count()
     );
 }
