@@ -140,6 +140,36 @@ fn out_of_processes_connections_are_refused_logged_once_and_served_when_programs
     assert!(d.log().matches("panicked").count() == 0, "{}", d.log());
 }
 
+/// The daemon's threads named `prefix…` now.
+fn threads_named(pid: i32, prefix: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.starts_with(prefix))
+        .count()
+}
+
+#[test]
+fn a_reload_out_of_processes_is_applied_and_the_daemon_lives() {
+    const UID: u32 = 64_916;
+    let ports = free_ports(2);
+    let one = service(ports[0], r#"["/bin/cat"]"#, "");
+    let mut d = Daemon::start_as("w.toml", &one, &[], UID);
+    // A reload looks the accounts up off the loop; a thread left idle by
+    // the last lookup would hide a thread that cannot be created.
+    wait_until("no idle lookup thread", Duration::from_secs(15), || {
+        threads_named(d.pid(), "tokio-rt") == 0
+    });
+    set_soft_limit_as(UID, d.pid(), "nproc", threads(d.pid()));
+    let two = [one, service(ports[1], r#"["/bin/cat"]"#, "")].concat();
+    let log = d.reload(&two, "reloaded: serving 2 service(s)");
+    assert!(log.contains("no thread for a lookup"), "{log}");
+    assert!(d.alive(), "{log}");
+    assert_closed_at_once(connect(ports[1]), Duration::from_secs(10));
+    set_soft_limit_as(UID, d.pid(), "nproc", 1024);
+    assert_eq!(exchange(ports[1], b"new"), b"new");
+}
+
 #[test]
 fn accept_out_of_descriptors_logs_once_per_window_and_backs_off() {
     let port = free_port();

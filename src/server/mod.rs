@@ -302,6 +302,36 @@ fn seconds(s: Option<u32>) -> Option<Duration> {
     s.filter(|&n| n > 0).map(|n| Duration::from_secs(n.into()))
 }
 
+/// Runs `work` on a thread of its own and waits for it without blocking
+/// the loop; here, if no thread can be had (out of processes), where
+/// tokio's `spawn_blocking` would panic and end the daemon. `None`: the
+/// work panicked.
+async fn off_loop<T, F>(work: F) -> Option<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let slot = Arc::new(Mutex::new(Some(work)));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let theirs = Arc::clone(&slot);
+    let spawned = std::thread::Builder::new()
+        .name("lookup".into())
+        .spawn(move || {
+            let work = theirs.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(work) = work {
+                let _ = tx.send(work());
+            }
+        });
+    match spawned {
+        Ok(_) => rx.await.ok(),
+        Err(e) => {
+            warn!("no thread for a lookup ({e}): done on the main loop");
+            let work = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+            work.map(|w| w())
+        }
+    }
+}
+
 /// Counts a refused connection under its outcome and logs it as [`refused`] does.
 fn refused_connection(ctx: &Ctx, active: &Active, ip: IpAddr, why: Refusal) {
     refused_because(ctx, active, ip, why, None);
