@@ -515,7 +515,17 @@ fn config_renamed_truncated_or_deleted_in_a_reload_storm_keeps_the_last_good_one
         let aside = path.with_extension("new");
         std::fs::write(&aside, versioned(steady, extra, version)).unwrap();
         std::fs::rename(&aside, &path).unwrap();
-        reload("reloaded: serving");
+        if round % 2 == 0 {
+            reload("reloaded: serving");
+        } else {
+            // Over the control channel: it answers once the reload is done.
+            let out = Command::new(BIN)
+                .arg("--reload")
+                .env("WININETD_RUN_DIR", d.run_dir())
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "--reload: {out:?}");
+        }
         assert_eq!(greeting(steady), format!("v{version}"));
         // Truncated mid-write: the reload sees half a file, inside a string.
         let full = versioned(steady, extra, version + 1);
