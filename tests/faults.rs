@@ -111,6 +111,7 @@ fn out_of_processes_connections_are_refused_logged_once_and_served_when_programs
         s.read_exact(&mut b).unwrap();
     }
     // Its threads and the two programs: no process left to start.
+    no_lookup_thread(&d);
     set_soft_limit_as(UID, d.pid(), "nproc", threads(d.pid()) + 2);
     let first = Instant::now();
     for _ in 0..5 {
@@ -149,17 +150,22 @@ fn threads_named(pid: i32, prefix: &str) -> usize {
         .count()
 }
 
+/// Waits until the daemon has no thread but its own: the account lookup
+/// of its start (a thread left idle there would hide one that cannot be
+/// created, and would make its thread count one too many).
+fn no_lookup_thread(d: &Daemon) {
+    wait_until("no lookup thread", Duration::from_secs(15), || {
+        threads_named(d.pid(), "tokio-rt") + threads_named(d.pid(), "lookup") == 0
+    });
+}
+
 #[test]
 fn a_reload_out_of_processes_is_applied_and_the_daemon_lives() {
     const UID: u32 = 64_916;
     let ports = free_ports(2);
     let one = service(ports[0], r#"["/bin/cat"]"#, "");
     let mut d = Daemon::start_as("w.toml", &one, &[], UID);
-    // A reload looks the accounts up off the loop; a thread left idle by
-    // the last lookup would hide a thread that cannot be created.
-    wait_until("no idle lookup thread", Duration::from_secs(15), || {
-        threads_named(d.pid(), "tokio-rt") == 0
-    });
+    no_lookup_thread(&d);
     set_soft_limit_as(UID, d.pid(), "nproc", threads(d.pid()));
     let two = [one, service(ports[1], r#"["/bin/cat"]"#, "")].concat();
     let log = d.reload(&two, "reloaded: serving 2 service(s)");
