@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 # systemd-socket-activate (systemd), promtool and a real scraper
 # (prometheus), the .deb checks (lintian, man-db) and
 # the Windows zip (zip, unzip).
-packages=(rsync git tftpd-hpa tftp-hpa curl xinetd python3 netbase tcpd
+packages=(rsync git tftpd-hpa tftp-hpa curl xinetd python3 netbase tcpd util-linux
           libbsd0 libevent-2.1-7 libtirpc3 libwrap0 prometheus
           haproxy nginx libnginx-mod-stream openssl gnutls-bin
           systemd lintian man-db zip unzip)

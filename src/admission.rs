@@ -32,6 +32,10 @@ pub enum Refusal {
     ProxyInvalid,
     /// The TLS handshake failed or timed out (its class).
     TlsFailed(&'static str),
+    /// Admitted, but the program could not be started (no process left:
+    /// RLIMIT_NPROC, memory); logged like a refusal so that a flood of
+    /// such connections is a line per window, not a line each.
+    SpawnFailed,
 }
 
 impl fmt::Display for Refusal {
@@ -48,6 +52,7 @@ impl fmt::Display for Refusal {
             Refusal::ProxyBusy => "too many connections waiting for a PROXY header",
             Refusal::ProxyInvalid => "PROXY header",
             Refusal::TlsFailed(class) => return write!(f, "TLS handshake failed ({class})"),
+            Refusal::SpawnFailed => "cannot start the program",
         })
     }
 }

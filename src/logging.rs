@@ -217,14 +217,22 @@ impl Queue {
                 let level = level_of(rest[0]);
                 let len = u32::from_le_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
                 let end = (5 + len).min(rest.len());
-                // Losing a line to a sink error beats stopping the writer.
-                let _ = sink.write_line(level, &rest[5..end]);
+                // Losing a line to a sink error beats stopping the writer;
+                // it is counted as dropped, like a line the queue refused.
+                if sink.write_line(level, &rest[5..end]).is_err() {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                    self.unreported.fetch_add(1, Ordering::Relaxed);
+                }
                 rest = &rest[end..];
             }
             batch.clear();
             let n = self.unreported.swap(0, Ordering::Relaxed);
             if n > 0 {
-                let _ = sink.write_line(Level::WARN, format!("{n} log lines dropped").as_bytes());
+                let note = format!("{n} log lines dropped");
+                if sink.write_line(Level::WARN, note.as_bytes()).is_err() {
+                    // Still no sink: the count waits for one.
+                    self.unreported.fetch_add(n, Ordering::Relaxed);
+                }
             }
             let _ = sink.end_batch();
             std::thread::sleep(BATCH_PAUSE);
@@ -398,24 +406,66 @@ fn severity(level: Level) -> u8 {
 }
 
 /// RFC 3164 lines to the local syslog socket, one datagram per line,
-/// facility daemon (3).
+/// facility daemon (3). A syslog daemon that restarts binds a new socket
+/// at the path, and the old connection only fails: on a send error the
+/// socket is connected again (at most once per batch while that fails).
 #[cfg(unix)]
 struct Syslog {
-    sock: std::os::unix::net::UnixDatagram,
+    sock: Option<std::os::unix::net::UnixDatagram>,
+    path: std::path::PathBuf,
+    /// A reconnect failed in this batch: the rest of it is not retried.
+    gone: bool,
     pid: u32,
     buf: Vec<u8>,
 }
 
 #[cfg(unix)]
+const SYSLOG_SOCKET: &str = "/dev/log";
+
+#[cfg(unix)]
 impl Syslog {
     fn connect() -> Option<Syslog> {
-        let sock = std::os::unix::net::UnixDatagram::unbound().ok()?;
-        sock.connect("/dev/log").ok()?;
+        Self::connect_to(SYSLOG_SOCKET.as_ref())
+    }
+
+    fn connect_to(path: &std::path::Path) -> Option<Syslog> {
+        let sock = Self::open(path).ok()?;
         Some(Syslog {
-            sock,
+            sock: Some(sock),
+            path: path.to_owned(),
+            gone: false,
             pid: std::process::id(),
             buf: Vec::with_capacity(512),
         })
+    }
+
+    fn open(path: &std::path::Path) -> io::Result<std::os::unix::net::UnixDatagram> {
+        let sock = std::os::unix::net::UnixDatagram::unbound()?;
+        sock.connect(path)?;
+        Ok(sock)
+    }
+
+    fn send(&mut self) -> io::Result<()> {
+        if let Some(sock) = &self.sock {
+            match sock.send(&self.buf) {
+                Ok(_) => return Ok(()),
+                Err(_) => self.sock = None,
+            }
+        }
+        if self.gone {
+            return Err(io::Error::from(io::ErrorKind::NotConnected));
+        }
+        match Self::open(&self.path) {
+            Ok(sock) => {
+                let sent = sock.send(&self.buf).map(drop);
+                self.sock = Some(sock);
+                sent
+            }
+            Err(e) => {
+                self.gone = true;
+                Err(e)
+            }
+        }
     }
 }
 
@@ -426,7 +476,12 @@ impl LineSink for Syslog {
         let pri = 3 * 8 + severity(level);
         write!(self.buf, "<{pri}>wininetd[{}]: ", self.pid)?;
         self.buf.extend_from_slice(line.trim_ascii_start());
-        self.sock.send(&self.buf).map(drop)
+        self.send()
+    }
+
+    fn end_batch(&mut self) -> io::Result<()> {
+        self.gone = false;
+        Ok(())
     }
 }
 
@@ -599,6 +654,73 @@ mod tests {
                 (Level::WARN, b"three".to_vec()),
             ]
         );
+    }
+
+    #[test]
+    fn lines_the_sink_refuses_are_counted_as_dropped_and_reported_once_it_takes_lines() {
+        /// Fails while `down` holds, then collects.
+        struct Flaky {
+            down: Arc<AtomicBool>,
+            out: mpsc::Sender<String>,
+        }
+        impl LineSink for Flaky {
+            fn write_line(&mut self, _level: Level, line: &[u8]) -> io::Result<()> {
+                if self.down.load(Ordering::SeqCst) {
+                    return Err(io::ErrorKind::ConnectionRefused.into());
+                }
+                let _ = self.out.send(String::from_utf8_lossy(line).into_owned());
+                Ok(())
+            }
+        }
+        let queue = Arc::new(Queue::new(QUEUE_BYTES));
+        let down = Arc::new(AtomicBool::new(true));
+        let (out, lines) = mpsc::channel();
+        let sink = Flaky {
+            down: Arc::clone(&down),
+            out,
+        };
+        start_writer(Arc::clone(&queue), Box::new(sink)).unwrap();
+        for _ in 0..5 {
+            queue.push(Level::INFO, b"lost");
+        }
+        queue.flush(Duration::from_secs(10));
+        assert_eq!(queue.dropped.load(Ordering::Relaxed), 5);
+        // The note could not be written either: it waits for the sink.
+        assert_eq!(queue.unreported.load(Ordering::Relaxed), 5);
+        down.store(false, Ordering::SeqCst);
+        queue.push(Level::INFO, b"back");
+        let got: Vec<String> = (0..2)
+            .map(|_| lines.recv_timeout(Duration::from_secs(10)).unwrap())
+            .collect();
+        assert_eq!(got, ["back", "5 log lines dropped"]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn syslog_connects_again_when_its_socket_is_gone_and_back() {
+        use std::os::unix::net::UnixDatagram;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let first = UnixDatagram::bind(&path).unwrap();
+        let mut sink = Syslog::connect_to(&path).unwrap();
+        sink.write_line(Level::INFO, b"one").unwrap();
+        let mut buf = [0u8; 512];
+        let n = first.recv(&mut buf).unwrap();
+        assert!(buf[..n].ends_with(b": one"));
+        // syslog stops: the socket and its path are gone.
+        drop(first);
+        std::fs::remove_file(&path).unwrap();
+        assert!(sink.write_line(Level::INFO, b"lost").is_err());
+        assert!(sink.write_line(Level::INFO, b"lost too").is_err());
+        sink.end_batch().unwrap();
+        // syslog is back, on a new socket at the same path.
+        let second = UnixDatagram::bind(&path).unwrap();
+        second
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        sink.write_line(Level::INFO, b"two").unwrap();
+        let n = second.recv(&mut buf).unwrap();
+        assert!(buf[..n].ends_with(b": two"), "{:?}", &buf[..n]);
     }
 
     #[cfg(unix)]

@@ -94,6 +94,7 @@ impl From<Refusal> for Outcome {
             Refusal::ProxyBusy => Outcome::ProxyBusy,
             Refusal::ProxyInvalid => Outcome::ProxyInvalid,
             Refusal::TlsFailed(_) => Outcome::TlsFailed,
+            Refusal::SpawnFailed => Outcome::SpawnFailed,
         }
     }
 }
@@ -710,6 +711,7 @@ mod tests {
             (Refusal::ProxyBusy, "proxy_busy"),
             (Refusal::ProxyInvalid, "proxy_invalid"),
             (Refusal::TlsFailed("client closed"), "tls_failed"),
+            (Refusal::SpawnFailed, "spawn_failed"),
         ];
         for (r, name) in all {
             assert_eq!(Outcome::from(r).as_str(), name);

@@ -789,52 +789,6 @@ fn pipe_handoff_output_of_a_program_that_ignores_input_arrives() {
     assert_eq!(read_all(&mut s), b"out\nerr\n");
 }
 
-/// Sets the daemon's RLIMIT_NOFILE from outside (Linux prlimit).
-#[cfg(target_os = "linux")]
-fn set_nofile(pid: i32, n: u64) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: prlimit on our own child with valid structs; the hard limit
-    // is kept, only the soft one moves.
-    let rc = unsafe {
-        libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut lim);
-        lim.rlim_cur = n.min(lim.rlim_max);
-        libc::prlimit(pid, libc::RLIMIT_NOFILE, &lim, std::ptr::null_mut())
-    };
-    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
-}
-
-#[cfg(target_os = "linux")]
-#[test]
-fn accept_out_of_descriptors_backs_off_instead_of_spinning() {
-    let port = free_port();
-    let d = Daemon::start("w.conf", &classic(&[format!("{port} none /bin/cat")]), &[]);
-    // No descriptor left: accept() itself fails with EMFILE.
-    // The lowest free descriptor number: a soft limit there leaves none.
-    let open: BTreeSet<u64> = std::fs::read_dir(format!("/proc/{}/fd", d.pid()))
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    let lowest_free = (0..).find(|n| !open.contains(n)).unwrap();
-    set_nofile(d.pid(), lowest_free);
-    let pending = connect(port);
-    d.wait_log("accept on", Duration::from_secs(10));
-    std::thread::sleep(Duration::from_secs(2));
-    let failures = d.log().matches("accept on").count();
-    assert!(
-        (2..60).contains(&failures),
-        "{failures} accept failures logged in ~2 s: the loop spins or never retries"
-    );
-    // Once descriptors are available again, the waiting client is served.
-    set_nofile(d.pid(), 1024);
-    let mut s = pending;
-    s.write_all(b"back").unwrap();
-    s.shutdown(Shutdown::Write).unwrap();
-    assert_eq!(read_all(&mut s), b"back");
-}
-
 #[test]
 fn started_with_closed_stdin_and_stdout_it_still_serves_byte_exact() {
     // Without care, the listener or a connection would take fd 0 or 1 and

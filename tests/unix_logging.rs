@@ -26,6 +26,9 @@ enum LogSocket {
     Journald,
     /// /dev/log.
     Syslog,
+    /// /dev/log as a symbolic link to DIR/log.sock: a socket bound there
+    /// again (syslog restarted) is found through it.
+    SyslogLink,
 }
 
 /// A socket bound in `dir` that the daemon will see as its log socket.
@@ -61,7 +64,7 @@ fn start(dir: &Path, cfg: &Path, which: LogSocket, log_level: Option<&str>) -> R
             vec![c("/run/systemd"), c("/run/systemd/journal")],
             c("/run/systemd/journal/socket"),
         ),
-        LogSocket::Syslog => (c("/dev"), vec![], c("/dev/log")),
+        LogSocket::Syslog | LogSocket::SyslogLink => (c("/dev"), vec![], c("/dev/log")),
     };
     let (tmpfs, null) = (c("tmpfs"), c("/dev/null"));
     let mut cmd = Command::new(BIN);
@@ -72,7 +75,7 @@ fn start(dir: &Path, cfg: &Path, which: LogSocket, log_level: Option<&str>) -> R
         .stderr(Stdio::null());
     match which {
         LogSocket::Journald => cmd.env("JOURNAL_STREAM", "8:1234"),
-        LogSocket::Syslog => cmd.env_remove("JOURNAL_STREAM"),
+        LogSocket::Syslog | LogSocket::SyslogLink => cmd.env_remove("JOURNAL_STREAM"),
     };
     match log_level {
         Some(l) => cmd.env("WININETD_LOG", l),
@@ -105,7 +108,7 @@ fn start(dir: &Path, cfg: &Path, which: LogSocket, log_level: Option<&str>) -> R
                 0,
                 std::ptr::null(),
             ))?;
-            if which == LogSocket::Syslog {
+            if which != LogSocket::Journald {
                 // The daemon opens /dev/null for its programs.
                 check(libc::mknod(
                     null.as_ptr(),
@@ -115,6 +118,9 @@ fn start(dir: &Path, cfg: &Path, which: LogSocket, log_level: Option<&str>) -> R
             }
             for d in &dirs {
                 check(libc::mkdir(d.as_ptr(), 0o755))?;
+            }
+            if which == LogSocket::SyslogLink {
+                return check(libc::symlink(source.as_ptr(), target.as_ptr()));
             }
             let fd = libc::open(target.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o600);
             if fd < 0 {
@@ -185,13 +191,15 @@ fn stop(child: Running) {
     drop(child);
 }
 
-/// A config serving `/bin/echo hi` on a free port.
+/// A config serving `/bin/echo hi` on a free port of 127.0.0.1 (a port
+/// another process took on another address cannot fail the start).
 fn echo_config(dir: &Path) -> (u16, std::path::PathBuf) {
     let port = free_port();
     let cfg = write_file(
         dir,
-        "w.conf",
-        format!("{port} none /bin/echo hi\n").as_bytes(),
+        "w.toml",
+        format!("[[service]]\nport = {port}\nbind = [\"127.0.0.1\"]\ncommand = [\"/bin/echo\", \"hi\"]\n")
+            .as_bytes(),
     );
     (port, cfg)
 }
@@ -267,6 +275,52 @@ fn with_journal_stream_lines_go_to_journald_natively() {
     assert!(ended.ends_with('\n'), "{ended:?}");
 }
 
+/// syslog restarted: its socket gone, then bound again at the same path.
+/// The daemon keeps serving meanwhile, finds the new socket, and says how
+/// many lines it could not deliver.
+#[test]
+fn syslog_gone_and_back_is_found_again_and_the_lost_lines_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = log_socket(dir.path());
+    let (port, cfg) = echo_config(dir.path());
+    let child = start(dir.path(), &cfg, LogSocket::SyslogLink, None);
+    read_until(&sock, "serving");
+    drop(sock);
+    std::fs::remove_file(dir.path().join("log.sock")).unwrap();
+    // Each connection's end line is lost.
+    const LOST: u64 = 20;
+    for _ in 0..LOST {
+        one_connection(port).expect("a connection while syslog is gone");
+    }
+    // The writer has met the missing socket (it writes every 10 ms).
+    std::thread::sleep(Duration::from_millis(300));
+    let sock = log_socket(dir.path());
+    one_connection(port).unwrap();
+    let lines = read_until(&sock, "log lines dropped");
+    stop(child);
+    let note = lines
+        .iter()
+        .find(|l| l.contains("log lines dropped"))
+        .unwrap_or_else(|| panic!("no drop count after syslog came back: {lines:?}"));
+    let n = dropped_count(note);
+    assert!(
+        n >= LOST,
+        "{n} lines counted as dropped, {LOST} end lines lost: {note:?}"
+    );
+}
+
+/// N in a `N log lines dropped` datagram.
+fn dropped_count(note: &str) -> u64 {
+    note.split("log lines dropped")
+        .next()
+        .and_then(|s| {
+            s.rsplit([' ', '\n', ']', ':', '\0'])
+                .find(|w| !w.is_empty())
+        })
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {note:?}"))
+}
+
 /// The measurement: with a journal socket nobody reads, the daemon
 /// served 9 of 3000 connections. Now a stuck journal costs log lines only.
 #[test]
@@ -328,15 +382,7 @@ fn a_stuck_sink_does_not_slow_accepting(which: LogSocket) {
             lines.len()
         );
     };
-    let n: u64 = note
-        .split("log lines dropped")
-        .next()
-        .and_then(|s| {
-            s.rsplit([' ', '\n', ']', ':', '\0'])
-                .find(|w| !w.is_empty())
-        })
-        .and_then(|w| w.parse().ok())
-        .unwrap_or_else(|| panic!("no count in {note:?}"));
+    let n = dropped_count(note);
     assert!(n > 0, "{note:?}");
     eprintln!("{served} served with the log stuck, {quiet} with logging off; {n} lines dropped");
 }

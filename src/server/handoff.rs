@@ -7,8 +7,8 @@ use std::sync::Arc;
 use tokio::io::AsyncReadExt as _;
 use tracing::{debug, error, info};
 
-use super::{Active, Ctx};
-use crate::admission::Lease;
+use super::{Active, Ctx, log_refusal};
+use crate::admission::{Lease, Refusal};
 use crate::children::Record;
 use crate::config::{self, Protocol};
 use crate::metrics::Outcome;
@@ -62,11 +62,18 @@ pub(super) fn launch(
             lease.stats().connection(Outcome::UserFailed);
             None
         }
+        // No process to be had (EAGAIN under RLIMIT_NPROC) fails every
+        // connection alike: one line per source per window, with a count.
+        Err(os::LaunchError::Spawn(e)) => {
+            lease.stats().connection(Outcome::SpawnFailed);
+            lease
+                .stats()
+                .error(format!("cannot start the program: {e}"));
+            log_refusal(ctx, active, peer.ip(), Refusal::SpawnFailed, Some(&e));
+            None
+        }
         Err(e) => {
-            lease.stats().connection(match e {
-                os::LaunchError::Spawn(_) => Outcome::SpawnFailed,
-                os::LaunchError::User(_) | os::LaunchError::Quiet => Outcome::UserFailed,
-            });
+            lease.stats().connection(Outcome::UserFailed);
             lease.stats().error(e.to_string());
             error!(service = %svc.name, %peer, via = via.map(tracing::field::display), "{e}");
             None

@@ -151,7 +151,7 @@ pub async fn serve_with<H: ServiceHost>(
                     task.abort();
                     let _ = task.await;
                 }
-                server.stop();
+                server.stop().await;
                 return Ok(());
             }
         }
@@ -256,25 +256,80 @@ impl Server {
     }
 
     /// Stops listening. Running programs are left to finish, as inetd does,
-    /// unless `--kill-on-stop` was given.
-    fn stop(&mut self) {
+    /// unless `--kill-on-stop` was given: then they get SIGTERM, and what is
+    /// still running after [`KILL_GRACE`] is killed.
+    async fn stop(&mut self) {
         for (_, l) in self.listeners.drain() {
             l.task.abort();
         }
-        let children = self.ctx.children();
-        if self.opts.kill_on_stop {
-            for id in children.ids() {
-                os::terminate(id);
-            }
-            info!("stopped; ended {} running program(s)", children.len());
+        if !self.opts.kill_on_stop {
+            info!(
+                "stopped; {} program(s) left running",
+                self.ctx.children().len()
+            );
+            return;
+        }
+        let ids: Vec<os::ChildId> = self.ctx.children().ids().collect();
+        for &id in &ids {
+            os::terminate(id);
+        }
+        // The reaper takes them out of the table as they end.
+        let deadline = Instant::now() + KILL_GRACE;
+        while self.ctx.children().len() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left: Vec<os::ChildId> = self.ctx.children().ids().collect();
+        for &id in &left {
+            os::kill(id);
+        }
+        if left.is_empty() {
+            info!("stopped; ended {} running program(s)", ids.len());
         } else {
-            info!("stopped; {} program(s) left running", children.len());
+            warn!(
+                "stopped; ended {} running program(s), {} killed after ignoring SIGTERM for {} s",
+                ids.len(),
+                left.len(),
+                KILL_GRACE.as_secs()
+            );
         }
     }
 }
 
+/// How long `--kill-on-stop` waits for programs to end after SIGTERM.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+
 fn seconds(s: Option<u32>) -> Option<Duration> {
     s.filter(|&n| n > 0).map(|n| Duration::from_secs(n.into()))
+}
+
+/// Runs `work` on a thread of its own and waits for it without blocking
+/// the loop; here, if no thread can be had (out of processes), where
+/// tokio's `spawn_blocking` would panic and end the daemon. `None`: the
+/// work panicked.
+async fn off_loop<T, F>(work: F) -> Option<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let slot = Arc::new(Mutex::new(Some(work)));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let theirs = Arc::clone(&slot);
+    let spawned = std::thread::Builder::new()
+        .name("lookup".into())
+        .spawn(move || {
+            let work = theirs.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(work) = work {
+                let _ = tx.send(work());
+            }
+        });
+    match spawned {
+        Ok(_) => rx.await.ok(),
+        Err(e) => {
+            warn!("no thread for a lookup ({e}): done on the main loop");
+            let work = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+            work.map(|w| w())
+        }
+    }
 }
 
 /// Counts a refused connection under its outcome and logs it as [`refused`] does.

@@ -197,7 +197,7 @@ impl Server {
 
         // The accounts (NSS may be remote), looked up off this thread; a
         // user not found yet is retried later, its connections refused.
-        let resolved = tokio::task::spawn_blocking(move || {
+        let resolved = super::off_loop(move || {
             templates
                 .iter()
                 .filter_map(os::ExecTemplate::resolve)

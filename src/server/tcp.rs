@@ -12,7 +12,7 @@ use tracing::{debug, error, info, warn};
 use super::handoff::{connection_env, launch};
 use super::wait::{WAIT_RETRY_PAUSE, run_wait_program};
 use super::{Active, Ctx, metrics_endpoint, prespawn, refused_because, refused_connection};
-use crate::admission::{Lease, Refusal};
+use crate::admission::{Lease, REFUSAL_LOG_WINDOW, Refusal};
 use crate::children::Ended;
 use crate::config::Internal;
 use crate::config::{Handoff, Program, Protocol};
@@ -32,6 +32,7 @@ pub(super) async fn accept_tcp(
     ctx: Arc<Ctx>,
 ) {
     let mut in_a_row = 0u32;
+    let mut failures = AcceptFailures::default();
     loop {
         // Under a steady flood accept never waits, and the runtime would
         // look at signals (SIGCHLD: the reaper) only every few thousand
@@ -47,21 +48,26 @@ pub(super) async fn accept_tcp(
             continue;
         }
         let (stream, peer) = match listener.accept().await {
-            Ok(c) => c,
+            Ok(c) => {
+                if let Some((n, e)) = failures.worked() {
+                    info!(
+                        "accept on {} works again after {n} more failure(s): {e}",
+                        where_(&listener)
+                    );
+                }
+                c
+            }
             Err(e) => {
-                let pause = if listener::is_resource_exhaustion(&e) {
-                    Duration::from_millis(100)
-                } else {
-                    Duration::from_millis(5)
-                };
-                warn!(
-                    "accept on {} failed: {e}; pausing {} ms",
-                    listener
-                        .local_addr()
-                        .map(|a| a.to_string())
-                        .unwrap_or_default(),
-                    pause.as_millis()
-                );
+                let resource = listener::is_resource_exhaustion(&e);
+                let (pause, line) = failures.failed(&e, resource, Instant::now());
+                if let Some(n) = line {
+                    warn!(
+                        "accept on {} failed ({n} time(s) since the last line): {e}; retrying \
+                         with a growing pause, next in {} ms",
+                        where_(&listener),
+                        pause.as_millis()
+                    );
+                }
                 active
                     .borrow()
                     .gate
@@ -97,6 +103,75 @@ pub(super) async fn accept_tcp(
                 hand_off_tcp(&ctx, &active, stream, conn, lease)
             }
         }
+    }
+}
+
+fn where_(listener: &Acceptor) -> String {
+    listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default()
+}
+
+/// Failed accepts in a row: out of descriptors, accept fails again at once
+/// for as long as that lasts, so the pause grows (to a bound) and the log
+/// gets one line per window with how many failed, not one per attempt.
+#[derive(Debug, Default)]
+struct AcceptFailures {
+    /// Failures in a row, and the pause after the last one.
+    in_a_row: u32,
+    pause: Duration,
+    /// When a line was last logged, and failures since then.
+    last_line: Option<Instant>,
+    unlogged: u64,
+    last_error: String,
+}
+
+/// The pause after a failed accept: short for a connection that went
+/// before it was taken, longer when descriptors or memory ran out.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(5);
+const ACCEPT_PAUSE_EXHAUSTED: Duration = Duration::from_millis(100);
+/// Failures in a row double the pause up to this: a recovery is seen
+/// within it.
+const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
+
+impl AcceptFailures {
+    /// Notes a failure: the pause before the next try, and the count to log
+    /// now (`None`: this window's line was written).
+    fn failed(
+        &mut self,
+        e: &std::io::Error,
+        resource: bool,
+        now: Instant,
+    ) -> (Duration, Option<u64>) {
+        let base = if resource {
+            ACCEPT_PAUSE_EXHAUSTED
+        } else {
+            ACCEPT_PAUSE
+        };
+        self.pause = if self.in_a_row == 0 {
+            base
+        } else {
+            (self.pause * 2).clamp(base, ACCEPT_PAUSE_MAX)
+        };
+        self.in_a_row = self.in_a_row.saturating_add(1);
+        self.unlogged += 1;
+        self.last_error = e.to_string();
+        let due = self
+            .last_line
+            .is_none_or(|t| now.saturating_duration_since(t) >= REFUSAL_LOG_WINDOW);
+        if !due {
+            return (self.pause, None);
+        }
+        self.last_line = Some(now);
+        (self.pause, Some(std::mem::take(&mut self.unlogged)))
+    }
+
+    /// Notes a success: failures not logged yet, and the last error.
+    fn worked(&mut self) -> Option<(u64, String)> {
+        self.in_a_row = 0;
+        let n = std::mem::take(&mut self.unlogged);
+        (n > 0).then(|| (n, std::mem::take(&mut self.last_error)))
     }
 }
 
@@ -545,4 +620,39 @@ fn direct_socket_options(sock: &socket2::Socket, active: &Active) -> std::io::Re
         sock.set_linger(active.linger)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn emfile() -> std::io::Error {
+        std::io::Error::other("Too many open files")
+    }
+
+    #[test]
+    fn accept_failures_log_once_per_window_and_the_pause_grows_to_a_bound() {
+        let mut f = AcceptFailures::default();
+        let t0 = Instant::now();
+        let (pause, line) = f.failed(&emfile(), true, t0);
+        assert_eq!((pause, line), (ACCEPT_PAUSE_EXHAUSTED, Some(1)));
+        let mut pauses = Vec::new();
+        for i in 1..20u64 {
+            let (pause, line) = f.failed(&emfile(), true, t0 + Duration::from_millis(i));
+            assert_eq!(line, None, "failure {i} logged again within the window");
+            pauses.push(pause);
+        }
+        assert_eq!(pauses[0], 2 * ACCEPT_PAUSE_EXHAUSTED);
+        assert!(pauses.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(*pauses.last().unwrap(), ACCEPT_PAUSE_MAX);
+        // The window over: one line with the failures since the last one.
+        let (_, line) = f.failed(&emfile(), true, t0 + REFUSAL_LOG_WINDOW);
+        assert_eq!(line, Some(20));
+        let _ = f.failed(&emfile(), true, t0 + REFUSAL_LOG_WINDOW);
+        assert_eq!(f.worked().map(|(n, _)| n), Some(1));
+        assert_eq!(f.worked(), None);
+        // After a success the pause starts small again.
+        let (pause, _) = f.failed(&emfile(), false, t0 + 3 * REFUSAL_LOG_WINDOW);
+        assert_eq!(pause, ACCEPT_PAUSE);
+    }
 }

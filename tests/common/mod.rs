@@ -72,6 +72,24 @@ impl Daemon {
         d
     }
 
+    /// [`Daemon::start`], as `uid` (group `uid`, no supplementary groups),
+    /// in a directory that user owns: for limits root is exempt from
+    /// (RLIMIT_NPROC). Needs root.
+    pub fn start_as(name: &str, config: &str, args: &[&str], uid: u32) -> Daemon {
+        assert!(
+            is_root(),
+            "starting a daemon as uid {uid} needs root (CI runs as root)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::chown(dir.path(), Some(uid), Some(uid)).unwrap();
+        let d = Self::spawn_in(dir, name, config, args, |c| {
+            std::os::unix::process::CommandExt::uid(c, uid);
+            std::os::unix::process::CommandExt::gid(c, uid);
+        });
+        d.wait_log("serving", Duration::from_secs(10));
+        d
+    }
+
     /// Starts without waiting for readiness (for startup failures).
     pub fn spawn(
         name: &str,
@@ -79,7 +97,16 @@ impl Daemon {
         args: &[&str],
         tweak: impl FnOnce(&mut Command),
     ) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
+        Self::spawn_in(tempfile::tempdir().unwrap(), name, config, args, tweak)
+    }
+
+    fn spawn_in(
+        dir: tempfile::TempDir,
+        name: &str,
+        config: &str,
+        args: &[&str],
+        tweak: impl FnOnce(&mut Command),
+    ) -> Daemon {
         let cfg = dir.path().join(name);
         std::fs::write(&cfg, config).unwrap();
         let log = dir.path().join("daemon.log");
@@ -402,4 +429,47 @@ pub fn write_file(dir: &Path, name: &str, contents: &[u8]) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, contents).unwrap();
     p
+}
+
+/// Sets a process's soft limit `resource` (RLIMIT_NOFILE, RLIMIT_NPROC…)
+/// from outside (Linux prlimit); the hard limit is kept.
+#[cfg(target_os = "linux")]
+pub fn set_limit(pid: i32, resource: libc::__rlimit_resource_t, n: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit on our own child with valid structs.
+    let rc = unsafe {
+        libc::prlimit(pid, resource, std::ptr::null(), &mut lim);
+        lim.rlim_cur = n.min(lim.rlim_max);
+        libc::prlimit(pid, resource, &lim, std::ptr::null_mut())
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+/// Sets the soft limit `option` (prlimit's: `nproc`, `nofile`…) of `pid`,
+/// a process of `uid`, with util-linux's prlimit run as that uid: root
+/// without CAP_SYS_RESOURCE may not change another user's limits.
+pub fn set_soft_limit_as(uid: u32, pid: i32, option: &str, n: u64) {
+    use std::os::unix::process::CommandExt;
+    let out = Command::new("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--{option}={n}:"))
+        .uid(uid)
+        .gid(uid)
+        .output()
+        .expect("prlimit (package util-linux)");
+    assert!(out.status.success(), "prlimit: {out:?}");
+}
+
+/// The lowest descriptor number `pid` has free: a soft RLIMIT_NOFILE there
+/// leaves it none.
+#[cfg(target_os = "linux")]
+pub fn lowest_free_fd(pid: i32) -> u64 {
+    let open: std::collections::BTreeSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    (0..).find(|n| !open.contains(n)).unwrap()
 }

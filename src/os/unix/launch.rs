@@ -180,11 +180,20 @@ pub fn init_process() {
     }
 }
 
-/// `--kill-on-stop`: SIGTERM to the program's whole process group.
+/// `--kill-on-stop`: SIGTERM to the program's whole process group, then
+/// SIGCONT, so that a stopped program gets it too (as systemd does).
 pub fn terminate(id: crate::os::ChildId) {
+    let group = nix::unistd::Pid::from_raw(id as i32);
+    let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGTERM);
+    let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGCONT);
+}
+
+/// `--kill-on-stop`, once the grace is over: SIGKILL to the process group
+/// (a program that ignores SIGTERM must not outlive the daemon's stop).
+pub fn kill(id: crate::os::ChildId) {
     let _ = nix::sys::signal::killpg(
         nix::unistd::Pid::from_raw(id as i32),
-        nix::sys::signal::Signal::SIGTERM,
+        nix::sys::signal::Signal::SIGKILL,
     );
 }
 

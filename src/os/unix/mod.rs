@@ -16,7 +16,9 @@ pub use control::{
     ControlListener, ControlStream, control_address, control_listen, control_request,
 };
 pub use file_trust::{check_config_file, check_password_file};
-pub use launch::{Exits, PipeReader, PipeWriter, check_users, init_process, launch, terminate};
+pub use launch::{
+    Exits, PipeReader, PipeWriter, check_users, init_process, kill, launch, terminate,
+};
 pub use preflight::preflight;
 pub use process_stats::process_stats;
 pub use service::{Host, install, install_socket_activated, reload, remove};

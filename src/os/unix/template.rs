@@ -170,17 +170,18 @@ impl ExecTemplate {
             } => (reason, next_try, trying, next_log),
         };
         let now = Instant::now();
-        if !*trying
-            && now >= *next_try
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            *trying = true;
+        if !*trying && now >= *next_try {
             let inner = Arc::clone(&self.0);
-            runtime.spawn_blocking(move || {
-                if inner.resolve().is_none() {
-                    tracing::info!(service = %inner.service, "user {:?} found: serving again", inner.user.as_deref().unwrap_or_default());
-                }
-            });
+            // A thread of its own: out of processes, tokio's spawn_blocking
+            // would panic; here the lookup just waits for the next try.
+            *trying = std::thread::Builder::new()
+                .name("lookup".into())
+                .spawn(move || {
+                    if inner.resolve().is_none() {
+                        tracing::info!(service = %inner.service, "user {:?} found: serving again", inner.user.as_deref().unwrap_or_default());
+                    }
+                })
+                .is_ok();
         }
         if now < *next_log {
             return Err(LaunchError::Quiet);

@@ -619,6 +619,11 @@ pub fn terminate(id: crate::os::ChildId) {
     }
 }
 
+/// Terminating a job is already final: the same as [`terminate`].
+pub fn kill(id: crate::os::ChildId) {
+    terminate(id);
+}
+
 /// Windows logs users on per connection (the password is checked then),
 /// so there is nothing to check at startup.
 pub fn check_users<'a>(_users: impl Iterator<Item = &'a str>) -> Result<(), String> {

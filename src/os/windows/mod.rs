@@ -21,7 +21,7 @@ pub use control::{
 pub use eventlog::EventLog;
 pub use file_trust::{check_config_file, check_password_file};
 pub use launch::{
-    Exits, PipeReader, PipeWriter, check_users, init_process, launch, new_socket, terminate,
+    Exits, PipeReader, PipeWriter, check_users, init_process, kill, launch, new_socket, terminate,
 };
 pub use logon::{Logon, logon_pending};
 pub use preflight::preflight;
