@@ -232,6 +232,10 @@ impl Exits {
                 self.collect();
             }
             if let Some((pid, status)) = self.ready.pop_front() {
+                // A crowd's exits came at once; that many rarely do again.
+                if self.ready.is_empty() && self.ready.capacity() > 1024 {
+                    self.ready.shrink_to(64);
+                }
                 return (pid, start_error(pid).map_or(Ok(status), Err));
             }
             if let Err(e) = self.sigchld.recv().await {
