@@ -59,7 +59,14 @@ pub struct Children {
     records: Vec<Record>,
     /// Who wants to know when a program ends (relays, UDP wait services).
     waiters: HashMap<ChildId, oneshot::Sender<Exited>>,
+    /// Most programs running at once since the table was last empty.
+    peak: usize,
+    /// Shrunk since the peak, at a quarter of it.
+    shrunk: bool,
 }
+
+/// A crowd this large is worth giving memory back after.
+const SHRINK_FROM: usize = 256;
 
 impl Children {
     pub fn with_capacity(n: usize) -> Children {
@@ -67,6 +74,8 @@ impl Children {
             pids: Vec::with_capacity(n),
             records: Vec::with_capacity(n),
             waiters: HashMap::new(),
+            peak: 0,
+            shrunk: false,
         }
     }
 
@@ -81,6 +90,7 @@ impl Children {
             None => {
                 self.pids.push(id);
                 self.records.push(record);
+                self.peak = self.peak.max(self.records.len());
             }
         }
     }
@@ -112,6 +122,30 @@ impl Children {
         let at = self.position(id)?;
         self.pids.swap_remove(at);
         Some(self.records.swap_remove(at))
+    }
+
+    /// Once a crowd of programs has mostly ended (down to a quarter of a
+    /// peak of at least [`SHRINK_FROM`]), and again once all have, gives
+    /// the table's memory back: the pages its records and waiters were
+    /// written to stay resident otherwise, for good. True when it shrank:
+    /// the moment to return the allocator's free pages too.
+    pub fn shrink_after_crowd(&mut self) -> bool {
+        let live = self.records.len();
+        let empty = live == 0;
+        if self.peak < SHRINK_FROM || !(empty || (live <= self.peak / 4 && !self.shrunk)) {
+            return false;
+        }
+        let keep = (live * 2).max(SHRINK_FROM / 4);
+        self.pids.shrink_to(keep);
+        self.records.shrink_to(keep);
+        self.waiters.shrink_to(keep);
+        if empty {
+            self.peak = 0;
+            self.shrunk = false;
+        } else {
+            self.shrunk = true;
+        }
+        true
     }
 
     /// The balancer `id`'s connection came through, if any.
@@ -175,6 +209,56 @@ mod tests {
             assert!(c.remove(id, Ended::Failed, None).is_some(), "{id}");
         }
         assert_eq!(c.len(), 0);
+        assert_eq!(global.live(), 0);
+    }
+}
+
+#[cfg(test)]
+mod shrink {
+    use super::*;
+    use crate::admission::{Gate, Global};
+    use crate::config::{Access, Limits};
+
+    fn record(gate: &Arc<Gate>) -> Record {
+        Record {
+            lease: gate.admit("127.0.0.1".parse().unwrap()).unwrap(),
+            started: Instant::now(),
+            peer_port: 1,
+            end_logged_elsewhere: false,
+            relayed: None,
+            via: None,
+        }
+    }
+
+    #[test]
+    fn a_crowd_s_table_shrinks_at_a_quarter_and_when_empty_and_a_small_one_never() {
+        let global = Global::new(10_000);
+        let gate = Gate::new("s", global.clone(), Access::default(), Limits::default());
+        let mut c = Children::with_capacity(16);
+        for id in 1..=100u32 {
+            c.insert(id, record(&gate));
+            drop(c.watch(id, None));
+        }
+        for id in 1..=100u32 {
+            c.remove(id, Ended::Succeeded, None);
+            assert!(!c.shrink_after_crowd(), "a peak of 100 is no crowd");
+        }
+        for id in 1..=1000u32 {
+            c.insert(id, record(&gate));
+            drop(c.watch(id, None));
+        }
+        assert!(c.records.capacity() >= 1000);
+        let mut shrank_at = Vec::new();
+        for id in 1..=1000u32 {
+            c.remove(id, Ended::Succeeded, None);
+            if c.shrink_after_crowd() {
+                shrank_at.push(c.len());
+                assert!(c.records.capacity() <= (c.len() * 2).max(SHRINK_FROM / 4));
+                assert!(c.pids.capacity() <= (c.len() * 2).max(SHRINK_FROM / 4));
+                assert!(c.waiters.capacity() <= 2 * (c.len() * 2).max(SHRINK_FROM / 4));
+            }
+        }
+        assert_eq!(shrank_at, [250, 0]);
         assert_eq!(global.live(), 0);
     }
 }

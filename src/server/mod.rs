@@ -394,6 +394,10 @@ fn log_refusal(
     );
 }
 
+/// How long after a crowd's end its memory is given back (see
+/// [`Children::shrink_after_crowd`]).
+const TRIM_DELAY: Duration = Duration::from_secs(1);
+
 /// Logs each program's end and gives its slot back.
 async fn reap(ctx: Arc<Ctx>, mut exits: os::Exits) {
     loop {
@@ -404,7 +408,20 @@ async fn reap(ctx: Arc<Ctx>, mut exits: os::Exits) {
             Err(_) => Ended::NotStarted,
         };
         let status = result.as_ref().ok().copied();
-        let Some(record) = ctx.children().remove(id, how, status) else {
+        let (record, shrunk) = {
+            let mut children = ctx.children();
+            let record = children.remove(id, how, status);
+            (record, children.shrink_after_crowd())
+        };
+        if shrunk {
+            // Their relays and TLS sessions end just after them: trim once
+            // those are freed too.
+            tokio::spawn(async {
+                tokio::time::sleep(TRIM_DELAY).await;
+                os::release_free_memory();
+            });
+        }
+        let Some(record) = record else {
             continue;
         };
         let (service, peer) = (record.lease.service(), record.peer());

@@ -3,7 +3,7 @@
 //! readiness is signalled, the server's VmRSS is read, and the connections
 //! are held until stdin closes or the hold time passes.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,16 +28,19 @@ pub struct HoldOpts {
     /// Connections served and closed before the first VmRSS reading.
     pub warmup: usize,
     pub tls: Option<crate::tls::Tls>,
+    /// Source addresses, taken in turn (empty: the kernel's choice).
+    pub sources: Vec<IpAddr>,
 }
 
 async fn open_one(
     target: SocketAddr,
+    source: Option<IpAddr>,
     byte: u8,
     timeout: Duration,
     tls: Option<&crate::tls::Tls>,
 ) -> Result<Box<dyn Stream>, Fail> {
     let work = async {
-        let mut s = crate::tls::connect(target, |_| Vec::new(), tls)
+        let mut s = crate::tls::connect_from(target, source, |_| Vec::new(), tls)
             .await
             .map_err(|e| Fail {
                 kind: "connect",
@@ -100,9 +103,15 @@ pub async fn run(opts: HoldOpts, probe: ServerProbe) -> (Map<String, Value>, Str
         if Instant::now() >= deadline {
             break;
         }
-        if open_one(opts.target, i as u8, opts.conn_timeout, opts.tls.as_ref())
-            .await
-            .is_ok()
+        if open_one(
+            opts.target,
+            None,
+            i as u8,
+            opts.conn_timeout,
+            opts.tls.as_ref(),
+        )
+        .await
+        .is_ok()
         {
             warmed += 1;
         }
@@ -119,6 +128,7 @@ pub async fn run(opts: HoldOpts, probe: ServerProbe) -> (Map<String, Value>, Str
         let next = Arc::clone(&next);
         let (target, n, timeout) = (opts.target, opts.n, opts.conn_timeout);
         let tls = opts.tls.clone();
+        let sources = opts.sources.clone();
         set.spawn(async move {
             let mut held = Vec::new();
             let mut failures = Failures::default();
@@ -130,7 +140,9 @@ pub async fn run(opts: HoldOpts, probe: ServerProbe) -> (Map<String, Value>, Str
                 if i >= n {
                     break;
                 }
-                match open_one(target, b'a' + (i % 26) as u8, timeout, tls.as_ref()).await {
+                let source = (!sources.is_empty()).then(|| sources[i % sources.len()]);
+                let byte = b'a' + (i % 26) as u8;
+                match open_one(target, source, byte, timeout, tls.as_ref()).await {
                     Ok(s) => held.push(s),
                     Err(f) => failures.add(f),
                 }
@@ -270,6 +282,7 @@ mod tests {
             max_time: Duration::from_secs(60),
             warmup: 3,
             tls: None,
+            sources: vec!["127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap()],
         };
         let probe = ServerProbe {
             pid: None,

@@ -18,7 +18,7 @@ mod stream;
 mod target;
 mod tls;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -190,6 +190,10 @@ enum Cmd {
         /// faulted in, allocator arenas) do not count as per-connection growth
         #[arg(long, default_value_t = 0, value_parser = RangedU64ValueParser::<usize>::new().range(0..=1000))]
         warmup: usize,
+        /// Connect from 127.0.0.1 … 127.0.0.N in turn (IPv4 targets), so
+        /// that more connections than one address has ports can be held
+        #[arg(long, default_value_t = 1, value_parser = RangedU64ValueParser::<u8>::new().range(1..=250))]
+        sources: u8,
         #[command(flatten)]
         tls: TlsArgs,
         #[command(flatten)]
@@ -436,6 +440,7 @@ fn main() -> ExitCode {
             max_seconds,
             threads,
             warmup,
+            sources,
             tls,
             watch,
             tags,
@@ -460,6 +465,10 @@ fn main() -> ExitCode {
                 tls: match tls.load() {
                     Ok(t) => t,
                     Err(e) => return setup_error(e),
+                },
+                sources: match (sources, target.ip()) {
+                    (1, _) | (_, IpAddr::V6(_)) => Vec::new(),
+                    (n, _) => (1..=n).map(|k| IpAddr::from([127, 0, 0, k])).collect(),
                 },
             };
             let probe = watch.probe();

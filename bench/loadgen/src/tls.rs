@@ -4,7 +4,7 @@
 //! in memory, without a network or a process.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -62,8 +62,30 @@ pub async fn connect(
     header: impl FnOnce(SocketAddr) -> Vec<u8>,
     tls: Option<&Tls>,
 ) -> io::Result<Box<dyn Stream>> {
+    connect_from(target, None, header, tls).await
+}
+
+/// [`connect`] from the loopback address `source` (any port): one source
+/// has ~28k ephemeral ports, so many held connections need several.
+pub async fn connect_from(
+    target: SocketAddr,
+    source: Option<IpAddr>,
+    header: impl FnOnce(SocketAddr) -> Vec<u8>,
+    tls: Option<&Tls>,
+) -> io::Result<Box<dyn Stream>> {
     use tokio::io::AsyncWriteExt;
-    let mut tcp = TcpStream::connect(target).await?;
+    let mut tcp = match source {
+        None => TcpStream::connect(target).await?,
+        Some(ip) => {
+            let sock = if ip.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            sock.bind(SocketAddr::new(ip, 0))?;
+            sock.connect(target).await?
+        }
+    };
     let h = header(tcp.local_addr()?);
     if !h.is_empty() {
         tcp.write_all(&h).await?;

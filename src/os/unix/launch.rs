@@ -12,7 +12,7 @@ use std::time::Instant;
 use nix::unistd::{Uid, User};
 
 use super::signals::{Signals, block_taken};
-use super::spawn::{Request, note_dispositions, spawn, start_error};
+use super::spawn::{Request, note_dispositions, raise_nofile, spawn, start_error};
 use crate::config::StderrMode;
 use crate::os::{ChildStdio, Exit, LaunchError, LaunchSpec, Launched};
 
@@ -142,9 +142,11 @@ fn dev_null() -> Result<BorrowedFd<'static>, LaunchError> {
 /// those numbers and be clobbered when a program's stdio is set up), and
 /// marks every descriptor we inherited beyond them close-on-exec, so that
 /// whatever started us cannot leak a descriptor into a program. Also blocks
-/// the signals read later by signalfd, before any thread exists, and notes
-/// which signals a program must have reset (the ignored ones).
+/// the signals read later by signalfd, before any thread exists, notes
+/// which signals a program must have reset (the ignored ones), and raises
+/// the open-files limit (programs get the one we started with).
 pub fn init_process() {
+    raise_nofile();
     block_taken();
     note_dispositions();
     for fd in 0..=2 {
@@ -241,6 +243,10 @@ impl Exits {
                 self.collect();
             }
             if let Some((pid, status)) = self.ready.pop_front() {
+                // A crowd's exits came at once; that many rarely do again.
+                if self.ready.is_empty() && self.ready.capacity() > 1024 {
+                    self.ready.shrink_to(64);
+                }
                 return (pid, start_error(pid).map_or(Ok(status), Err));
             }
             if let Err(e) = self.sigchld.recv().await {

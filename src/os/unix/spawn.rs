@@ -129,6 +129,34 @@ const SHELL: &CStr = c"/bin/sh";
 /// [`note_dispositions`] has looked.
 static NOT_DEFAULT: AtomicU64 = AtomicU64::new(u64::MAX);
 
+/// The open-files limit the daemon started with, which its programs get
+/// back; unset when the daemon did not raise its own.
+static CHILD_NOFILE: std::sync::OnceLock<libc::rlimit> = std::sync::OnceLock::new();
+
+/// Raises the daemon's soft open-files limit to its hard one: a `pipe` or
+/// TLS session takes three descriptors, and service managers start daemons
+/// at a soft 1024 (systemd's default), a few hundred sessions. Programs
+/// get the limit back, as systemd asks: one using select(2) breaks on
+/// descriptors past 1024.
+pub fn raise_nofile() {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write one rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) != 0 || rl.rlim_cur >= rl.rlim_max {
+            return;
+        }
+        let started = rl;
+        // macOS refuses an unlimited soft limit for descriptors.
+        rl.rlim_cur = rl.rlim_max.min(1 << 20);
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) == 0 {
+            let _ = CHILD_NOFILE.set(started);
+        }
+    }
+}
+
 /// The pointer arrays a child reads, rebuilt in place for each child.
 #[derive(Default)]
 struct Pointers {
@@ -353,6 +381,9 @@ pub fn spawn_std(req: Request<'_>) -> io::Result<u32> {
             if libc::setsid() < 0 {
                 return Err(last());
             }
+            if let Some(r) = CHILD_NOFILE.get() {
+                libc::setrlimit(libc::RLIMIT_NOFILE, r);
+            }
             if let Some((uid, gid, groups, n)) = p.creds
                 && (libc::setgroups(n as _, groups) != 0
                     || libc::setgid(gid) != 0
@@ -395,7 +426,7 @@ mod clone {
 
     use libc::{c_char, c_int, c_long};
 
-    use super::{NOT_DEFAULT, Pointers, Program, Request, exec_search};
+    use super::{CHILD_NOFILE, NOT_DEFAULT, Pointers, Program, Request, exec_search};
 
     /// Reserved per slot; only the pages the child touches become resident.
     const STACK_BYTES: usize = 64 * 1024;
@@ -873,6 +904,16 @@ mod clone {
             // remote client must not reach the admin's terminal), and its
             // own process group for --kill-on-stop.
             ok(sys(libc::SYS_setsid, 0, 0, 0, 0));
+            if let Some(r) = CHILD_NOFILE.get() {
+                // Lowering a soft limit cannot fail.
+                sys(
+                    libc::SYS_setrlimit,
+                    libc::RLIMIT_NOFILE as usize,
+                    r as *const libc::rlimit as usize,
+                    0,
+                    0,
+                );
+            }
             if let Some((uid, gid, groups, n)) = p.creds {
                 ok(sys(libc::SYS_setgroups, n, groups as usize, 0, 0));
                 ok(sys(

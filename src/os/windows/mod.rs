@@ -29,6 +29,9 @@ pub use process_stats::process_stats;
 pub use service::{Host, install, reload, remove, run_as_service};
 pub use template::ExecTemplate;
 
+/// Nothing to do: the Windows heap decommits large free blocks itself.
+pub fn release_free_memory() {}
+
 /// Peeks at what a connection has received, without waiting (Windows has
 /// no MSG_DONTWAIT: the socket is non-blocking for the call).
 pub fn peek_now(stream: &std::net::TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
