@@ -257,7 +257,7 @@ declare -A PORT=(
     [wininetd-proxy]=${PORTS[6]} [wininetd-tls]=${PORTS[7]} [stunnel]=${PORTS[8]}
     [wininetd-user]=${PORTS[9]}
 )
-# Scenario (g), the user-switching spawn path, needs root (a service as nobody).
+# Scenario (i), the user-switching spawn path, needs root (a service as nobody).
 USER_PATH=0
 ((EUID == 0)) && USER_PATH=1
 
@@ -342,9 +342,9 @@ start_wininetd() {
     await_listen wininetd "$p"
 }
 
-# Scenarios (f) and (g): internal echo, pipe handoff, and /bin/cat behind
-# a PROXY v2 header, from the extended (.toml) config; only when
-# `wininetd --check` accepts it.
+# Scenarios (f), (g) and (i): internal echo, pipe handoff, /bin/cat behind
+# a PROXY v2 header and (as root) /bin/cat as nobody, from the extended
+# (.toml) config; only when `wininetd --check` accepts it.
 start_wininetd_ext() {
     cat >"$WORK/wininetd-ext.toml" <<EOF
 [[service]]

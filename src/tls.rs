@@ -26,6 +26,8 @@ use tokio_rustls::server::TlsStream;
 
 use crate::config::{ClientCert, ConfigError, Located, TlsSettings, TlsVersion};
 
+mod tickets;
+
 /// Sessions a service remembers for resumption by session ID (TLS 1.2
 /// clients without tickets); each entry is a few hundred bytes.
 const SESSION_CACHE_ENTRIES: usize = 1024;
@@ -130,10 +132,11 @@ pub fn build(settings: &TlsSettings) -> Result<Terminator, Vec<ConfigError>> {
         .map(|p| p.as_bytes().to_vec())
         .collect();
     config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
-    // Stateless tickets under a key that rotates every few hours; the key
-    // lives as long as this config, so a reload starts a new one.
-    config.ticketer = rustls::crypto::ring::Ticketer::new()
-        .map_err(|e| origin_error(format!("TLS: cannot make a session ticket key: {e}")))?;
+    // Stateless tickets under a key that rotates every few hours; the keys
+    // live as long as this config, so a reload starts new ones.
+    config.ticketer = Arc::new(tickets::Tickets::new().ok_or_else(|| {
+        origin_error("TLS: cannot make a session ticket key: no randomness".into())
+    })?);
     Ok(Terminator {
         acceptor: TlsAcceptor::from(Arc::new(config)),
         handshake_timeout: Duration::from_secs(settings.handshake_timeout.into()),

@@ -491,6 +491,45 @@ proxy_from = ["127.0.0.1"]"#,
 }
 
 #[test]
+fn per_source_rate_counts_the_client_from_the_header_not_the_balancer() {
+    let port = free_port();
+    // "2/m": a bucket of one, refilled every 30 s, so a second connection
+    // from a client within the test is refused whatever the timing.
+    let d = Daemon::start(
+        "p.toml",
+        &service(
+            port,
+            r#"command = ["/bin/sh", "-c", "echo $CLIENT_IP"]
+per_source_rate = "2/m"
+proxy_protocol = "v1"
+proxy_from = ["127.0.0.1"]"#,
+        ),
+        &[],
+    );
+    let header = |ip: &str| format!("PROXY TCP4 {ip} 198.51.100.1 1000 80\r\n");
+    // Both clients arrive through the one balancer address, 127.0.0.1.
+    assert_eq!(send(port, header("192.0.2.7").as_bytes()), b"192.0.2.7\n");
+    assert!(send(port, header("192.0.2.7").as_bytes()).is_empty());
+    let log = d.wait_log("refused: per_source_rate exceeded", Duration::from_secs(5));
+    // Keyed by the balancer, this one would share .7's empty bucket.
+    assert_eq!(send(port, header("192.0.2.8").as_bytes()), b"192.0.2.8\n");
+    let refusals: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("refused: per_source_rate exceeded"))
+        .collect();
+    assert_eq!(refusals.len(), 1, "{log}");
+    assert!(refusals[0].contains("source=192.0.2.7"), "{}", refusals[0]);
+    assert!(!refusals[0].contains("127.0.0.1"), "{}", refusals[0]);
+    d.wait_log("peer=192.0.2.8:1000 via=127.0.0.1:", Duration::from_secs(5));
+    let log = d.log();
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("refused") && l.contains("192.0.2.8")),
+        "{log}"
+    );
+}
+
+#[test]
 fn local_and_unknown_are_served_with_the_socket_endpoints() {
     let port = free_port();
     let _d = Daemon::start(

@@ -1114,3 +1114,115 @@ fn handshakes_and_refusals_are_counted_and_metrics_are_served_over_tls() {
     assert!(got["wininetd_tls_handshakes_total{service=\"metrics\",result=\"ok\"}"] >= 1.0);
     assert_eq!(d.started(), 2);
 }
+
+/// A rustls client of `pki`'s CA offering `versions` and `alpn`.
+fn client_with(
+    pki: &Pki,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    alpn: &[&str],
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(pki.path("ca.pem")).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Arc::new(cfg)
+}
+
+/// The alert the server answered a handshake with, or its ENV line.
+async fn handshake(port: u16, cfg: &Arc<rustls::ClientConfig>) -> Result<Vec<String>, String> {
+    match tls_connect(port, cfg).await {
+        Err(e) => match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+            Some(rustls::Error::AlertReceived(alert)) => Err(format!("{alert:?}")),
+            _ => panic!("not refused with an alert: {e}"),
+        },
+        Ok(mut s) => {
+            let mut out = Vec::new();
+            s.read_to_end(&mut out).await.unwrap();
+            Ok(env_line(&String::from_utf8_lossy(&out)))
+        }
+    }
+}
+
+#[test]
+fn min_version_1_3_refuses_a_tls12_client_and_serves_a_tls13_one() {
+    let pki = Pki::new();
+    let port = free_port();
+    let d = Daemon::start(
+        "w.toml",
+        &config(port, SHOW_ENV, &pki.tls_table("min_version = \"1.3\"\n")),
+        &[],
+    );
+    let rt = runtime();
+    let tls12 = client_with(&pki, &[&rustls::version::TLS12], &[]);
+    assert_eq!(
+        rt.block_on(handshake(port, &tls12)),
+        Err("ProtocolVersion".to_string())
+    );
+    // openssl too, as an admin would try it.
+    let out = s_client(port, &pki, &["-tls1_2"]);
+    assert!(!out.contains("ENV:"), "{out}");
+    assert!(out.contains("alert protocol version"), "{out}");
+    d.wait_log("TLS handshake failed", Duration::from_secs(5));
+    assert_eq!(d.started(), 0, "{}", d.log());
+    // A client that can do both gets 1.3; one that can only do 1.3 too.
+    let both = client_with(
+        &pki,
+        &[&rustls::version::TLS13, &rustls::version::TLS12],
+        &[],
+    );
+    let tls13 = client_with(&pki, &[&rustls::version::TLS13], &[]);
+    for cfg in [&both, &tls13] {
+        let env = rt.block_on(handshake(port, cfg)).unwrap();
+        assert_eq!(env[0], "TLSv1.3");
+    }
+    let env = env_line(&s_client(port, &pki, &["-tls1_3"]));
+    assert_eq!(env[0], "TLSv1.3");
+    // Lines are written in batches: wait for the three, then count.
+    d.wait_log_count(" started ", 3, Duration::from_secs(5));
+    assert_eq!(d.started(), 3, "{}", d.log());
+    drop(d);
+}
+
+#[test]
+fn a_client_offering_only_other_alpn_protocols_is_refused() {
+    let pki = Pki::new();
+    let port = free_port();
+    let d = Daemon::start(
+        "w.toml",
+        &config(
+            port,
+            SHOW_ENV,
+            &pki.tls_table("alpn = [\"h2\", \"http/1.1\"]\n"),
+        ),
+        &[],
+    );
+    let rt = runtime();
+    for versions in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        // None of the service's: refused with no_application_protocol.
+        let other = client_with(&pki, &[versions], &["smtp", "imap"]);
+        assert_eq!(
+            rt.block_on(handshake(port, &other)),
+            Err("NoApplicationProtocol".to_string()),
+            "{versions:?}"
+        );
+        // One of them among others: served, the service's choice.
+        let mixed = client_with(&pki, &[versions], &["smtp", "http/1.1"]);
+        let env = rt.block_on(handshake(port, &mixed)).unwrap();
+        assert_eq!(env[3], "http/1.1", "{versions:?}");
+        // No ALPN at all: served without.
+        let none = client_with(&pki, &[versions], &[]);
+        let env = rt.block_on(handshake(port, &none)).unwrap();
+        assert_eq!(env[3], "-", "{versions:?}");
+    }
+    d.wait_log("TLS handshake failed", Duration::from_secs(5));
+    d.wait_log_count(" started ", 4, Duration::from_secs(5));
+    assert_eq!(d.started(), 4, "only the served ones: {}", d.log());
+    drop(d);
+}

@@ -94,9 +94,21 @@ impl Daemon {
 
     /// With `env` added to the daemon's environment.
     fn spawn_env(name: &str, config: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Daemon::spawn_prepared(name, config, args, env, |_| {})
+    }
+
+    /// With `prepare` run on the config file before the start.
+    fn spawn_prepared(
+        name: &str,
+        config: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        prepare: impl FnOnce(&Path),
+    ) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join(name);
         std::fs::write(&cfg, config).unwrap();
+        prepare(&cfg);
         let log = dir.path().join("daemon.log");
         let exe = exe();
         let cfg = win_path(&cfg);
@@ -1343,4 +1355,51 @@ fn pe_resources(pe: &[u8]) -> Vec<(u32, u32, Vec<u8>)> {
         }
     }
     out
+}
+
+/// Sets a file's Unix mode, which is what Wine's file security reflects
+/// for a file no Windows program has set a descriptor on.
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// As an administrator (Wine's default user), a config that Everyone may
+/// write is refused by `--check` and at startup, with a message naming the
+/// file and the fix; the same file private to its owner is accepted.
+#[test]
+#[ignore = "needs Wine and the Windows build; run by scripts/test.sh"]
+fn a_config_everyone_can_write_is_refused_by_check_and_at_startup() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("trust.conf");
+    let config = format!("{port} none cmd.exe /c echo trusted\n");
+    std::fs::write(&cfg, &config).unwrap();
+    let (exe, cfg_w) = (exe(), win_path(&cfg));
+    let exe = exe.to_str().unwrap();
+
+    chmod(&cfg, 0o644);
+    let o = run(&[exe, "--check", "--cfgfile", &cfg_w]);
+    assert!(o.status.success(), "a clean config: {}", text(&o));
+    assert!(!text(&o).contains("refused"), "{}", text(&o));
+
+    // Other users' write bit: Wine shows it as write access for Everyone.
+    chmod(&cfg, 0o666);
+    let o = run(&[exe, "--check", "--cfgfile", &cfg_w]);
+    let out = text(&o);
+    assert!(!o.status.success(), "a world-writable config passed: {out}");
+    assert!(
+        out.contains(&format!(
+            "{cfg_w}: refused: {cfg_w} can be changed by S-1-1-0"
+        )),
+        "{out}"
+    );
+    assert!(out.contains(&format!("fix: icacls \"{cfg_w}\"")), "{out}");
+
+    let mut d = Daemon::spawn_prepared("trust.conf", &config, &[], &[], |f| chmod(f, 0o666));
+    let status = d.wait_exit(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(1), "exit code 1: invalid config");
+    let log = d.log();
+    assert!(log.contains("can be changed by S-1-1-0"), "{log}");
+    assert!(!log.contains("serving"), "{log}");
 }

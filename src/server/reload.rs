@@ -380,7 +380,198 @@ fn warn_ignored_passwords(config: &Config) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::admission::Refusal;
+    use crate::server::Options;
+    use std::collections::BTreeSet;
+    use std::net::{IpAddr, SocketAddr, TcpListener};
     use std::path::Path;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn parsed(text: &str) -> Config {
+        config::parse(Path::new("t.toml"), text.as_bytes()).unwrap()
+    }
+
+    fn server(first: &Config) -> Server {
+        let opts = Options {
+            cfgfile: "t.toml".into(),
+            timeout: None,
+            linger_timeout: None,
+            handoff: None,
+            kill_on_stop: false,
+            format: None,
+        };
+        Server::new(opts, first, crate::listener::Inherited::default())
+    }
+
+    fn keys(s: &Server) -> BTreeSet<String> {
+        s.listeners
+            .keys()
+            .map(|(p, a)| format!("{p} {a}"))
+            .collect()
+    }
+
+    fn ports(n: usize) -> Vec<u16> {
+        let held: Vec<TcpListener> = (0..n)
+            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        held.iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect()
+    }
+
+    fn echo(name: &str, bind: &str, port: u16, extra: &str) -> String {
+        format!(
+            "[[service]]\nname = \"{name}\"\nport = {port}\nbind = [\"{bind}\"]\ninternal = \"echo\"\n{extra}\n"
+        )
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    /// Whether the port is free again, i.e. nothing of ours holds it.
+    fn free(addr: &str, port: u16) -> bool {
+        TcpListener::bind((addr, port)).is_ok()
+    }
+
+    async fn echoes(port: u16) -> bool {
+        let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+            return false;
+        };
+        let mut got = [0u8; 5];
+        s.write_all(b"hello").await.is_ok()
+            && tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got))
+                .await
+                .is_ok_and(|r| r.is_ok())
+            && &got == b"hello"
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_reload_whose_new_port_is_taken_changes_nothing_and_binds_nothing() {
+        let p = ports(7);
+        let (kept, gone, taken, fresh) = (p[0], p[1], p[2], &p[3..]);
+        let old = format!(
+            "{}{}",
+            echo(
+                "kept",
+                "127.0.0.1",
+                kept,
+                "deny = [\"127.0.0.5\"]\nmax_instances = 1"
+            ),
+            echo("gone", "127.0.0.1", gone, "")
+        );
+        let mut s = server(&parsed(&old));
+        s.apply(parsed(&old)).await.unwrap();
+        let (listening, kept_gate) = (keys(&s), Arc::clone(&s.gates["kept"]));
+        let outsider = TcpListener::bind(("127.0.0.1", taken)).unwrap();
+
+        // New rules for `kept`, `gone` dropped, a tight global budget, new
+        // services on free ports and one on the outsider's port.
+        let mut new = format!(
+            "max_connections = 2\n{}{}",
+            echo("kept", "127.0.0.1", kept, "max_instances = 5"),
+            echo("taken", "127.0.0.1", taken, "")
+        );
+        for (i, port) in fresh.iter().enumerate() {
+            new.push_str(&echo(&format!("fresh{i}"), "127.0.0.1", *port, ""));
+        }
+        let (code, message) = s.apply(parsed(&new)).await.unwrap_err();
+        assert_eq!(code, EXIT_BIND);
+        assert!(
+            message.contains(&format!("127.0.0.1:{taken}")) && message.contains("service taken"),
+            "{message}"
+        );
+
+        // Every old listener, still running the old config.
+        assert_eq!(keys(&s), listening);
+        for (key, l) in &s.listeners {
+            assert!(!l.task.is_finished(), "{key:?}");
+        }
+        let active = s.listeners[&(Protocol::Tcp, SocketAddr::from(([127, 0, 0, 1], kept)))]
+            .active
+            .borrow()
+            .clone();
+        assert_eq!(active.svc.limits.max_instances, Some(1));
+        assert!(echoes(gone).await, "the dropped service still serves");
+        // The same services and gates, with their old rules and budget.
+        let names: BTreeSet<&str> = s.gates.keys().map(String::as_str).collect();
+        assert_eq!(names, BTreeSet::from(["gone", "kept"]));
+        assert!(Arc::ptr_eq(&s.gates["kept"], &kept_gate));
+        assert_eq!(
+            kept_gate.admit(ip("127.0.0.5")).err(),
+            Some(Refusal::Denied)
+        );
+        let lease = kept_gate.admit(ip("127.0.0.1")).unwrap();
+        assert_eq!(
+            kept_gate.admit(ip("127.0.0.1")).err(),
+            Some(Refusal::MaxInstances)
+        );
+        drop(lease);
+        let gone_gate = Arc::clone(&s.gates["gone"]);
+        let leases: Vec<_> = (0..3).map(|_| gone_gate.admit(ip("127.0.0.1"))).collect();
+        assert!(
+            leases.iter().all(Result::is_ok),
+            "max_connections = 2 applied"
+        );
+        drop(leases);
+        assert_eq!(s.ctx.served.lock().unwrap().len(), 2);
+        // What it bound for the new config is closed again.
+        for port in fresh {
+            assert!(free("127.0.0.1", *port), "port {port} still held");
+        }
+        drop(outsider);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_reload_failing_after_old_listeners_closed_restores_them() {
+        let p = ports(3);
+        let (moving, fresh) = (p[0], &p[1..]);
+        let old = echo("moving", "127.0.0.1", moving, "");
+        let mut s = server(&parsed(&old));
+        s.apply(parsed(&old)).await.unwrap();
+        let (listening, gate) = (keys(&s), Arc::clone(&s.gates["moving"]));
+        assert!(echoes(moving).await);
+        // 0.0.0.0 collides with our own 127.0.0.1 listener, which the new
+        // config drops: the bind is retried after it is closed, and then
+        // fails for good on the outsider's 127.0.0.2.
+        let outsider = TcpListener::bind(("127.0.0.2", moving)).unwrap();
+        // (Served to loopback only, even once it listens on 0.0.0.0.)
+        let mut new = echo(
+            "moving",
+            "0.0.0.0",
+            moving,
+            "allow = [\"127.0.0.0/8\"]\ndeny = [\"127.0.0.1\"]",
+        );
+        for (i, port) in fresh.iter().enumerate() {
+            new.push_str(&echo(&format!("fresh{i}"), "127.0.0.1", *port, ""));
+        }
+        let (code, message) = s.apply(parsed(&new)).await.unwrap_err();
+        assert_eq!(code, EXIT_BIND);
+        assert!(message.contains(&format!("0.0.0.0:{moving}")), "{message}");
+
+        // The old listener is back, with its old service and rules.
+        assert_eq!(keys(&s), listening);
+        let key = (Protocol::Tcp, SocketAddr::from(([127, 0, 0, 1], moving)));
+        let active = s.listeners[&key].active.borrow().clone();
+        assert_eq!(active.svc.bind, [ip("127.0.0.1")]);
+        assert!(
+            echoes(moving).await,
+            "the restored listener serves 127.0.0.1"
+        );
+        assert!(Arc::ptr_eq(&s.gates["moving"], &gate));
+        assert_eq!(s.gates.len(), 1);
+        // The new ones it bound before the failure are closed.
+        for port in fresh {
+            assert!(free("127.0.0.1", *port), "port {port} still held");
+        }
+        // And the next good reload goes through.
+        drop(outsider);
+        s.apply(parsed(&new)).await.unwrap();
+        let key = (Protocol::Tcp, SocketAddr::from(([0, 0, 0, 0], moving)));
+        assert!(s.listeners.contains_key(&key));
+        assert_eq!(s.gates.len(), 3);
+    }
 
     #[test]
     fn a_services_floor_is_capped_by_what_it_can_hold() {
