@@ -432,3 +432,115 @@ fn http_get(port: u16, path: &str) -> Option<String> {
     let text = String::from_utf8_lossy(&out).into_owned();
     text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
 }
+
+#[test]
+fn connections_for_an_unknown_user_count_as_user_failed() {
+    let ports = free_ports(2);
+    let config = format!(
+        r#"[[service]]
+name = "metrics"
+port = {}
+bind = ["127.0.0.1"]
+internal = "metrics"
+
+[[service]]
+name = "nouser"
+port = {}
+bind = ["127.0.0.1"]
+command = ["/bin/echo", "never"]
+user = "wininetd-no-such-user"
+"#,
+        ports[0], ports[1]
+    );
+    let d = Daemon::start("m.toml", &config, &[]);
+    // The first refusal is logged, the next ones within its window are not:
+    // all are counted.
+    for _ in 0..3 {
+        assert_closed_at_once(connect(ports[1]), WAIT);
+    }
+    let text = scrape_until(ports[0], "three user_failed", |s| {
+        s.get(&conn("nouser", "user_failed")) == Some(&3.0)
+    });
+    let s = samples(&text);
+    assert_eq!(s.get(&conn("nouser", "started")), Some(&0.0), "{text}");
+    assert_eq!(s.get(&conn("nouser", "spawn_failed")), Some(&0.0), "{text}");
+    assert!(d.log().contains("wininetd-no-such-user"), "{}", d.log());
+}
+
+/// The daemon's soft RLIMIT_NOFILE: sets it to `to` (if given) and
+/// returns what it was (Linux prlimit on our own child).
+#[cfg(target_os = "linux")]
+fn nofile(pid: i32, to: Option<u64>) -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit on our own child with valid structs; only the soft
+    // limit moves.
+    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut lim) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let was = lim.rlim_cur;
+    if let Some(n) = to {
+        lim.rlim_cur = n.min(lim.rlim_max);
+        // SAFETY: as above.
+        let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &lim, std::ptr::null_mut()) };
+        assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    }
+    was
+}
+
+/// A program whose process cannot be created (here: no descriptor left for
+/// its pipes, the connection having taken the last one) is `spawn_failed`,
+/// not `started`.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_process_that_cannot_be_created_counts_as_spawn_failed() {
+    let ports = free_ports(2);
+    let config = format!(
+        r#"[[service]]
+name = "metrics"
+port = {}
+bind = ["127.0.0.1"]
+internal = "metrics"
+
+[[service]]
+name = "piped"
+port = {}
+bind = ["127.0.0.1"]
+command = ["/bin/cat"]
+handoff = "pipe"
+"#,
+        ports[0], ports[1]
+    );
+    let d = Daemon::start("m.toml", &config, &[]);
+    // One session and one scrape first, so nothing is set up lazily later.
+    assert_eq!(exchange(ports[1], b"warm"), b"warm");
+    scrape_until(ports[0], "the first session over", |s| {
+        s.get(&exits("piped", "ok")) == Some(&1.0)
+            && s.get("wininetd_sessions_active{service=\"piped\"}") == Some(&0.0)
+    });
+    // A soft limit at the second free descriptor number: the connection
+    // gets the first, and the pipes for the program find none.
+    let open: std::collections::BTreeSet<u64> = std::fs::read_dir(format!("/proc/{}/fd", d.pid()))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    let second_free = (0..).filter(|n| !open.contains(n)).nth(1).unwrap();
+    let was = nofile(d.pid(), Some(second_free));
+    let mut s = connect(ports[1]);
+    let _ = s.write_all(b"lost");
+    let got = read_all(&mut s);
+    nofile(d.pid(), Some(was));
+    assert!(got.is_empty(), "{got:?}");
+
+    let text = scrape_until(ports[0], "one spawn_failed", |s| {
+        s.get(&conn("piped", "spawn_failed")) == Some(&1.0)
+    });
+    let s = samples(&text);
+    assert_eq!(s.get(&conn("piped", "started")), Some(&1.0), "{text}");
+    assert_eq!(s.get(&conn("piped", "user_failed")), Some(&0.0), "{text}");
+    let log = d.wait_log("cannot start the program", WAIT);
+    assert!(log.contains("os error 24"), "EMFILE expected:\n{log}");
+    // Descriptors back: the service serves again.
+    assert_eq!(exchange(ports[1], b"again"), b"again");
+}

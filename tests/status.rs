@@ -185,3 +185,122 @@ fn a_user_other_than_root_is_refused() {
     // Root still gets its answer.
     assert!(cli_in(&d.run_dir(), &["status"]).status.success());
 }
+
+/// Polls `wininetd status ARGS` until its output holds `needle`.
+fn status_until(run_dir: &Path, args: &[&str], needle: &str) -> String {
+    let mut last = String::new();
+    wait_until(
+        &format!("`status` showing {needle:?}"),
+        Duration::from_secs(10),
+        || {
+            let out = cli_in(run_dir, args);
+            last = format!("{}{}", text(&out.stdout), text(&out.stderr));
+            out.status.success() && last.contains(needle)
+        },
+    );
+    last
+}
+
+#[test]
+fn a_program_that_cannot_start_shows_as_its_services_last_error() {
+    let ports = free_ports(2);
+    let config = format!(
+        r#"[[service]]
+name = "missing"
+port = {}
+bind = ["127.0.0.1"]
+command = ["/nonexistent/program"]
+
+[[service]]
+name = "fine"
+port = {}
+bind = ["127.0.0.1"]
+command = ["/bin/echo", "fine"]
+"#,
+        ports[0], ports[1]
+    );
+    let d = Daemon::start("s.toml", &config, &[]);
+    assert_eq!(exchange(ports[1], b""), b"fine\n");
+    let mut s = connect(ports[0]);
+    assert!(read_all(&mut s).is_empty());
+
+    let out = status_until(&d.run_dir(), &["status"], "last error");
+    // The error is in the failing service's block, and only there.
+    let block = out
+        .split("\n\n")
+        .find(|b| b.starts_with("missing  tcp"))
+        .unwrap_or_else(|| panic!("no block for `missing`:\n{out}"));
+    assert!(
+        block.contains("  last error (")
+            && block.contains("cannot start the program: /nonexistent/program"),
+        "{out}"
+    );
+    assert_eq!(out.matches("last error").count(), 1, "{out}");
+
+    let out = cli_in(&d.run_dir(), &["status", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let services = v["services"].as_array().unwrap();
+    let of = |name: &str| services.iter().find(|s| s["name"] == name).unwrap();
+    let error = &of("missing")["last_error"];
+    let message = error["message"].as_str().unwrap_or_else(|| panic!("{v}"));
+    assert!(
+        message.contains("cannot start the program: /nonexistent/program"),
+        "{message}"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let at = error["at"].as_u64().unwrap();
+    assert!(at <= now && now - at < 60, "at {at}, now {now}");
+    assert!(of("fine")["last_error"].is_null(), "{v}");
+}
+
+#[test]
+fn a_session_behind_a_balancer_shows_the_balancer_as_via() {
+    use std::io::{Read, Write};
+    let port = free_port();
+    let config = format!(
+        r#"[[service]]
+name = "cat"
+port = {port}
+bind = ["127.0.0.1"]
+command = ["/bin/cat"]
+proxy_protocol = "v1"
+proxy_from = ["127.0.0.1"]
+"#
+    );
+    let d = Daemon::start("s.toml", &config, &[]);
+    // We are the balancer: our socket is `via`, the header names the client.
+    let mut s = connect(port);
+    let balancer = s.local_addr().unwrap();
+    s.write_all(format!("PROXY TCP4 192.0.2.7 127.0.0.1 51234 {port}\r\nx").as_bytes())
+        .unwrap();
+    let mut one = [0u8; 1];
+    s.read_exact(&mut one).unwrap();
+    assert_eq!(&one, b"x");
+
+    let out = cli_in(&d.run_dir(), &["status"]);
+    let t = text(&out.stdout);
+    assert!(out.status.success(), "{}{t}", text(&out.stderr));
+    assert!(
+        t.contains(&format!("\t192.0.2.7:51234 via {balancer}\t")),
+        "{t}"
+    );
+
+    let out = cli_in(&d.run_dir(), &["status", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sessions = v["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 1, "{v}");
+    assert_eq!(sessions[0]["client"], "192.0.2.7:51234", "{v}");
+    assert_eq!(sessions[0]["via"], balancer.to_string(), "{v}");
+
+    // The end line names the balancer too (the start line, at debug, always did).
+    drop(s);
+    let want = format!("peer=192.0.2.7:51234 via={balancer} ");
+    wait_until("the end line with via", Duration::from_secs(10), || {
+        d.lines_with(" ended ").iter().any(|l| l.contains(&want))
+    });
+}

@@ -51,8 +51,8 @@ pub(super) fn launch(
                     peer_port: peer.port(),
                     end_logged_elsewhere: false,
                     relayed: None,
-                    // Hook: the PROXY stage's balancer, `via.map(Box::new)`.
-                    via: None,
+                    // For `status` and the end line: the PROXY balancer.
+                    via: via.map(Box::new),
                 },
             );
             Some(launched)

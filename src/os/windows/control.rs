@@ -95,7 +95,10 @@ fn create(name: &str, descriptor: &Descriptor, first: bool) -> io::Result<NamedP
 
 /// Creates the pipe; fails when another daemon already holds the name.
 pub fn control_listen() -> io::Result<ControlListener> {
-    let name = pipe_name();
+    listen_on(pipe_name())
+}
+
+fn listen_on(name: String) -> io::Result<ControlListener> {
     let descriptor = Descriptor::new()?;
     let next = create(&name, &descriptor, true).map_err(|e| {
         if e.kind() == io::ErrorKind::PermissionDenied {
@@ -147,4 +150,56 @@ pub fn control_request(request: &str, wait: Duration) -> io::Result<String> {
     // The server closing its end reads as the end of the answer.
     pipe.read_to_string(&mut out)?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::security::{self, Sid};
+    use super::*;
+    use std::os::windows::io::AsRawHandle;
+    use windows_sys::Win32::Foundation::HANDLE;
+    use windows_sys::Win32::Security::Authorization::SE_KERNEL_OBJECT;
+
+    /// What Wine can show of "only Administrators may ask": Wine runs
+    /// everyone as an administrator, so no refusal can be seen there, but
+    /// the DACL the daemon's pipe carries is read back from the pipe itself.
+    #[test]
+    fn the_control_pipe_admits_system_and_administrators_only() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        let name = format!(r"\\.\pipe\wininetd-dacl-test-{}", std::process::id());
+        let listener = listen_on(name).unwrap();
+        let h = listener.next.as_raw_handle() as HANDLE;
+        let d = security::of_handle(h, SE_KERNEL_OBJECT).unwrap();
+        let aces = d
+            .dacl
+            .expect("a DACL, not a NULL one (which admits everyone)");
+        let mut sids: Vec<String> = aces
+            .iter()
+            .map(|a| {
+                assert_eq!(a.kind, security::ACCESS_ALLOWED, "{aces:?}");
+                a.sid.as_ref().unwrap().text()
+            })
+            .collect();
+        sids.sort();
+        let mut want = vec![
+            Sid::well_known(security::WinLocalSystemSid).unwrap().text(),
+            Sid::well_known(security::WinBuiltinAdministratorsSid)
+                .unwrap()
+                .text(),
+        ];
+        want.sort();
+        assert_eq!(sids, want, "{aces:?}");
+        // Named, for the reader: Everyone, Users, Anonymous, Authenticated Users.
+        for other in ["S-1-1-0", "S-1-5-32-545", "S-1-5-7", "S-1-5-11"] {
+            assert!(!sids.iter().any(|s| s == other), "{other} in {aces:?}");
+        }
+        assert!(
+            security::dacl_protected(h, SE_KERNEL_OBJECT).unwrap(),
+            "the DACL must not inherit entries"
+        );
+    }
 }

@@ -32,7 +32,9 @@ pub fn process_stats() -> ProcessStats {
             stats.resident_bytes = Some(mem.WorkingSetSize as u64);
         }
         let mut handles = 0u32;
-        if GetProcessHandleCount(me, &mut handles) != 0 {
+        // A live process always holds handles: 0 is a stub's answer
+        // (Wine's), not a count, and is left out rather than exported.
+        if GetProcessHandleCount(me, &mut handles) != 0 && handles > 0 {
             stats.open_handles = Some(u64::from(handles));
         }
     }

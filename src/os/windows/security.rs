@@ -240,6 +240,40 @@ pub fn of_handle(h: HANDLE, kind: SE_OBJECT_TYPE) -> io::Result<Descriptor> {
     })
 }
 
+/// Whether an open object's DACL is protected (inherits no entries from a
+/// parent), as read back.
+#[cfg(test)]
+pub fn dacl_protected(h: HANDLE, kind: SE_OBJECT_TYPE) -> io::Result<bool> {
+    use windows_sys::Win32::Security::{GetSecurityDescriptorControl, SE_DACL_PROTECTED};
+    let mut sd: PSECURITY_DESCRIPTOR = std::ptr::null_mut();
+    // SAFETY: a valid handle and out pointers; `sd` is freed below.
+    let err = unsafe {
+        windows_sys::Win32::Security::Authorization::GetSecurityInfo(
+            h,
+            kind,
+            DACL_SECURITY_INFORMATION,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            &mut sd,
+        )
+    };
+    if err != 0 {
+        return Err(io::Error::from_raw_os_error(err as i32));
+    }
+    let (mut control, mut revision) = (0u16, 0u32);
+    // SAFETY: `sd` is the descriptor just returned; freed once.
+    unsafe {
+        let ok = GetSecurityDescriptorControl(sd, &mut control, &mut revision);
+        LocalFree(sd as HLOCAL);
+        if ok == 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(control & SE_DACL_PROTECTED != 0)
+}
+
 /// The owner and DACL of the object named `name` (a file's path).
 pub fn of_named(name: &[u16], kind: SE_OBJECT_TYPE) -> io::Result<Descriptor> {
     read(|owner, dacl, sd| {
