@@ -130,11 +130,12 @@ grep -q serving "$OUT/daemon.log" || { echo "the daemon did not start: $OUT/daem
 echo "slowloris: $ROUNDS rounds, loop ${SECONDS_LOOP} s C=16 on plain, $ATTACKERS attackers ${RECONNECT:-(no reconnect)}; daemon $DAEMON ($("$BIN" --version | head -1)); $OUT"
 echo "started $(date -u '+%F %H:%M') UTC; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
+: >"$OUT/loop.jsonl"
 measure() { # $1: label, $2: round → one JSON line appended to loop.jsonl
     # Exit 1 only says connections were left unstarted at the time limit,
     # which is how a loop of a fixed duration ends: the report counts real failures.
     local before
-    before=$(wc -l <"$OUT/loop.jsonl" 2>/dev/null || echo 0)
+    before=$(wc -l <"$OUT/loop.jsonl")
     nice -n 10 "$LOADGEN" rate --target "127.0.0.1:$P_PLAIN" -n 1000000 -c 16 --max-seconds "$SECONDS_LOOP" \
         --server-pid "$DAEMON" --server wininetd --scenario "$1" --round "$2" >>"$OUT/loop.jsonl" 2>>"$OUT/loadgen.log" || true
     (($(wc -l <"$OUT/loop.jsonl") == before + 1)) || { echo "loadgen wrote no result" >&2; exit 1; }
