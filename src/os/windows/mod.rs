@@ -29,6 +29,14 @@ pub use process_stats::process_stats;
 pub use service::{Host, install, reload, remove, run_as_service};
 pub use template::ExecTemplate;
 
+/// Windows cannot set SO_RCVLOWAT: a trickling peer wakes us per segment.
+pub fn wake_after<S: std::os::windows::io::AsSocket>(
+    _sock: &S,
+    _bytes: usize,
+) -> std::io::Result<()> {
+    Ok(())
+}
+
 /// Peeks at what a connection has received, without waiting (Windows has
 /// no MSG_DONTWAIT: the socket is non-blocking for the call).
 pub fn peek_now(stream: &std::net::TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
