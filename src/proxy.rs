@@ -26,7 +26,7 @@ pub const MAX_HEADER: usize = 4096;
 const V1_MAX: usize = 107;
 /// The shortest header of either version (`PROXY UNKNOWN\r\n`): reading
 /// this much first never reads past a header.
-const MIN_HEADER: usize = 15;
+pub const MIN_HEADER: usize = 15;
 const V1_PREFIX: &[u8] = b"PROXY ";
 const V2_SIGNATURE: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
 /// Signature, version/command, family/protocol, length.

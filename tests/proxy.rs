@@ -625,3 +625,38 @@ fn a_header_already_in_at_accept_is_read_exactly() {
     d.wait_log("refused: PROXY header:", Duration::from_secs(5));
     assert_eq!(d.started(), 2);
 }
+
+/// A peer that has sent less than the shortest header does not wake the
+/// daemon: its bytes stay unread, so a slowloris trickling a byte a second
+/// costs no wake-up until its proxy_timeout. Closing a socket with unread
+/// bytes sends a reset (Linux); the daemon used to read each byte as it
+/// came, and its close at the deadline was a FIN.
+#[test]
+fn a_trickling_peer_is_not_read_before_a_whole_header_could_be_in() {
+    let port = free_port();
+    let d = Daemon::start(
+        "p.toml",
+        &service(
+            port,
+            r#"command = ["/bin/echo", "started"]
+proxy_protocol = "v1"
+proxy_from = ["127.0.0.1"]
+proxy_timeout = 1"#,
+        ),
+        &[],
+    );
+    let mut s = connect(port);
+    s.set_nodelay(true).unwrap();
+    for b in b"PROXY TCP4" {
+        s.write_all(&[*b]).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut buf = [0u8; 16];
+    let r = s.read(&mut buf);
+    assert!(
+        matches!(&r, Err(e) if e.kind() == ErrorKind::ConnectionReset),
+        "expected a reset (the bytes left unread), got {r:?}"
+    );
+    d.wait_log("proxy_timeout", Duration::from_secs(10));
+    assert_eq!(d.started(), 0);
+}

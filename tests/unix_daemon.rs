@@ -841,3 +841,52 @@ fn a_restart_rebinds_at_once_despite_time_wait_connections() {
     let _again = Daemon::start("w.conf", &config, &[]);
     assert_eq!(exchange(port, b""), b"hi\n");
 }
+
+/// A program must not get a copy of the daemon's descriptor table: copying
+/// it, and closing every connection in it again at exec, made each spawn
+/// cost in proportion to the connections the daemon held (a slowloris
+/// slowed every other service). FDSize is the size of the table the
+/// program's process got, which exec does not shrink.
+#[test]
+fn a_program_gets_a_small_descriptor_table_however_many_connections_the_daemon_holds() {
+    let (held, report) = (free_port(), free_port());
+    let config = format!(
+        r#"
+[[service]]
+name = "held"
+port = {held}
+bind = ["127.0.0.1"]
+command = ["/bin/cat"]
+proxy_protocol = "v1"
+proxy_from = ["127.0.0.1"]
+proxy_timeout = 120
+
+[[service]]
+name = "report"
+port = {report}
+bind = ["127.0.0.1"]
+command = ["/bin/grep", "FDSize", "/proc/self/status"]
+"#
+    );
+    let d = Daemon::start("fds.toml", &config, &[]);
+    // Connections waiting for a PROXY header: the daemon holds each one.
+    let waiting: Vec<TcpStream> = (0..400).map(|_| connect(held)).collect();
+    let fds = || std::fs::read_dir(format!("/proc/{}/fd", d.pid())).map_or(0, |r| r.count());
+    wait_until(
+        "the daemon holds the 400 connections",
+        Duration::from_secs(20),
+        || fds() >= 400,
+    );
+    let out = String::from_utf8(exchange(report, b"")).unwrap();
+    let size: usize = out
+        .trim()
+        .strip_prefix("FDSize:")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("grep answered {out:?}"));
+    assert!(
+        size <= 64,
+        "the program's descriptor table has {size} slots while the daemon holds {} descriptors",
+        fds()
+    );
+    drop(waiting);
+}

@@ -187,6 +187,9 @@ async fn receive(
 ) -> Result<(TcpStream, proxy::Header), Cow<'static, str>> {
     let io = |e: std::io::Error| Cow::Owned(e.to_string());
     stream.set_nonblocking(true).map_err(io)?;
+    // Not woken before the shortest header could be in: a peer trickling
+    // its first bytes (a slowloris) costs no wake-up until its deadline.
+    os::wake_after(&stream, proxy::MIN_HEADER).map_err(io)?;
     let mut stream = TcpStream::from_std(stream).map_err(io)?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 512];
@@ -204,6 +207,10 @@ async fn receive(
         }
         let take = proxy::take(&buf, &chunk[..n]);
         stream.read_exact(&mut chunk[..take]).await.map_err(io)?;
+        if buf.is_empty() {
+            // A v1 line ends at its LF, wherever that is: byte by byte now.
+            os::wake_after(&stream, 1).map_err(io)?;
+        }
         buf.extend_from_slice(&chunk[..take]);
     }
 }

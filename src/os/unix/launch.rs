@@ -12,7 +12,9 @@ use std::time::Instant;
 use nix::unistd::{Uid, User};
 
 use super::signals::{Signals, block_taken};
-use super::spawn::{Request, note_dispositions, raise_nofile, spawn, start_error};
+use super::spawn::{
+    Request, note_dispositions, prepare, raise_nofile, spawn, start_error,
+};
 use crate::config::StderrMode;
 use crate::os::{ChildStdio, Exit, LaunchError, LaunchSpec, Launched};
 
@@ -162,6 +164,8 @@ pub fn init_process() {
             }
         }
     }
+    // Now, while descriptor numbers are low (see `prepare`).
+    prepare();
     // SAFETY: close_range only changes descriptor flags.
     #[cfg(target_os = "linux")]
     if unsafe { libc::close_range(3, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC as _) } == 0 {

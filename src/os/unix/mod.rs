@@ -44,6 +44,28 @@ pub fn new_socket(domain: socket2::Domain, ty: socket2::Type) -> std::io::Result
     Ok(sock)
 }
 
+/// Readable (for poll, epoll) only once `bytes` are in, or at the end:
+/// SO_RCVLOWAT, so a peer trickling bytes does not wake us for each.
+pub fn wake_after<S: std::os::fd::AsFd>(sock: &S, bytes: usize) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let bytes = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt on a live socket with an int of the right size.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&raw const bytes).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Peeks at what a connection has received, without waiting and without
 /// touching its blocking mode (MSG_DONTWAIT: one system call).
 pub fn peek_now(stream: &std::net::TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {

@@ -9,7 +9,13 @@
 //! the child has exec'd or exited, which is when the slot may be reused; a
 //! failed exec leaves its errno there for [`start_error`]. A child that
 //! takes another identity is cloned without `CLONE_VM`: it must never run
-//! as that user inside the daemon's memory. Other Unix systems (and other
+//! as that user inside the daemon's memory. A `CLONE_VM` child also shares
+//! the descriptor table (`CLONE_FILES`) and takes a private one holding
+//! only the few lowest descriptors (`close_range` with
+//! `CLOSE_RANGE_UNSHARE`), then receives its three over its slot's socket:
+//! copying the table, and closing every copied connection again at exec,
+//! would cost each spawn time in proportion to the connections the daemon
+//! holds (a slowloris' thousands). Other Unix systems (and other
 //! architectures) use `std::process::Command` to fork, and the same child
 //! setup and PATH search as the clone path.
 
@@ -252,6 +258,16 @@ fn portable_forced() -> bool {
     *FORCED.get_or_init(|| std::env::var_os("WININETD_SPAWN").is_some_and(|v| v == "portable"))
 }
 
+/// Sets up the channels of the first slots while descriptor numbers are
+/// low: a child copies only the descriptors below its slot's channel.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+pub fn prepare() {
+    clone::prepare();
+}
+
+#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+pub fn prepare() {}
+
 #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
 pub fn spawn(req: Request<'_>) -> io::Result<u32> {
     spawn_std(req)
@@ -452,6 +468,9 @@ mod clone {
         report: c_int,
         /// Bit n set: signal n + 1 is not SIG_DFL here, so the child resets it.
         to_reset: u64,
+        /// The slot's receiving socket when the child shares our descriptor
+        /// table and receives `fds` from it, else -1.
+        chan: c_int,
     }
 
     /// A child's stack and everything it reads, owned by that child from
@@ -475,6 +494,9 @@ mod clone {
         extra: Vec<std::ffi::CString>,
         creds: Option<Arc<super::Creds>>,
         ptrs: Pointers,
+        /// Sending, receiving end of the slot's channel (a datagram
+        /// socketpair) for the child's three descriptors.
+        chan: Option<(OwnedFd, OwnedFd)>,
     }
 
     // SAFETY: the raw pointers point into the slot's own vectors (or static
@@ -546,13 +568,147 @@ mod clone {
                 errno: std::ptr::null(),
                 report: -1,
                 to_reset: u64::MAX,
+                chan: -1,
             },
             program: None,
             env: None,
             extra: Vec::new(),
             creds: None,
             ptrs: Pointers::default(),
+            chan: None,
         })
+    }
+
+    /// The first slots, with their channels.
+    pub fn prepare() {
+        let mut pool = pool();
+        while pool.slots.len() < max_starting() {
+            let mut slot = new_slot();
+            let _ = channel(&mut slot);
+            pool.slots.push(slot);
+        }
+    }
+
+    /// Whether a child can take a private descriptor table of its own
+    /// choosing (Linux 5.9): close_range with CLOSE_RANGE_UNSHARE.
+    fn can_unshare() -> bool {
+        static CAN: OnceLock<bool> = OnceLock::new();
+        *CAN.get_or_init(|| {
+            // An empty range is refused (EINVAL) before anything is done;
+            // a kernel without close_range says ENOSYS.
+            // SAFETY: close_range with first > last changes nothing.
+            let r =
+                unsafe { libc::syscall(libc::SYS_close_range, 1, 0, libc::CLOSE_RANGE_UNSHARE) };
+            r == -1 && io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL)
+        })
+    }
+
+    /// The slot's channel, made on first use: its receiving end's number,
+    /// or `None` when the child must copy the whole table instead.
+    fn channel(slot: &mut Slot) -> Option<c_int> {
+        if !can_unshare() {
+            return None;
+        }
+        if slot.chan.is_none() {
+            let flags = nix::sys::socket::SockFlag::SOCK_CLOEXEC;
+            let pair = nix::sys::socket::socketpair(
+                nix::sys::socket::AddressFamily::Unix,
+                nix::sys::socket::SockType::Datagram,
+                None,
+                flags,
+            )
+            .ok()?;
+            slot.chan = Some(pair);
+        }
+        slot.chan.as_ref().map(|(_, r)| r.as_raw_fd())
+    }
+
+    /// Room for the control message of three descriptors.
+    type Cmsg = [u64; 8];
+
+    /// Sends `fds` on `sock`; first drops what a child that died before
+    /// receiving left there (bounded: one message per earlier child).
+    fn send_fds(sock: c_int, recv: c_int, fds: [c_int; 3]) -> io::Result<()> {
+        for _ in 0..64 {
+            let mut got = [-1; 3];
+            // SAFETY: a non-blocking receive into our buffers.
+            let r = unsafe { recv_fds(recv, &mut got, libc::MSG_DONTWAIT) };
+            if r < 0 {
+                break;
+            }
+            for fd in got.into_iter().filter(|&fd| fd >= 0) {
+                // SAFETY: a descriptor just received, ours alone.
+                unsafe { libc::close(fd) };
+            }
+        }
+        let mut byte = [0u8; 1];
+        let mut iov = libc::iovec {
+            iov_base: byte.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        let mut cmsg: Cmsg = [0; 8];
+        // SAFETY: msghdr and cmsg built over our own buffers, sized with
+        // CMSG_SPACE for three descriptors.
+        unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &raw mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = cmsg.as_mut_ptr().cast();
+            msg.msg_controllen = libc::CMSG_SPACE(12) as usize;
+            let c = libc::CMSG_FIRSTHDR(&raw const msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(12) as usize;
+            std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(c).cast::<c_int>(), 3);
+            if libc::sendmsg(sock, &raw const msg, libc::MSG_NOSIGNAL) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+
+    /// Receives three descriptors (close-on-exec) into `fds`; the result or
+    /// `-errno`. Raw system calls only: the child uses it.
+    ///
+    /// # Safety
+    /// `sock` is a socket; nothing else is required.
+    unsafe fn recv_fds(sock: c_int, fds: &mut [c_int; 3], flags: c_int) -> isize {
+        let mut byte = [0u8; 1];
+        let mut iov = libc::iovec {
+            iov_base: byte.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        let mut cmsg: Cmsg = [0; 8];
+        // SAFETY: msghdr over our own buffers; the control message is read
+        // only within what the kernel wrote.
+        unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &raw mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = cmsg.as_mut_ptr().cast();
+            msg.msg_controllen = std::mem::size_of::<Cmsg>();
+            let r = sys(
+                libc::SYS_recvmsg,
+                sock as usize,
+                &raw mut msg as usize,
+                (flags | libc::MSG_CMSG_CLOEXEC) as usize,
+                0,
+            );
+            if r < 0 {
+                return r;
+            }
+            let c = libc::CMSG_FIRSTHDR(&raw const msg);
+            if c.is_null()
+                || (*c).cmsg_level != libc::SOL_SOCKET
+                || (*c).cmsg_type != libc::SCM_RIGHTS
+                || (*c).cmsg_len != libc::CMSG_LEN(12) as usize
+                || msg.msg_flags & libc::MSG_CTRUNC != 0
+            {
+                return -(libc::EBADMSG as isize);
+            }
+            std::ptr::copy_nonoverlapping(libc::CMSG_DATA(c).cast::<c_int>(), fds.as_mut_ptr(), 3);
+            r
+        }
     }
 
     fn is_free(slot: &Slot) -> bool {
@@ -756,18 +912,33 @@ mod clone {
             to_reset: NOT_DEFAULT.load(Ordering::Relaxed),
             errno: &slot.errno,
             report,
+            chan: -1,
         };
+        // A child sharing our memory shares our descriptor table too, and
+        // gets its three over the channel (see the module's doc).
+        if !private
+            && let Some(recv) = channel(slot)
+            && let Some((send, _)) = &slot.chan
+            && send_fds(send.as_raw_fd(), recv, slot.plan.fds).is_ok()
+        {
+            slot.plan.chan = recv;
+        }
         slot.program = Some(Arc::clone(&req.program));
         slot.env = Some(req.env);
         slot.extra = req.extra;
         slot.creds = req.creds;
         slot.busy.store(1, Ordering::Relaxed);
 
+        let shared_files = if slot.plan.chan >= 0 {
+            libc::CLONE_FILES
+        } else {
+            0
+        };
         let (flags, clear_tid) = if private {
             (libc::SIGCHLD, std::ptr::null_mut())
         } else {
             (
-                libc::CLONE_VM | libc::CLONE_CHILD_CLEARTID | libc::SIGCHLD,
+                libc::CLONE_VM | shared_files | libc::CLONE_CHILD_CLEARTID | libc::SIGCHLD,
                 slot.busy.as_ptr(),
             )
         };
@@ -861,6 +1032,7 @@ mod clone {
         // exec or exit; every pointer in it is into the slot.
         unsafe {
             let p = &*arg.cast::<Plan>();
+            let mut fds = p.fds;
             let fail = |r: isize| -> ! {
                 let errno = -r as i32;
                 (*p.errno).store(errno, Ordering::Release);
@@ -881,6 +1053,25 @@ mod clone {
                     sys(libc::SYS_exit_group, 127, 0, 0, 0);
                 }
             };
+            if p.chan >= 0 {
+                // A table of our own with only the descriptors below the
+                // channel (the daemon's first few), before anything else:
+                // the shared one is the daemon's.
+                let r = sys(
+                    libc::SYS_close_range,
+                    p.chan as usize + 1,
+                    libc::c_uint::MAX as usize,
+                    libc::CLOSE_RANGE_UNSHARE as usize,
+                    0,
+                );
+                if r < 0 {
+                    fail(r);
+                }
+                let r = recv_fds(p.chan, &mut fds, 0);
+                if r < 0 {
+                    fail(r);
+                }
+            }
             // Handlers do not survive exec, but one must not run before
             // it; ignored signals (Rust ignores SIGPIPE) would survive it.
             // struct kernel_sigaction: SIG_DFL, no flags, empty mask.
@@ -934,7 +1125,7 @@ mod clone {
             if !p.cwd.is_null() {
                 ok(sys(libc::SYS_chdir, p.cwd as usize, 0, 0, 0));
             }
-            for (target, fd) in p.fds.into_iter().enumerate() {
+            for (target, fd) in fds.into_iter().enumerate() {
                 ok(sys(libc::SYS_dup2, fd as usize, target, 0, 0));
             }
             let empty = 0u64;

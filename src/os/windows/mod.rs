@@ -32,6 +32,14 @@ pub use template::ExecTemplate;
 /// Nothing to do: the Windows heap decommits large free blocks itself.
 pub fn release_free_memory() {}
 
+/// Windows cannot set SO_RCVLOWAT: a trickling peer wakes us per segment.
+pub fn wake_after<S: std::os::windows::io::AsSocket>(
+    _sock: &S,
+    _bytes: usize,
+) -> std::io::Result<()> {
+    Ok(())
+}
+
 /// Peeks at what a connection has received, without waiting (Windows has
 /// no MSG_DONTWAIT: the socket is non-blocking for the call).
 pub fn peek_now(stream: &std::net::TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
