@@ -1,6 +1,7 @@
 //! Writes the man pages and shell completions from their sources, so they
 //! cannot drift: `wininetd(8)` from the clap definition (clap_mangen) plus
-//! docs/running.md, `wininetd.conf(5)` from docs/configuration.md, and the
+//! docs/running.md, `wininetd.conf(5)` from docs/configuration.md and the
+//! inetd.conf part of docs/migration.md, and the
 //! bash, zsh and fish completions (clap_complete).
 //!
 //! `cargo run --example gen_docs -- OUTDIR` (scripts/deb.sh runs it).
@@ -42,13 +43,23 @@ fn main() {
     );
     std::fs::write(out.join("wininetd.8"), page).unwrap();
 
-    // wininetd.conf(5): all of docs/configuration.md.
+    // wininetd.conf(5): all of docs/configuration.md, then the inetd.conf
+    // format and TCP `wait` services from docs/migration.md (up to
+    // `wininetd convert`, which is a command, not a file format).
     let mut conf = format!(
         ".TH WININETD.CONF 5 \"\" \"wininetd {}\" \"File Formats\"\n\
          .SH NAME\nwininetd.conf \\- configuration of the wininetd super-server\n.SH DESCRIPTION\n",
         env!("CARGO_PKG_VERSION")
     );
     conf.push_str(&markdown_to_roff(&read("docs/configuration.md")));
+    let migration = read("docs/migration.md");
+    let inetd = migration
+        .find("\n## Running an inetd.conf unchanged")
+        .expect("docs/migration.md: the inetd.conf section");
+    let end = migration[inetd..]
+        .find("\n## `wininetd convert`")
+        .map_or(migration.len(), |i| inetd + i);
+    conf.push_str(&markdown_to_roff(&migration[inetd..end]));
     conf.push_str(".SH \"SEE ALSO\"\n\\fBwininetd\\fR(8)\n");
     std::fs::write(out.join("wininetd.conf.5"), conf).unwrap();
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds the Debian package with cargo-deb:
 #   target/debian/wininetd_<version>-1_<arch>.deb
+# (with a Debian revision: without one the package is native, and lintian
+# wants its changelog named changelog.gz, not changelog.Debian.gz).
 # The man pages, completions and the Debian changelog are generated first
 # into target/docs (examples/gen_docs.rs: from the clap definition and
 # docs/*.md, so they cannot drift). Prints the .deb's path last.

@@ -39,9 +39,10 @@ pub struct Cli {
     #[arg(long, conflicts_with_all = ["remove", "check", "reload"])]
     pub install: bool,
 
-    /// With --install (systemd): also write wininetd.socket, one listening
-    /// socket per service address, which systemd keeps open while wininetd
-    /// restarts, so no connection is refused.
+    /// With --install (systemd): also write a wininetd-NAME.socket unit per
+    /// service (one listening socket per address, named after the service),
+    /// which systemd keeps open while wininetd restarts, so no connection
+    /// is refused.
     #[arg(long = "socket-activation", requires = "install")]
     pub socket_activation: bool,
 

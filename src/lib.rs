@@ -67,7 +67,7 @@ pub fn main() -> ExitCode {
     run(&cli)
 }
 
-/// `--install --socket-activation`: the socket unit holds every listener of
+/// `--install --socket-activation`: the socket units hold every listener of
 /// the config, so the config must be valid now.
 #[cfg(unix)]
 fn install_socket_activated(cli: &cli::Cli) -> Result<String, String> {
@@ -76,7 +76,7 @@ fn install_socket_activated(cli: &cli::Cli) -> Result<String, String> {
     let listeners: Vec<_> = cfg
         .services
         .iter()
-        .flat_map(|s| s.addrs().map(move |a| (s.protocol, a)))
+        .flat_map(|s| s.addrs().map(move |a| (s.name.clone(), s.protocol, a)))
         .collect();
     os::install_socket_activated(&cli.service_args(), &listeners)
 }

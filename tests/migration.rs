@@ -130,6 +130,103 @@ fn tcp_wait_program_accepts_on_the_listening_socket_until_it_exits() {
     assert_eq!(d.started(), 2, "{}", d.log());
 }
 
+const HAPROXY: &str = "/usr/sbin/haproxy";
+
+/// HAProxy (Debian package haproxy) as an inetd `stream wait` server: with
+/// `bind fd@0` it accepts on the listening socket wininetd gives it.
+/// (Debian 12's socat, 1.7.4.4, has no `ACCEPT-FD` address: it came in
+/// 1.8.0.) `%pid` in each answer shows which process served.
+const HAPROXY_WAIT: &str = "global\n    log stderr format raw local0 emerg\n\
+defaults\n    mode http\n    timeout client 5s\n    timeout connect 5s\n    timeout server 5s\n\
+frontend wait\n    bind fd@0\n\
+    http-request return status 200 content-type text/plain lf-string \"haproxy %pid\\n\"\n";
+
+/// The processes wininetd started that run `exe`; killed when dropped, so
+/// a failed test leaves no server behind.
+struct Programs(Vec<i32>);
+
+impl Programs {
+    fn of(d: &Daemon, exe: &str) -> Programs {
+        let pids = d
+            .children()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| p as i32);
+        Programs(
+            pids.filter(|p| {
+                std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|e| e == Path::new(exe))
+            })
+            .collect(),
+        )
+    }
+}
+
+impl Drop for Programs {
+    fn drop(&mut self) {
+        for &p in &self.0 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+fn http_get(addr: SocketAddr) -> String {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let reply = String::from_utf8_lossy(&read_all(&mut s)).into_owned();
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+    reply.rsplit("\r\n\r\n").next().unwrap().to_string()
+}
+
+/// A packaged server in inetd's `stream wait` mode, from an inetd.conf
+/// line: one HAProxy serves several clients on the listening socket; once
+/// it exits (soft stop, SIGUSR1), wininetd watches the socket again and the
+/// next client starts a new one.
+#[test]
+fn tcp_wait_runs_a_packaged_server_that_accepts_on_fd_0() {
+    assert!(
+        Path::new(HAPROXY).exists(),
+        "{HAPROXY} is needed (Debian package haproxy)"
+    );
+    let dir = shared_dir();
+    let cfg = write_file(dir.path(), "wait.cfg", HAPROXY_WAIT.as_bytes());
+    let port = free_port();
+    let d = Daemon::start(
+        "inetd.conf",
+        &format!(
+            "127.0.0.1:{port}\tstream\ttcp\twait\troot\t{HAPROXY}\thaproxy -db -f {}\n",
+            cfg.display()
+        ),
+        &[],
+    );
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let answers: Vec<String> = (0..4).map(|_| http_get(addr)).collect();
+    let running = Programs::of(&d, HAPROXY);
+    assert_eq!(running.0.len(), 1, "{}", d.log());
+    let first = format!("haproxy {}\n", running.0[0]);
+    assert_eq!(answers, [first.as_str(); 4], "{}", d.log());
+    assert_eq!(d.started(), 1, "{}", d.log());
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(running.0[0]),
+        nix::sys::signal::Signal::SIGUSR1,
+    )
+    .unwrap();
+    d.wait_log("ended", Duration::from_secs(10));
+    // Watched again: the next client starts a new HAProxy, which serves it
+    // (its soft stop left the shared listening socket listening).
+    let again = http_get(addr);
+    let second = Programs::of(&d, HAPROXY);
+    assert_eq!(second.0.len(), 1, "{}", d.log());
+    assert_ne!(second.0, running.0);
+    assert_eq!(again, format!("haproxy {}\n", second.0[0]));
+    assert_eq!(http_get(addr), again);
+    assert_eq!(d.started(), 2, "{}", d.log());
+}
+
 #[test]
 fn tcp_wait_program_that_exits_at_once_is_restarted_at_most_once_a_second() {
     let port = free_port();
@@ -884,7 +981,9 @@ fn acceptance_the_same_inetd_conf_under_openbsd_inetd_and_wininetd() {
 
     // UDP internal services: openbsd-inetd drops datagrams from 127/8 to
     // them (its guard against echo/chargen loops with spoofed sources), so
-    // loopback cannot compare; wininetd answers both lines of the file.
+    // IPv4 loopback cannot compare (they are compared over ::1 in
+    // `acceptance_udp_internal_services_over_ipv6_loopback`); wininetd
+    // answers both lines of the file.
     for ip in [native_ip, converted_ip] {
         let echo = udp_request((ip, 7).into(), b"hello udp", Duration::from_secs(5));
         assert_eq!(echo.as_deref(), Some(&b"hello udp"[..]));
@@ -901,4 +1000,104 @@ fn acceptance_the_same_inetd_conf_under_openbsd_inetd_and_wininetd() {
         "openbsd-inetd answered UDP echo from loopback"
     );
     drop(inetd);
+}
+
+/// What UDP clients get from the internal services on ::1.
+#[derive(Debug, PartialEq)]
+struct UdpTranscript {
+    echo: Option<Vec<u8>>,
+    time_ok: bool,
+    daytime_shape: String,
+    discard: Option<Vec<u8>>,
+}
+
+fn udp_transcript() -> UdpTranscript {
+    let at = |port: u16| SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+    let time = udp_request(at(37), b"x", Duration::from_secs(5)).unwrap_or_default();
+    let now_1900 = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 2_208_988_800;
+    let daytime = udp_request(at(13), b"x", Duration::from_secs(5)).unwrap_or_default();
+    UdpTranscript {
+        echo: udp_request(at(7), b"hello udp6", Duration::from_secs(5)),
+        time_ok: time.len() == 4
+            && (u64::from(u32::from_be_bytes(time.try_into().unwrap())) as i64 - now_1900 as i64)
+                .abs()
+                < 5,
+        daytime_shape: daytime_shape(&String::from_utf8_lossy(&daytime)),
+        discard: udp_request(at(9), b"gone", Duration::from_millis(500)),
+    }
+}
+
+/// openbsd-inetd's guard (`dg_badinput`) drops UDP datagrams to internal
+/// services from 0/8, 127/8, 255/8, multicast and broadcast IPv4 sources,
+/// and from IPv6 multicast, unspecified, v4-mapped and v4-compatible ones
+/// (and from ports below 1024): ::1 passes, so over IPv6 loopback the
+/// three servers can be compared. One port each, so one server at a time.
+#[test]
+fn acceptance_udp_internal_services_over_ipv6_loopback() {
+    assert!(
+        Path::new(OPENBSD_INETD).exists(),
+        "{OPENBSD_INETD} is missing: scripts/test.sh unpacks Debian's openbsd-inetd package there"
+    );
+    let conf = "::1:\n\
+echo\tdgram\tudp6\twait\troot\tinternal\n\
+discard\tdgram\tudp6\twait\troot\tinternal\n\
+daytime\tdgram\tudp6\twait\troot\tinternal\n\
+time\tdgram\tudp6\twait\troot\tinternal\n";
+    let dir = tempfile::tempdir().unwrap();
+    let inetd_conf = write_file(dir.path(), "openbsd.conf", conf.as_bytes());
+    let log = dir.path().join("openbsd-inetd.log");
+    let inetd = Inetd {
+        child: Command::new(OPENBSD_INETD)
+            .arg("-d")
+            .arg(&inetd_conf)
+            .env("TZ", "UTC")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start openbsd-inetd"),
+        log,
+    };
+    let echo6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 7));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while udp_request(echo6, b"ready?", Duration::from_millis(200)).is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "openbsd-inetd does not answer UDP echo on ::1: {}",
+            std::fs::read_to_string(&inetd.log).unwrap_or_default()
+        );
+    }
+    let reference = udp_transcript();
+    drop(inetd);
+
+    let native = Daemon::start("inetd.conf", conf, &[]);
+    let native_t = udp_transcript();
+    drop(native);
+
+    let src = write_file(dir.path(), "inetd.conf", conf.as_bytes());
+    let (code, toml, err) = convert(&src, &[]);
+    assert_eq!(code, Some(0), "{err}");
+    let converted = Daemon::start("converted.toml", &toml, &[]);
+    let converted_t = udp_transcript();
+
+    assert_eq!(
+        reference,
+        UdpTranscript {
+            echo: Some(b"hello udp6".to_vec()),
+            time_ok: true,
+            daytime_shape: "a CRLF line with the time now".into(),
+            discard: None,
+        }
+    );
+    assert_eq!(native_t, reference);
+    assert_eq!(
+        converted_t,
+        reference,
+        "converted:\n{toml}\n{}",
+        converted.log()
+    );
 }

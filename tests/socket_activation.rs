@@ -347,3 +347,125 @@ fn reload_binds_new_services_and_gives_back_passed_sockets() {
     assert_eq!(echo_at(addr("127.0.0.1", p_passed), b"c"), b"c");
     assert_eq!(echo_at(addr("127.0.0.1", p_new), b"d"), b"d");
 }
+
+/// The socket units `--install --socket-activation` writes (the packaged
+/// ones are those for the shipped config: `the_packaged_units_are_what_install_writes`)
+/// name each socket after its service. Fed to wininetd as systemd would
+/// (the Listen lines in order, `FileDescriptorName=` as LISTEN_FDNAMES),
+/// with 127.0.0.1 moved to 127.0.0.2: only the names can tie those sockets
+/// to their services, which then listen there.
+#[test]
+fn packaged_socket_units_name_their_sockets_and_wininetd_matches_them_by_name() {
+    let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/systemd");
+    let config = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/debian/wininetd.toml"),
+    )
+    .unwrap();
+    let [p_echo, p_daytime] = free_ports(2).try_into().unwrap();
+    let ports = |t: &str| {
+        t.replace("10007", &p_echo.to_string())
+            .replace("10013", &p_daytime.to_string())
+    };
+    let config = ports(&config);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&units)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 2, "{files:?}");
+    let (mut listen, mut names) = (Vec::new(), Vec::new());
+    for f in &files {
+        let unit = ports(&std::fs::read_to_string(f).unwrap());
+        let name: Vec<&str> = unit
+            .lines()
+            .filter_map(|l| l.strip_prefix("FileDescriptorName="))
+            .collect();
+        assert_eq!(name.len(), 1, "{}: {unit}", f.display());
+        for l in unit.lines().filter_map(|l| l.strip_prefix("ListenStream=")) {
+            listen.push(l.replace("127.0.0.1:", "127.0.0.2:"));
+            names.push(name[0].to_string());
+        }
+    }
+    assert_eq!(names, ["daytime", "daytime", "echo", "echo"]);
+    let a = Activated::start(
+        &listen,
+        Some(&names.join(":")),
+        false,
+        "wininetd.toml",
+        &config,
+        Activated::wininetd,
+    );
+    assert_eq!(echo_at(addr("127.0.0.2", p_echo), b"named"), b"named");
+    let log = a.wait_log_count("serving 2 service(s)", 1);
+    for l in &listen {
+        assert!(
+            log.contains(&format!(
+                "listening on tcp {l} (a socket from the service manager)"
+            )),
+            "{l}: {log}"
+        );
+    }
+    for p in [p_echo, p_daytime] {
+        assert!(!log.contains(&format!("tcp 127.0.0.1:{p}")), "{log}");
+    }
+    let daytime = exchange_on(connect_to(addr("127.0.0.2", p_daytime)), b"");
+    assert!(daytime.ends_with(b"\r\n"), "{daytime:?}");
+    assert_eq!(echo_at(addr("::1", p_echo), b"six"), b"six");
+}
+
+/// The passed listening sockets are close-on-exec: a program lists its
+/// open descriptors and none is one of them (nor a copy: a copy shows the
+/// same socket inode).
+#[test]
+fn programs_inherit_none_of_the_passed_sockets() {
+    let [p_list, p_other] = free_ports(2).try_into().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let script = write_file(
+        dir.path(),
+        "fds.sh",
+        b"#!/bin/sh\nfor f in /proc/$$/fd/*; do echo \"${f##*/} $(readlink \"$f\")\"; done\n",
+    );
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let config = format!(
+        "[[service]]\nname = \"list\"\nport = {p_list}\nbind = [\"127.0.0.1\"]\n\
+         command = [\"{}\"]\n\
+         [[service]]\nname = \"other\"\nport = {p_other}\nbind = [\"127.0.0.1\"]\n\
+         internal = \"echo\"\n",
+        script.display()
+    );
+    let listen = [
+        addr("127.0.0.1", p_list).to_string(),
+        addr("127.0.0.1", p_other).to_string(),
+    ];
+    let a = Activated::start(&listen, None, false, "w.toml", &config, Activated::wininetd);
+    assert_eq!(echo_at(addr("127.0.0.1", p_other), b"x"), b"x");
+    a.wait_log_count("serving 2 service(s)", 1);
+    // systemd-socket-activate exec'd wininetd: LISTEN_FDS start at fd 3.
+    let daemon = a.child.id();
+    let passed: Vec<String> = (3..3 + listen.len())
+        .map(|fd| {
+            std::fs::read_link(format!("/proc/{daemon}/fd/{fd}"))
+                .unwrap()
+                .display()
+                .to_string()
+        })
+        .collect();
+    for p in &passed {
+        assert!(p.starts_with("socket:["), "{passed:?}");
+    }
+    let listing = String::from_utf8(echo_at(addr("127.0.0.1", p_list), b"")).unwrap();
+    let fds: Vec<(&str, &str)> = listing.lines().filter_map(|l| l.split_once(' ')).collect();
+    // The connection itself is there (the listing works) ...
+    assert!(
+        fds.iter()
+            .any(|(fd, target)| *fd == "0" && target.starts_with("socket:[")),
+        "{listing}"
+    );
+    // ... and none of the listening sockets.
+    for (fd, target) in &fds {
+        assert!(
+            !passed.iter().any(|p| p == target),
+            "the program holds a passed socket as fd {fd}: {listing}\npassed: {passed:?}"
+        );
+    }
+}

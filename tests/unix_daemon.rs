@@ -504,6 +504,32 @@ fn check_reports_config_errors_and_machine_findings_together() {
     );
 }
 
+/// `--debug` once read "Run in the foreground", which wininetd on Unix
+/// always is: the help says what it changes.
+#[test]
+fn help_says_what_debug_does() {
+    let out = run_cli(&["--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    // The lines after `--debug` up to the next option.
+    let debug = help
+        .lines()
+        .skip_while(|l| l.trim() != "--debug")
+        .skip(1)
+        .take_while(|l| !l.trim_start().starts_with('-'))
+        .flat_map(str::split_whitespace)
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        debug.starts_with("Log to the console (stderr) instead of journald or syslog"),
+        "{help}"
+    );
+    assert!(
+        debug.contains("On Unix wininetd always stays in the foreground"),
+        "{help}"
+    );
+}
+
 #[test]
 fn version_names_the_git_commit() {
     let head = std::process::Command::new("git")

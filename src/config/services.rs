@@ -180,6 +180,28 @@ impl ServiceTable {
 mod tests {
     use super::*;
 
+    /// Run under Wine (`scripts/windows-cargo.sh test`): `system()` reads
+    /// the services file where Windows keeps it. The path is spelled out
+    /// here, not taken from `system()`, and the entry appended is in no
+    /// built-in table, so only reading that very file finds it.
+    #[cfg(windows)]
+    #[test]
+    fn windows_reads_the_services_file_under_system_root() {
+        use std::io::Write;
+        let file = std::path::Path::new(r"C:\windows\system32\drivers\etc\services");
+        let before = std::fs::read(file).expect("the Windows services file (Wine prefix)");
+        let name = format!("wininetd-test-{}", std::process::id());
+        let mut f = std::fs::OpenOptions::new().append(true).open(file).unwrap();
+        write!(f, "\r\n{name}\t\t48879/tcp\t\t# wininetd test\r\n").unwrap();
+        drop(f);
+        let table = ServiceTable::system();
+        std::fs::write(file, &before).unwrap();
+        assert_eq!(table.port(&name, Protocol::Tcp), Some(48879));
+        assert_eq!(ServiceTable::builtin().port(&name, Protocol::Tcp), None);
+        // And the file's own entries, as Windows ships them.
+        assert_eq!(table.port("echo", Protocol::Udp), Some(7));
+    }
+
     #[test]
     fn names_aliases_and_protocols_are_read() {
         let t = ServiceTable::parse(

@@ -59,31 +59,40 @@ impl ServiceHost for Host {
 
 const UNIT_DIR: &str = "/etc/systemd/system";
 const SERVICE_UNIT: &str = "wininetd.service";
-const SOCKET_UNIT: &str = "wininetd.socket";
+/// What `--install --socket-activation` wrote before units were per service;
+/// `--remove` still deletes it.
+const OLD_SOCKET_UNIT: &str = "wininetd.socket";
+
+/// One listener of the config: its service's name, protocol and address.
+pub type Listener = (String, Protocol, SocketAddr);
 
 /// The systemd unit that runs `exe` with `args`.
 ///
 /// Type=notify because we report READY only once every listener is bound;
 /// KillMode=process so that stopping us leaves running programs to finish,
-/// as inetd does. With `socket`, it needs wininetd.socket, which holds the
-/// listening sockets across restarts.
-pub fn unit_text(exe: &Path, args: &[String], socket: bool) -> String {
+/// as inetd does. With `sockets` (socket unit file names), it needs them:
+/// they hold the listening sockets across restarts.
+pub fn unit_text(exe: &Path, args: &[String], sockets: &[String]) -> String {
     let mut exec = systemd_quote(&exe.to_string_lossy());
     for a in args {
         exec.push(' ');
         exec.push_str(&systemd_quote(a));
     }
-    let needs_socket = if socket {
-        "Requires=wininetd.socket\nAfter=wininetd.socket\n"
+    let (needs_sockets, takes_sockets) = if sockets.is_empty() {
+        (String::new(), String::new())
     } else {
-        ""
+        let list = sockets.join(" ");
+        (
+            format!("Requires={list}\nAfter={list}\n"),
+            format!("Sockets={list}\n"),
+        )
     };
     format!(
         "[Unit]\n\
          Description=wininetd super-server (WinInetd for Unix)\n\
          Documentation=man:wininetd(8) man:wininetd.conf(5)\n\
          After=network.target\n\
-         {needs_socket}\
+         {needs_sockets}\
          \n\
          [Service]\n\
          Type=notify\n\
@@ -91,19 +100,78 @@ pub fn unit_text(exe: &Path, args: &[String], socket: bool) -> String {
          ExecReload=/bin/kill -HUP $MAINPID\n\
          KillMode=process\n\
          Restart=on-failure\n\
+         {takes_sockets}\
          \n\
          [Install]\n\
          WantedBy=multi-user.target\n"
     )
 }
 
-/// wininetd.socket: one `ListenStream=`/`ListenDatagram=` per listener of
-/// the config. systemd binds them and keeps them open while wininetd
-/// restarts, so clients wait in the queue instead of being refused.
-/// IPv6 sockets are IPv6-only, as wininetd's own are. (`FileDescriptorName=`
-/// would name every socket of this one unit alike, so none is set: wininetd
-/// matches these by address.)
-pub fn socket_unit_text(listeners: &[(Protocol, SocketAddr)]) -> String {
+/// The socket units for `listeners`, as (file name, text): one per service,
+/// because `FileDescriptorName=` names every socket of a unit alike and
+/// wininetd matches a passed socket to the service of that name. Each holds
+/// one `ListenStream=`/`ListenDatagram=` per address of its service. systemd
+/// binds them and keeps them open while wininetd restarts, so clients wait
+/// in the queue instead of being refused. IPv6 sockets are IPv6-only, as
+/// wininetd's own are.
+pub fn socket_units(listeners: &[Listener]) -> Vec<(String, String)> {
+    let mut names: Vec<&str> = Vec::new();
+    for (name, _, _) in listeners {
+        if !names.contains(&name.as_str()) {
+            names.push(name);
+        }
+    }
+    names
+        .iter()
+        .enumerate()
+        .map(|(n, name)| {
+            let mine: Vec<_> = listeners
+                .iter()
+                .filter(|(s, _, _)| s == name)
+                .map(|(_, p, a)| (*p, *a))
+                .collect();
+            (socket_unit_name(name, n), socket_unit_text(name, &mine))
+        })
+        .collect()
+}
+
+/// `wininetd-<name>.socket`, the name escaped as `systemd-escape` does; a
+/// name too long for a unit file takes the service's place in the config.
+fn socket_unit_name(service: &str, index: usize) -> String {
+    let mut escaped = String::new();
+    for (i, b) in service.bytes().enumerate() {
+        match b {
+            b'/' => escaped.push('-'),
+            b'.' if i == 0 => escaped.push_str("\\x2e"),
+            b if b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b':' => {
+                escaped.push(b as char)
+            }
+            b => escaped.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    let file = format!("wininetd-{escaped}.socket");
+    // systemd's limit on a unit name.
+    if file.len() <= 255 {
+        file
+    } else {
+        format!("wininetd-{index}.socket")
+    }
+}
+
+/// What systemd accepts as a `FileDescriptorName=`: printable ASCII without
+/// `:` (the separator in LISTEN_FDNAMES), at most 255 bytes. A service with
+/// another name gets none and is matched by address alone.
+fn fd_name_is_valid(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name
+            .bytes()
+            .all(|b| (b' '..=b'~').contains(&b) && b != b':')
+        && name.trim() == name
+        && !name.contains(['%', '\\'])
+}
+
+fn socket_unit_text(service: &str, listeners: &[(Protocol, SocketAddr)]) -> String {
     let mut listen = String::new();
     for (protocol, addr) in listeners {
         let key = match protocol {
@@ -112,13 +180,20 @@ pub fn socket_unit_text(listeners: &[(Protocol, SocketAddr)]) -> String {
         };
         listen.push_str(&format!("{key}={addr}\n"));
     }
+    let fd_name = if fd_name_is_valid(service) {
+        format!("FileDescriptorName={service}\n")
+    } else {
+        String::new()
+    };
     format!(
         "[Unit]\n\
-         Description=wininetd listening sockets\n\
+         Description=wininetd listening sockets of service {service:?}\n\
          Documentation=man:wininetd(8)\n\
          \n\
          [Socket]\n\
          {listen}\
+         {fd_name}\
+         Service={SERVICE_UNIT}\n\
          BindIPv6Only=ipv6-only\n\
          Backlog=1024\n\
          \n\
@@ -169,12 +244,9 @@ pub fn install(args: &[String]) -> Result<String, String> {
     install_at(Path::new(UNIT_DIR), &exe, args, None, systemd_runs())
 }
 
-/// `--install --socket-activation`: the unit and wininetd.socket holding
-/// `listeners`.
-pub fn install_socket_activated(
-    args: &[String],
-    listeners: &[(Protocol, SocketAddr)],
-) -> Result<String, String> {
+/// `--install --socket-activation`: the unit and a socket unit per service
+/// holding `listeners`.
+pub fn install_socket_activated(args: &[String], listeners: &[Listener]) -> Result<String, String> {
     let exe = current_exe()?;
     install_at(
         Path::new(UNIT_DIR),
@@ -193,12 +265,15 @@ fn install_at(
     dir: &Path,
     exe: &Path,
     args: &[String],
-    socket: Option<&[(Protocol, SocketAddr)]>,
+    socket: Option<&[Listener]>,
     systemd: bool,
 ) -> Result<String, String> {
     let unit = dir.join(SERVICE_UNIT);
-    let socket_unit = dir.join(SOCKET_UNIT);
-    for u in [&unit, &socket_unit] {
+    let sockets = socket.map(socket_units).unwrap_or_default();
+    let socket_files: Vec<String> = sockets.iter().map(|(f, _)| f.clone()).collect();
+    let mut paths = vec![unit.clone(), dir.join(OLD_SOCKET_UNIT)];
+    paths.extend(socket_files.iter().map(|f| dir.join(f)));
+    for u in &paths {
         if u.exists() {
             return Err(format!(
                 "{} already exists: run `wininetd --remove` first",
@@ -206,25 +281,25 @@ fn install_at(
             ));
         }
     }
-    let write = |path: &Path, text: String| {
+    let write = |path: &Path, text: &str| {
         std::fs::write(path, text)
             .map_err(|e| format!("cannot write {}: {e} (are you root?)", path.display()))
     };
-    if let Some(listeners) = socket {
-        write(&socket_unit, socket_unit_text(listeners))?;
+    for (file, text) in &sockets {
+        write(&dir.join(file), text)?;
     }
-    write(&unit, unit_text(exe, args, socket.is_some()))?;
-    let written = if socket.is_some() {
-        format!("{} and {}", unit.display(), socket_unit.display())
-    } else {
-        unit.display().to_string()
-    };
+    write(&unit, &unit_text(exe, args, &socket_files))?;
+    let mut written = vec![unit.display().to_string()];
+    written.extend(
+        socket_files
+            .iter()
+            .map(|f| dir.join(f).display().to_string()),
+    );
+    let written = written.join(", ");
     if systemd {
         systemctl(&["daemon-reload"])?;
         let mut enable = vec!["enable", SERVICE_UNIT];
-        if socket.is_some() {
-            enable.push(SOCKET_UNIT);
-        }
+        enable.extend(socket_files.iter().map(String::as_str));
         systemctl(&enable)?;
         Ok(format!(
             "installed and enabled {written}; start it with `systemctl start wininetd`"
@@ -242,34 +317,47 @@ pub fn remove() -> Result<String, String> {
     remove_at(Path::new(UNIT_DIR), systemd_runs())
 }
 
+/// The socket units the installed service unit names in `Sockets=`, plus
+/// the single socket unit an earlier version wrote, where they exist.
+fn installed_socket_units(dir: &Path, unit_text: &str) -> Vec<String> {
+    let mut units: Vec<String> = unit_text
+        .lines()
+        .filter_map(|l| l.strip_prefix("Sockets="))
+        .flat_map(|l| l.split_whitespace())
+        // Only names install writes: never a path out of `dir`.
+        .filter(|u| u.starts_with("wininetd") && u.ends_with(".socket") && !u.contains('/'))
+        .map(String::from)
+        .collect();
+    if !units.iter().any(|u| u == OLD_SOCKET_UNIT) {
+        units.push(OLD_SOCKET_UNIT.to_string());
+    }
+    units.retain(|u| dir.join(u).exists());
+    units
+}
+
 fn remove_at(dir: &Path, systemd: bool) -> Result<String, String> {
     let unit = dir.join(SERVICE_UNIT);
-    let socket_unit = dir.join(SOCKET_UNIT);
-    if !unit.exists() {
-        return Err(format!(
-            "{} does not exist: wininetd is not installed",
+    let text = std::fs::read_to_string(&unit).map_err(|e| {
+        format!(
+            "{} cannot be read ({e}): wininetd is not installed",
             unit.display()
-        ));
-    }
-    let has_socket = socket_unit.exists();
+        )
+    })?;
+    let sockets = installed_socket_units(dir, &text);
     if systemd {
         let mut disable = vec!["disable", "--now", SERVICE_UNIT];
-        if has_socket {
-            disable.push(SOCKET_UNIT);
-        }
+        disable.extend(sockets.iter().map(String::as_str));
         systemctl(&disable)?;
     }
     let mut removed = Vec::new();
-    for u in [&unit, &socket_unit] {
-        if u == &unit || has_socket {
-            std::fs::remove_file(u).map_err(|e| format!("cannot delete {}: {e}", u.display()))?;
-            removed.push(u.display().to_string());
-        }
+    for u in std::iter::once(unit).chain(sockets.iter().map(|s| dir.join(s))) {
+        std::fs::remove_file(&u).map_err(|e| format!("cannot delete {}: {e}", u.display()))?;
+        removed.push(u.display().to_string());
     }
     if systemd {
         systemctl(&["daemon-reload"])?;
     }
-    Ok(format!("removed {}", removed.join(" and ")))
+    Ok(format!("removed {}", removed.join(", ")))
 }
 
 /// `--reload`: asks the installed service to re-read its config.
@@ -290,7 +378,7 @@ mod tests {
         let args: Vec<String> = ["--cfgfile", "/etc/my inetd.conf", "--timeout", "30"]
             .map(String::from)
             .to_vec();
-        let unit = unit_text(Path::new("/usr/local/bin/wininetd"), &args, false);
+        let unit = unit_text(Path::new("/usr/local/bin/wininetd"), &args, &[]);
         assert!(unit.contains("\nType=notify\n"), "{unit}");
         assert!(unit.contains("\nExecReload=/bin/kill -HUP $MAINPID\n"));
         assert!(unit.contains("\nKillMode=process\n"));
@@ -310,7 +398,7 @@ mod tests {
         assert!(msg.contains("nothing was enabled"), "{msg}");
         assert_eq!(
             std::fs::read_to_string(&unit).unwrap(),
-            unit_text(exe, &args, false)
+            unit_text(exe, &args, &[])
         );
         assert!(!dir.path().join("wininetd.socket").exists());
         let again = install_at(dir.path(), exe, &args, None, false).unwrap_err();
@@ -321,51 +409,115 @@ mod tests {
         assert!(gone.contains("not installed"), "{gone}");
     }
 
+    fn listener(name: &str, protocol: Protocol, addr: &str) -> Listener {
+        (name.to_string(), protocol, addr.parse().unwrap())
+    }
+
+    /// The value of every `key=` line of a unit, in order.
+    fn values<'a>(unit: &'a str, key: &str) -> Vec<&'a str> {
+        unit.lines()
+            .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .collect()
+    }
+
     #[test]
-    fn socket_activation_writes_a_socket_unit_per_listener_and_remove_deletes_both() {
+    fn socket_activation_writes_a_socket_unit_per_service_named_after_it_and_remove_deletes_all() {
         let dir = tempfile::tempdir().unwrap();
         let exe = Path::new("/usr/sbin/wininetd");
         let args = ["--cfgfile".to_string(), "/etc/w.toml".to_string()];
         let listeners = [
-            (Protocol::Tcp, "127.0.0.1:7007".parse().unwrap()),
-            (Protocol::Tcp, "[::]:7007".parse().unwrap()),
-            (Protocol::Udp, "0.0.0.0:7013".parse().unwrap()),
+            listener("echo", Protocol::Tcp, "127.0.0.1:7007"),
+            listener("echo", Protocol::Tcp, "[::]:7007"),
+            listener("tcp/79", Protocol::Tcp, "0.0.0.0:79"),
+            listener("time-udp", Protocol::Udp, "0.0.0.0:7013"),
         ];
         let msg = install_at(dir.path(), exe, &args, Some(&listeners), false).unwrap();
-        assert!(msg.contains("wininetd.socket"), "{msg}");
-        let socket = std::fs::read_to_string(dir.path().join("wininetd.socket")).unwrap();
-        let listen: Vec<&str> = socket.lines().filter(|l| l.starts_with("Listen")).collect();
+        let files = [
+            "wininetd-echo.socket",
+            "wininetd-tcp-79.socket",
+            "wininetd-time\\x2dudp.socket",
+        ];
+        for f in files {
+            assert!(msg.contains(f), "{msg}");
+        }
+        let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
+        let echo = read(files[0]);
         assert_eq!(
-            listen,
-            [
-                "ListenStream=127.0.0.1:7007",
-                "ListenStream=[::]:7007",
-                "ListenDatagram=0.0.0.0:7013"
-            ]
+            values(&echo, "ListenStream"),
+            ["127.0.0.1:7007", "[::]:7007"]
         );
-        assert!(socket.contains("\nBindIPv6Only=ipv6-only\n"), "{socket}");
-        assert!(socket.contains("\nWantedBy=sockets.target\n"), "{socket}");
-        let service = std::fs::read_to_string(dir.path().join("wininetd.service")).unwrap();
-        assert!(
-            service.contains("\nRequires=wininetd.socket\n"),
-            "{service}"
+        assert_eq!(values(&echo, "FileDescriptorName"), ["echo"]);
+        assert_eq!(values(&echo, "Service"), ["wininetd.service"]);
+        assert_eq!(values(&echo, "BindIPv6Only"), ["ipv6-only"]);
+        assert_eq!(values(&echo, "WantedBy"), ["sockets.target"]);
+        let finger = read(files[1]);
+        assert_eq!(values(&finger, "ListenStream"), ["0.0.0.0:79"]);
+        assert_eq!(values(&finger, "FileDescriptorName"), ["tcp/79"]);
+        let time = read(files[2]);
+        assert_eq!(values(&time, "ListenDatagram"), ["0.0.0.0:7013"]);
+        assert!(values(&time, "ListenStream").is_empty(), "{time}");
+        assert_eq!(values(&time, "FileDescriptorName"), ["time-udp"]);
+
+        let service = read("wininetd.service");
+        let list = files.join(" ");
+        assert_eq!(values(&service, "Sockets"), [list.as_str()]);
+        assert_eq!(values(&service, "Requires"), [list.as_str()]);
+        assert_eq!(values(&service, "After"), ["network.target", list.as_str()]);
+        assert_eq!(
+            values(&service, "ExecStart"),
+            ["/usr/sbin/wininetd --cfgfile /etc/w.toml"]
         );
-        assert!(service.contains("\nAfter=wininetd.socket\n"), "{service}");
-        assert!(service.contains("\nExecStart=/usr/sbin/wininetd --cfgfile /etc/w.toml\n"));
+        let again = install_at(dir.path(), exe, &args, Some(&listeners), false).unwrap_err();
+        assert!(again.contains("already exists"), "{again}");
+
         let msg = remove_at(dir.path(), false).unwrap();
-        assert!(msg.contains("wininetd.socket"), "{msg}");
-        assert!(!dir.path().join("wininetd.socket").exists());
-        assert!(!dir.path().join("wininetd.service").exists());
+        for f in files {
+            assert!(msg.contains(f), "{msg}");
+        }
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn remove_deletes_the_single_socket_unit_of_earlier_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = Path::new("/usr/sbin/wininetd");
+        let old = "[Unit]\nRequires=wininetd.socket\n";
+        std::fs::write(dir.path().join("wininetd.service"), old).unwrap();
+        std::fs::write(dir.path().join("wininetd.socket"), "[Socket]\n").unwrap();
+        let busy = install_at(dir.path(), exe, &[], None, false).unwrap_err();
+        assert!(busy.contains("already exists"), "{busy}");
+        remove_at(dir.path(), false).unwrap();
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn unit_names_are_escaped_and_bad_fd_names_left_out() {
+        assert_eq!(socket_unit_name("a.b_c:d", 0), "wininetd-a.b_c:d.socket");
+        assert_eq!(
+            socket_unit_name(".x y@z", 0),
+            "wininetd-\\x2ex\\x20y\\x40z.socket"
+        );
+        assert_eq!(socket_unit_name(&"n".repeat(300), 4), "wininetd-4.socket");
+        for bad in ["a:b", "é", "50%", "", " lead", "tab\t"] {
+            let unit = socket_unit_text(bad, &[(Protocol::Tcp, "127.0.0.1:1".parse().unwrap())]);
+            assert!(values(&unit, "FileDescriptorName").is_empty(), "{unit}");
+            assert_eq!(values(&unit, "Service"), ["wininetd.service"]);
+        }
+        assert!(fd_name_is_valid("udp/37 time"));
     }
 
     /// The Debian package's units are what `--install --socket-activation`
-    /// would write for its config, so the two cannot drift apart.
+    /// would write for its config, so the two cannot drift apart. (The
+    /// packaged service does not require the sockets: they are shipped
+    /// disabled, and each names wininetd.service as its `Service=`.)
     #[test]
     fn the_packaged_units_are_what_install_writes() {
         let args = ["--cfgfile", "/etc/wininetd.toml"].map(String::from);
         assert_eq!(
             include_str!("../../../packaging/debian/wininetd.service"),
-            unit_text(Path::new("/usr/sbin/wininetd"), &args, false)
+            unit_text(Path::new("/usr/sbin/wininetd"), &args, &[])
         );
         let config = crate::config::parse(
             Path::new("wininetd.toml"),
@@ -375,12 +527,25 @@ mod tests {
         let listeners: Vec<_> = config
             .services
             .iter()
-            .flat_map(|s| s.addrs().map(move |a| (s.protocol, a)))
+            .flat_map(|s| s.addrs().map(move |a| (s.name.clone(), s.protocol, a)))
             .collect();
-        assert_eq!(
-            include_str!("../../../packaging/systemd/wininetd.socket"),
-            socket_unit_text(&listeners)
-        );
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/systemd");
+        let units = socket_units(&listeners);
+        let mut files: Vec<_> = std::fs::read_dir(&shipped)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        files.sort();
+        let mut want: Vec<_> = units.iter().map(|(f, _)| f.clone()).collect();
+        want.sort();
+        assert_eq!(files, want);
+        for (file, text) in units {
+            assert_eq!(
+                std::fs::read_to_string(shipped.join(&file)).unwrap(),
+                text,
+                "{file}"
+            );
+        }
     }
 
     #[test]
