@@ -206,7 +206,7 @@ fn service(out: &mut String, s: &Service) {
 }
 
 /// The shortest exact spelling of a rate: per second, minute or hour.
-fn rate(per_second: f64) -> String {
+pub(crate) fn rate(per_second: f64) -> String {
     for (unit, secs) in [("s", 1.0), ("m", 60.0), ("h", 3600.0)] {
         let n = per_second * secs;
         if (n - n.round()).abs() < 1e-6 && n.round() >= 1.0 {
