@@ -736,7 +736,8 @@ fn service(
     };
 
     // xinetd passes only what `passenv` names (nothing when it is empty).
-    let pass_env = get(attrs, "passenv").map(|a| {
+    // An internal service starts no program: nothing to pass.
+    let pass_env = get(attrs, "passenv").filter(|_| !internal).map(|a| {
         for v in a
             .values
             .iter()
@@ -937,6 +938,17 @@ mod tests {
             "x.conf:7",
             "passenv",
         );
+    }
+
+    #[test]
+    fn an_internal_service_takes_no_passenv_from_the_defaults() {
+        // It starts no program: a pass_env there is not written by convert
+        // and the extended format ignores it.
+        let (c, _) = ok(
+            "defaults\n{\n passenv = TZ\n}\nservice echo\n{\n type = INTERNAL\n socket_type = stream\n wait = no\n}\n",
+        );
+        assert_eq!(c.services[0].program, Program::Internal(Internal::Echo));
+        assert_eq!(c.services[0].pass_env, None);
     }
 
     #[test]
