@@ -59,6 +59,9 @@ echo "== cargo clippy (Linux)"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test (Linux)"
 logged linux cargo test --workspace --all-targets
+echo "== fuzz smoke: every parser target 30 s on its corpus (scripts/fuzz-smoke.sh)"
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
+scripts/fuzz-smoke.sh 30
 echo "== bench smoke (wininetd alone, small)"
 bench/run.sh --smoke
 echo "== Debian package: build, lintian, install, upgrade, purge (scripts/deb-test.sh)"

@@ -27,6 +27,75 @@ mod server;
 mod tls;
 mod udp_guard;
 
+/// What the fuzz targets (`fuzz/`) call: thin wrappers, so the parsers stay
+/// private to the crate. Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::path::Path;
+
+    use crate::config::{self, Config, ConfigErrors, Format, ServiceTable};
+    use crate::convert::Converted;
+
+    pub use crate::config::{CommandLine, Rate};
+    pub use crate::http_request::{MAX_HEAD, Parsed, Request};
+
+    /// A config file's bytes in `format`, as `--check` and a start read them.
+    pub fn parse(bytes: &[u8], format: Format) -> Result<Config, ConfigErrors> {
+        let name = match format {
+            Format::Classic => "fuzz.conf",
+            Format::Toml => "fuzz.toml",
+            Format::Inetd => "inetd.conf",
+        };
+        config::parse_as(Path::new(name), bytes, format, &ServiceTable::builtin())
+    }
+
+    /// An xinetd config's model; `include`s are refused (no files read).
+    pub fn parse_xinetd(bytes: &[u8]) -> Result<Config, ConfigErrors> {
+        config::parse_xinetd(
+            "xinetd.conf",
+            bytes,
+            &ServiceTable::builtin(),
+            &mut no_include,
+        )
+        .map(|(c, _)| c)
+    }
+
+    /// `wininetd convert` of an xinetd config, `include`s refused.
+    pub fn convert_xinetd(bytes: &[u8]) -> Result<Converted, ConfigErrors> {
+        crate::convert::convert(
+            "xinetd.conf",
+            bytes,
+            crate::cli::Source::Xinetd,
+            &ServiceTable::builtin(),
+            &mut no_include,
+        )
+    }
+
+    fn no_include(path: &str, _dir: bool) -> Result<Vec<(String, Vec<u8>)>, String> {
+        Err(format!("{path}: no includes while fuzzing"))
+    }
+
+    /// The extended format's text of a model (convert's renderer).
+    pub fn to_toml(config: &Config) -> String {
+        config::to_toml(config, &[])
+    }
+
+    /// How `to_toml` spells a rate.
+    pub fn rate_text(per_second: f64) -> String {
+        config::toml_out::rate(per_second)
+    }
+
+    /// The metrics endpoint's request-head reader.
+    pub fn http_parse(buf: &[u8]) -> Parsed<'_> {
+        crate::http_request::parse(buf)
+    }
+
+    /// The metrics endpoint's response to a parsed head.
+    pub fn http_respond(parsed: Parsed<'_>) -> Vec<u8> {
+        crate::http_request::respond(parsed, String::new)
+    }
+}
+
 use std::process::ExitCode;
 
 use clap::Parser;

@@ -212,6 +212,11 @@ fn parse_v2(buf: &[u8]) -> Parse {
     if buf.len() < V2_FIXED {
         return Parse::Incomplete;
     }
+    // ppp reads the addresses only for PROXY: a LOCAL header with a family
+    // or transport no sender writes would pass.
+    if !matches!(buf[13], 0x00 | 0x11 | 0x12 | 0x21 | 0x22 | 0x31 | 0x32) {
+        return invalid("v2 header with an unknown address family or transport");
+    }
     let total = V2_FIXED + usize::from(u16::from_be_bytes([buf[14], buf[15]]));
     if total > MAX_HEADER {
         return Parse::Invalid(Cow::Owned(format!(

@@ -67,6 +67,9 @@ fn parse_line(raw: &[u8]) -> Result<(u16, RunAs, String), String> {
             e.valid_up_to() + 1
         )
     })?;
+    if line.contains('\0') {
+        return Err("the line holds a NUL byte, which no command line or password can".into());
+    }
     let line = line.trim_end_matches(['\r', ' ', '\t']);
     let (port_text, rest) = line.split_once(is_blank).unwrap_or((line, ""));
     let port = parse_port(port_text)?;
@@ -79,7 +82,9 @@ fn parse_line(raw: &[u8]) -> Result<(u16, RunAs, String), String> {
     let (user_text, cmdline) = rest.split_once(is_blank).unwrap_or((rest, ""));
     let cmdline = cmdline.trim_start_matches(is_blank);
     let user = parse_user(user_text)?;
-    if cmdline.is_empty() {
+    // Blanks other than space and tab (a vertical tab, U+3000) name no
+    // program either.
+    if cmdline.trim().is_empty() {
         return Err(format!(
             "port {port} has no command line after the user field"
         ));
@@ -138,6 +143,26 @@ mod tests {
         match &s.program {
             Program::Command(CommandLine::Raw(c)) => c,
             other => panic!("expected a raw command line, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_nul_byte_in_a_service_line_is_refused() {
+        let e = parse_err(b"7000 none /bin/echo a\0b\n");
+        assert_eq!(e.0.len(), 1, "{e}");
+        assert!(e.0[0].message.contains("NUL"), "{e}");
+        assert_eq!(e.0[0].location, "test.conf:1");
+    }
+
+    #[test]
+    fn a_command_line_of_blanks_only_is_refused() {
+        for line in [
+            "7000 none \x0b\n",
+            "7000 none \u{3000}\n",
+            "7000 none \x0c \t\n",
+        ] {
+            let e = parse_err(line.as_bytes());
+            assert!(e.0[0].message.contains("no command line"), "{line:?}: {e}");
         }
     }
 

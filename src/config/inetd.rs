@@ -95,6 +95,14 @@ fn entries(bytes: &[u8], file: &str, errors: &mut Vec<ConfigError>) -> Vec<(usiz
             continue;
         };
         let line = line.split('#').next().unwrap_or("");
+        if line.contains('\0') {
+            errors.push(ConfigError {
+                location: format!("{file}:{}", index + 1),
+                message: "the line holds a NUL byte, which no field can".into(),
+            });
+            continuable = false;
+            continue;
+        }
         let words: Vec<String> = line.split_whitespace().map(str::to_string).collect();
         if words.is_empty() {
             continuable = false;
@@ -421,6 +429,13 @@ mod tests {
             Program::Command(CommandLine::Argv(v)) => v.clone(),
             other => panic!("not an argv: {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_nul_byte_in_an_entry_is_refused() {
+        error("echo stream tcp nowait root /bin/ca\0t cat\n", 1, "NUL");
+        // In a comment it is harmless.
+        ok("echo stream tcp nowait root /bin/cat cat # a\0b\n");
     }
 
     #[cfg(unix)]

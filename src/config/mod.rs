@@ -579,7 +579,7 @@ pub fn parse_partial(
     // The cross-line checks run even when some lines were bad: `--check`
     // reports every error in one pass.
     let had_errors = !errors.is_empty();
-    errors.extend(validate(&name, &config, had_errors));
+    errors.extend(validate(&name, &config, !had_errors));
     errors.sort_by_key(|e| line_of(&e.location));
     (Some(config), errors)
 }
@@ -649,7 +649,9 @@ pub fn load_partial(file: &Path, format: Option<Format>) -> (Option<Config>, Vec
 /// Checks that hold for both formats: distinct listeners and names, at
 /// least one service (unless `had_errors`: the bad lines were the services),
 /// command lines this platform can run.
-fn validate(file: &str, config: &Config, had_errors: bool) -> Vec<ConfigError> {
+/// The checks across services; `need_service`: a config serving nothing is
+/// an error (not for an xinetd config, which convert comments).
+pub(super) fn validate(file: &str, config: &Config, need_service: bool) -> Vec<ConfigError> {
     let mut errors = Vec::new();
     let mut seen_addr: std::collections::HashMap<(Protocol, SocketAddr), &str> =
         std::collections::HashMap::new();
@@ -719,7 +721,7 @@ fn validate(file: &str, config: &Config, had_errors: bool) -> Vec<ConfigError> {
             });
         }
     }
-    if !had_errors && errors.is_empty() && config.services.is_empty() {
+    if need_service && errors.is_empty() && config.services.is_empty() {
         errors.push(ConfigError {
             location: file.to_string(),
             message: "no service is configured".into(),

@@ -128,7 +128,13 @@ fn service(out: &mut String, s: &Service) {
     }
     key("bind", list(s.bind.iter().map(|ip| ip.to_string())));
     match &s.program {
-        Program::Internal(kind) => key("internal", quote(kind.as_str())),
+        Program::Internal(kind) => {
+            key("internal", quote(kind.as_str()));
+            // An internal service may run as a named account (no password).
+            if let RunAs::User { name, .. } = &s.user {
+                key("user", quote(name));
+            }
+        }
         Program::Command(cmd) => {
             if s.wait {
                 key("wait", "true".into());
@@ -200,7 +206,7 @@ fn service(out: &mut String, s: &Service) {
 }
 
 /// The shortest exact spelling of a rate: per second, minute or hour.
-fn rate(per_second: f64) -> String {
+pub(crate) fn rate(per_second: f64) -> String {
     for (unit, secs) in [("s", 1.0), ("m", 60.0), ("h", 3600.0)] {
         let n = per_second * secs;
         if (n - n.round()).abs() < 1e-6 && n.round() >= 1.0 {
@@ -238,6 +244,16 @@ mod tests {
             };
             assert_eq!(*x, y, "{toml}");
         }
+    }
+
+    #[test]
+    fn an_internal_service_keeps_its_user() {
+        // The extended format runs an internal service as a named account
+        // (checked when applied); the output must not drop it.
+        round_trip(
+            "d.toml",
+            "[[service]]\nport = 7013\ninternal = \"daytime\"\nuser = \"nobody\"\n",
+        );
     }
 
     #[test]

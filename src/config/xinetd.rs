@@ -213,14 +213,18 @@ pub fn parse(
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
-    Ok((
-        Config {
-            globals: Globals::default(),
-            services,
-            warnings,
-        },
-        notes,
-    ))
+    let config = Config {
+        globals: Globals::default(),
+        services,
+        warnings,
+    };
+    // The rules across services a loaded config obeys (one service per
+    // port...), said at the xinetd lines, not at convert's output.
+    let errors = super::validate(file, &config, false);
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    Ok((config, notes))
 }
 
 impl Op {
@@ -276,6 +280,14 @@ fn read_file(
         let line_no = index + 1;
         let line = raw.trim();
         if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if line.contains('\0') {
+            err(
+                errors,
+                line_no,
+                "the line holds a NUL byte, which no value can".into(),
+            );
             continue;
         }
         if let Some(block) = &mut open {
@@ -373,6 +385,9 @@ fn header(line: &str, line_no: usize) -> Result<Option<(Option<String>, usize)>,
     let words: Vec<&str> = line.split_whitespace().collect();
     match words.as_slice() {
         ["defaults"] => Ok(Some((None, line_no))),
+        ["service", name] if name.contains(char::is_control) => Err(format!(
+            "service name {name:?} holds a control character (it is shown in logs)"
+        )),
         ["service", name] => Ok(Some((Some(name.to_string()), line_no))),
         ["service"] => Err("`service` needs a name".into()),
         _ => Ok(None),
@@ -618,6 +633,12 @@ fn service(
     };
 
     let id = first(attrs, "id").unwrap_or(name).to_string();
+    if id.contains(char::is_control) {
+        fail(
+            get(attrs, "id"),
+            format!("id {id:?} holds a control character (it is shown in logs)"),
+        );
+    }
 
     let bind_addr = match first(attrs, "bind").or(first(attrs, "interface")) {
         Some(text) => match text.parse::<IpAddr>() {
@@ -715,8 +736,21 @@ fn service(
     };
 
     // xinetd passes only what `passenv` names (nothing when it is empty).
-    let pass_env = get(attrs, "passenv").map(|a| a.values.clone());
-    let env = get(attrs, "env")
+    // An internal service starts no program: nothing to pass.
+    let pass_env = get(attrs, "passenv").filter(|_| !internal).map(|a| {
+        for v in a
+            .values
+            .iter()
+            .filter(|v| super::pass_env_error(v).is_some())
+        {
+            fail(
+                Some(a),
+                format!("passenv {v:?} is not a variable name (no `=` or NUL)"),
+            );
+        }
+        a.values.clone()
+    });
+    let mut env: Vec<(String, String)> = get(attrs, "env")
         .map(|a| {
             a.values
                 .iter()
@@ -730,6 +764,11 @@ fn service(
                 .collect()
         })
         .unwrap_or_default();
+    // A name given twice: the last value wins (and TOML allows one key).
+    let mut seen = HashSet::new();
+    env.reverse();
+    env.retain(|(k, _)| seen.insert(k.clone()));
+    env.reverse();
 
     let (program, user, group, argv0) = if internal {
         let Some(kind) = Internal::parse(name) else {
@@ -857,6 +896,73 @@ mod tests {
             Program::Command(CommandLine::Argv(v)) => v.clone(),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_nul_byte_in_a_line_is_refused() {
+        error(
+            "service echo\n{\n socket_type = stream\n wait = no\n user = root\n server = /bin/ca\0t\n}\n",
+            "x.conf:6",
+            "NUL",
+        );
+    }
+
+    #[test]
+    fn control_characters_in_a_service_name_or_id_are_refused() {
+        error(
+            "service ec\x01ho\n{\n socket_type = stream\n wait = no\n user = root\n server = /bin/cat\n port = 7\n}\n",
+            "x.conf:1",
+            "control character",
+        );
+        error(
+            "service echo\n{\n id = a\x1bb\n socket_type = stream\n wait = no\n user = root\n server = /bin/cat\n}\n",
+            "x.conf:3",
+            "control character",
+        );
+    }
+
+    #[test]
+    fn two_services_on_one_port_are_refused_where_the_second_is() {
+        error(
+            "service a\n{\n socket_type = stream\n wait = no\n user = root\n server = /bin/cat\n port = 7000\n}\n\
+             service b\n{\n socket_type = stream\n wait = no\n user = root\n server = /bin/cat\n port = 7000\n}\n",
+            "x.conf:9",
+            "already configured",
+        );
+    }
+
+    #[test]
+    fn a_passenv_entry_no_loaded_config_takes_is_refused_at_its_line() {
+        error(
+            "service echo\n{\n socket_type = stream\n wait = no\n user = root\n server = /bin/cat\n passenv = TZ A=B\n}\n",
+            "x.conf:7",
+            "passenv",
+        );
+    }
+
+    #[test]
+    fn an_internal_service_takes_no_passenv_from_the_defaults() {
+        // It starts no program: a pass_env there is not written by convert
+        // and the extended format ignores it.
+        let (c, _) = ok(
+            "defaults\n{\n passenv = TZ\n}\nservice echo\n{\n type = INTERNAL\n socket_type = stream\n wait = no\n}\n",
+        );
+        assert_eq!(c.services[0].program, Program::Internal(Internal::Echo));
+        assert_eq!(c.services[0].pass_env, None);
+    }
+
+    #[test]
+    fn a_variable_set_twice_in_env_keeps_the_last_value() {
+        let (c, _) = ok(
+            "service echo\n{\n socket_type = stream\n wait = no\n user = root\n server = /bin/cat\n env = A=1 B=2 A=3\n}\n",
+        );
+        assert_eq!(
+            c.services[0].env,
+            vec![
+                ("B".to_string(), "2".to_string()),
+                ("A".to_string(), "3".to_string())
+            ]
+        );
     }
 
     #[test]

@@ -218,6 +218,14 @@ fn v2_local_unspec_udp_and_unix_use_the_socket_endpoints() {
 
 #[test]
 fn v2_malformed_forms_are_refused() {
+    // An unknown family or transport, with LOCAL too (its addresses are
+    // ignored, but a family no sender writes is no header).
+    for fam in [0x01, 0x02, 0x10, 0x20, 0x30, 0x41, 0x13, 0x04, 0xff] {
+        for cmd in [0x20, 0x21] {
+            assert_invalid(&v2(cmd, fam, &[], &[]), V2);
+            assert_invalid(&v2(cmd, fam, &[0; 216], &[]), V2);
+        }
+    }
     let block = v4_block();
     // Version 1 or 3, commands 2..15.
     assert_invalid(&v2(0x11, 0x11, &block, &[]), V2);
