@@ -12,9 +12,7 @@ use std::time::Instant;
 use nix::unistd::{Uid, User};
 
 use super::signals::{Signals, block_taken};
-use super::spawn::{
-    Request, note_dispositions, prepare, raise_nofile, spawn, start_error,
-};
+use super::spawn::{Request, note_dispositions, prepare, raise_nofile, spawn, start_error};
 use crate::config::StderrMode;
 use crate::os::{ChildStdio, Exit, LaunchError, LaunchSpec, Launched};
 
