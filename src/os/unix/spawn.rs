@@ -626,9 +626,11 @@ mod clone {
     /// Room for the control message of three descriptors.
     type Cmsg = [u64; 8];
 
-    /// Sends `fds` on `sock`; first drops what a child that died before
-    /// receiving left there (bounded: one message per earlier child).
-    fn send_fds(sock: c_int, recv: c_int, fds: [c_int; 3]) -> io::Result<()> {
+    /// Takes back and closes what waits on a slot's channel: descriptors
+    /// no child received (it died first, or was never started). While they
+    /// wait there they hold the connection open (bounded: one message per
+    /// earlier child).
+    fn drain_channel(recv: c_int) {
         for _ in 0..64 {
             let mut got = [-1; 3];
             // SAFETY: a non-blocking receive into our buffers.
@@ -641,6 +643,12 @@ mod clone {
                 unsafe { libc::close(fd) };
             }
         }
+    }
+
+    /// Sends `fds` on `sock`; first drops what a child that died before
+    /// receiving left there.
+    fn send_fds(sock: c_int, recv: c_int, fds: [c_int; 3]) -> io::Result<()> {
+        drain_channel(recv);
         let mut byte = [0u8; 1];
         let mut iov = libc::iovec {
             iov_base: byte.as_mut_ptr().cast(),
@@ -969,8 +977,14 @@ mod clone {
             slot.busy.store(0, Ordering::Relaxed);
         }
         if pid < 0 {
+            let err = io::Error::last_os_error();
             slot.busy.store(0, Ordering::Relaxed);
-            return Err(io::Error::last_os_error());
+            // No child will take the descriptors sent for it: left on the
+            // channel they would keep the refused connection open.
+            if slot.plan.chan >= 0 {
+                drain_channel(slot.plan.chan);
+            }
+            return Err(err);
         }
         slot.pid = pid;
         if private {
