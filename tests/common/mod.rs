@@ -6,6 +6,7 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub use nix::sys::signal::Signal;
@@ -14,32 +15,49 @@ use nix::unistd::Pid;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_wininetd");
 
-/// A port that was free a moment ago (the OS picks it).
+/// The next port to try: below the kernel's ephemeral range (32768 and up
+/// on Linux), which every client connection and `bind(":0")` draws from. A
+/// port taken from there was, in CI, some other test's client port by the
+/// time the daemon bound it, and the daemon did not start. Each test
+/// binary starts at its own offset (its pid), then counts up.
+fn candidate_port() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    (LOW + (std::process::id() * 97 + n) % SPAN) as u16
+}
+
+/// Whether nothing holds `port` on any address, for TCP (and UDP).
+fn port_is_free(port: u16, udp: bool) -> bool {
+    let tcp = TcpListener::bind(("0.0.0.0", port)).is_ok()
+        && TcpListener::bind(("::", port))
+            .map_or_else(|e| e.kind() != std::io::ErrorKind::AddrInUse, |_| true);
+    tcp && (!udp || UdpSocket::bind(("0.0.0.0", port)).is_ok())
+}
+
+/// A port that was free a moment ago on every address, outside the range
+/// the OS hands out by itself.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    for _ in 0..2000 {
+        let port = candidate_port();
+        if port_is_free(port, false) {
+            return port;
+        }
+    }
+    panic!("no free port below the ephemeral range");
 }
 
 /// `n` distinct free ports.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
+    (0..n).map(|_| free_port()).collect()
 }
 
-/// A port free for both TCP and UDP on 127.0.0.1 a moment ago.
+/// A port free for both TCP and UDP a moment ago.
 pub fn free_port_tcp_udp() -> u16 {
-    for _ in 0..50 {
-        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+    for _ in 0..2000 {
+        let port = candidate_port();
+        if port_is_free(port, true) {
             return port;
         }
     }
