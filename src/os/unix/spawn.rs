@@ -15,7 +15,9 @@
 //! `CLOSE_RANGE_UNSHARE`), then receives its three over its slot's socket:
 //! copying the table, and closing every copied connection again at exec,
 //! would cost each spawn time in proportion to the connections the daemon
-//! holds (a slowloris' thousands). Other Unix systems (and other
+//! holds (a slowloris' thousands). Until the table has grown past a
+//! hundred-odd descriptors it is copied instead: that is cheaper than the
+//! send and receive. Other Unix systems (and other
 //! architectures) use `std::process::Command` to fork, and the same child
 //! setup and PATH search as the clone path.
 
@@ -450,6 +452,21 @@ mod clone {
     /// before it adds a slot anyway (a child stopped before its exec must
     /// not stall the daemon).
     const SLOT_WAIT: Duration = Duration::from_millis(10);
+
+    /// The highest descriptor a child was given: the daemon's table has
+    /// been at least this large (a table never shrinks).
+    static HIGHEST_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+    /// From this size on, a child shares the table rather than copy it.
+    const SHARE_FROM_FD: c_int = 128;
+
+    /// Whether a child given descriptors up to `high` shares the table and
+    /// takes its three over the channel: once the table has ever grown to
+    /// [`SHARE_FROM_FD`]. Below, copying the table at clone costs less
+    /// than sending three descriptors and receiving them.
+    fn share_table(highest: &std::sync::atomic::AtomicI32, high: c_int) -> bool {
+        highest.fetch_max(high, Ordering::Relaxed).max(high) >= SHARE_FROM_FD
+    }
 
     /// What the child reads: raw pointers into its slot, which the parent
     /// leaves alone until the child has exec'd or exited (or, without
@@ -923,8 +940,16 @@ mod clone {
             chan: -1,
         };
         // A child sharing our memory shares our descriptor table too, and
-        // gets its three over the channel (see the module's doc).
+        // gets its three over the channel (see the module's doc), once the
+        // table has grown: a small one is cheaper to copy than to send.
+        let high = req
+            .stdio
+            .iter()
+            .map(|fd| fd.as_raw_fd())
+            .max()
+            .unwrap_or(-1);
         if !private
+            && share_table(&HIGHEST_FD, high)
             && let Some(recv) = channel(slot)
             && let Some((send, _)) = &slot.chan
             && send_fds(send.as_raw_fd(), recv, slot.plan.fds).is_ok()
@@ -1171,6 +1196,19 @@ mod clone {
 
         fn view(free: bool, stuck: bool, seq: u64) -> View {
             View { free, stuck, seq }
+        }
+
+        #[test]
+        fn a_small_table_is_copied_and_once_grown_it_is_shared_for_good() {
+            let highest = std::sync::atomic::AtomicI32::new(-1);
+            assert!(!share_table(&highest, 5), "a table of a few is copied");
+            assert!(!share_table(&highest, SHARE_FROM_FD - 1));
+            assert!(
+                share_table(&highest, SHARE_FROM_FD),
+                "a grown table is shared"
+            );
+            // The table does not shrink when its high descriptors close.
+            assert!(share_table(&highest, 5), "still shared after a crowd");
         }
 
         #[test]
