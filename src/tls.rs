@@ -315,7 +315,10 @@ impl Terminator {
         // No queue: a handshake waits for its client only, never for other
         // handshakes, so silent clients cannot hold back a real one. What
         // bounds them is admission (each holds its slot) and this deadline.
-        let work = self.acceptor.accept(stream);
+        let work = async {
+            first_record_in(&stream).await;
+            self.acceptor.accept(stream).await
+        };
         match tokio::time::timeout(self.handshake_timeout, work).await {
             Err(_) => Err(HandshakeFailure {
                 class: "timed out",
@@ -331,6 +334,48 @@ impl Terminator {
             }
         }
     }
+}
+
+/// A TLS record's header: content type, version, length.
+const RECORD_HEADER: usize = 5;
+
+/// The longest plaintext record (RFC 8446, 5.1).
+const MAX_PLAINTEXT: usize = 16384;
+
+/// Returns once the client's first record is all in, or what came is not
+/// a handshake record (then the handshake says why at once). With
+/// SO_RCVLOWAT a client trickling its hello a byte at a time (a slowloris)
+/// wakes us twice, not once a byte, before the deadline cuts it.
+async fn first_record_in(stream: &TcpStream) {
+    use crate::os::{WAKE_AFTER_WORKS, wake_after};
+    if !WAKE_AFTER_WORKS || wake_after(stream, RECORD_HEADER).is_err() {
+        return;
+    }
+    let mut head = [0u8; RECORD_HEADER];
+    let whole = match stream.peek(&mut head).await {
+        // 22: handshake; major version 3 (SSL 3.0 to TLS 1.3).
+        Ok(RECORD_HEADER) if head[0] == 22 && head[1] == 3 => {
+            usize::from(u16::from_be_bytes([head[3], head[4]]))
+        }
+        _ => 0,
+    };
+    // Longer than a plaintext record may be: refused as soon as read.
+    let whole = if whole <= MAX_PLAINTEXT {
+        RECORD_HEADER + whole
+    } else {
+        0
+    };
+    if whole > RECORD_HEADER {
+        // Forget the readiness the header brought, then raise the mark:
+        // the kernel signals at once if the record is already in.
+        let _ = stream.try_io(tokio::io::Interest::READABLE, || {
+            Err::<(), _>(io::ErrorKind::WouldBlock.into())
+        });
+        if wake_after(stream, whole).is_ok() {
+            let _ = stream.readable().await;
+        }
+    }
+    let _ = wake_after(stream, 1);
 }
 
 /// Whether the session was resumed (a ticket or a session ID), not new.

@@ -676,6 +676,41 @@ fn a_silent_client_is_dropped_after_the_handshake_timeout_while_others_are_serve
     assert_eq!(d.started(), 3, "no program for the silent client");
 }
 
+/// A client trickling its hello does not wake the daemon for each byte:
+/// nothing is read before its first record is all in, so at the deadline
+/// its bytes are still unread and the close is a reset (Linux). Before,
+/// the handshake read each byte as it came and the close was a FIN.
+#[test]
+fn a_trickling_client_is_not_read_before_its_first_record_is_in() {
+    use std::io::{ErrorKind, Read, Write};
+    let pki = Pki::new();
+    let port = free_port();
+    let d = Daemon::start(
+        "w.toml",
+        &config(
+            port,
+            r#"["/bin/cat"]"#,
+            &pki.tls_table("handshake_timeout = 1\n"),
+        ),
+        &[],
+    );
+    let mut s = connect(port);
+    s.set_nodelay(true).unwrap();
+    // A handshake record that announces 200 bytes, and the first of them.
+    for b in [22u8, 3, 1, 0, 200, 1, 0, 0, 196, 3] {
+        s.write_all(&[b]).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut buf = [0u8; 16];
+    let r = s.read(&mut buf);
+    assert!(
+        matches!(&r, Err(e) if e.kind() == ErrorKind::ConnectionReset),
+        "expected a reset (the bytes left unread), got {r:?}"
+    );
+    d.wait_log("TLS handshake failed (timed out)", Duration::from_secs(10));
+    assert_eq!(d.started(), 0);
+}
+
 #[test]
 fn a_thousand_concurrent_handshakes_all_succeed() {
     let pki = Pki::new();

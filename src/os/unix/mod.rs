@@ -44,6 +44,9 @@ pub fn new_socket(domain: socket2::Domain, ty: socket2::Type) -> std::io::Result
     Ok(sock)
 }
 
+/// Whether [`wake_after`] holds readiness back (here it does).
+pub const WAKE_AFTER_WORKS: bool = true;
+
 /// Readable (for poll, epoll) only once `bytes` are in, or at the end:
 /// SO_RCVLOWAT, so a peer trickling bytes does not wake us for each.
 pub fn wake_after<S: std::os::fd::AsFd>(sock: &S, bytes: usize) -> std::io::Result<()> {

@@ -32,6 +32,9 @@ pub use template::ExecTemplate;
 /// Nothing to do: the Windows heap decommits large free blocks itself.
 pub fn release_free_memory() {}
 
+/// Whether [`wake_after`] holds readiness back: not here.
+pub const WAKE_AFTER_WORKS: bool = false;
+
 /// Windows cannot set SO_RCVLOWAT: a trickling peer wakes us per segment.
 pub fn wake_after<S: std::os::windows::io::AsSocket>(
     _sock: &S,
