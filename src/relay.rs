@@ -102,74 +102,82 @@ pub struct Relayed {
 /// other systems (Windows named pipes) and streams that are not plain
 /// sockets (a TLS session: each write is flushed, so a record never waits
 /// in rustls for the next one).
-pub async fn relay<C, W, R>(
+///
+/// The stream is split before the future is made: an async fn would keep
+/// room for `client` (a TLS session is large) in its future for as long
+/// as the session lasts.
+pub fn relay<C, W, R>(
     client: C,
     mut to_program: W,
     mut from_program: R,
     program_exited: impl Future<Output = ()>,
     idle: Option<Duration>,
     tally: &Tally,
-) -> io::Result<Relayed>
+) -> impl Future<Output = io::Result<Relayed>>
 where
     C: AsyncRead + AsyncWrite,
     W: AsyncWrite + Unpin,
     R: AsyncRead + Unpin,
 {
     let (mut client_rx, mut client_tx) = tokio::io::split(client);
-    let mut truncated = false;
-    let upstream = async {
-        let mut buf = None;
-        let mut total = 0u64;
-        loop {
-            let n = match with_idle(idle, read_some(&mut client_rx, &mut buf)).await {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                    truncated = true;
-                    0
+    async move {
+        let mut truncated = false;
+        let relayed = {
+            let upstream = std::pin::pin!(async {
+                let mut buf = None;
+                let mut total = 0u64;
+                loop {
+                    let n = match with_idle(idle, read_some(&mut client_rx, &mut buf)).await {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                            truncated = true;
+                            0
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    if n == 0 {
+                        break;
+                    }
+                    let bytes = buf.as_deref().unwrap_or_default();
+                    if to_program.write_all(bytes).await.is_err() {
+                        // The program no longer reads its input; that is its right.
+                        break;
+                    }
+                    total += n as u64;
+                    tally.to_program.fetch_add(n as u64, Ordering::Relaxed);
                 }
-                Err(e) => return Err(e),
-            };
-            if n == 0 {
-                break;
-            }
-            let bytes = buf.as_deref().unwrap_or_default();
-            if to_program.write_all(bytes).await.is_err() {
-                // The program no longer reads its input; that is its right.
-                break;
-            }
-            total += n as u64;
-            tally.to_program.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        // Dropping our end closes the program's stdin.
-        let _ = to_program.shutdown().await;
-        drop(to_program);
-        io::Result::Ok(total)
-    };
-    let downstream = async {
-        let mut buf = None;
-        let mut total = 0u64;
-        loop {
-            let n = read_some(&mut from_program, &mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            let bytes = buf.as_deref().unwrap_or_default();
-            with_idle(idle, async {
-                client_tx.write_all(bytes).await?;
-                client_tx.flush().await
-            })
-            .await?;
-            total += n as u64;
-            tally.to_client.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        client_tx.shutdown().await?;
-        io::Result::Ok(total)
-    };
-    let relayed = drive(upstream, downstream, program_exited).await?;
-    Ok(Relayed {
-        truncated,
-        ..relayed
-    })
+                // Dropping our end closes the program's stdin.
+                let _ = to_program.shutdown().await;
+                drop(to_program);
+                io::Result::Ok(total)
+            });
+            let downstream = std::pin::pin!(async {
+                let mut buf = None;
+                let mut total = 0u64;
+                loop {
+                    let n = read_some(&mut from_program, &mut buf).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    let bytes = buf.as_deref().unwrap_or_default();
+                    with_idle(idle, async {
+                        client_tx.write_all(bytes).await?;
+                        client_tx.flush().await
+                    })
+                    .await?;
+                    total += n as u64;
+                    tally.to_client.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                client_tx.shutdown().await?;
+                io::Result::Ok(total)
+            });
+            drive(upstream, downstream, program_exited).await?
+        };
+        Ok(Relayed {
+            truncated,
+            ..relayed
+        })
+    }
 }
 
 /// Reads what `src` has into `buf`, which exists only while bytes come:
@@ -216,7 +224,7 @@ pub async fn relay_tcp(
 ) -> io::Result<Relayed> {
     #[cfg(target_os = "linux")]
     {
-        let upstream = async {
+        let upstream = std::pin::pin!(async {
             let n = splice::copy(
                 &client,
                 &to_program,
@@ -227,8 +235,8 @@ pub async fn relay_tcp(
             .await;
             drop(to_program); // closes the program's stdin
             n
-        };
-        let downstream = async {
+        });
+        let downstream = std::pin::pin!(async {
             let n = splice::copy(
                 &from_program,
                 &client,
@@ -239,7 +247,7 @@ pub async fn relay_tcp(
             .await?;
             socket2::SockRef::from(&client).shutdown(std::net::Shutdown::Write)?;
             Ok(n)
-        };
+        });
         drive(upstream, downstream, program_exited).await
     }
     #[cfg(not(target_os = "linux"))]
@@ -256,12 +264,15 @@ pub async fn relay_tcp(
 
 /// Runs both directions until output is finished and the input side has no
 /// reader left (the client half-closed, or the program exited).
+///
+/// The directions come pinned where they were made: moved in, each would
+/// take its room twice in a session's future.
 async fn drive(
-    upstream: impl Future<Output = io::Result<u64>>,
-    downstream: impl Future<Output = io::Result<u64>>,
+    mut upstream: Pin<&mut impl Future<Output = io::Result<u64>>>,
+    mut downstream: Pin<&mut impl Future<Output = io::Result<u64>>>,
     program_exited: impl Future<Output = ()>,
 ) -> io::Result<Relayed> {
-    tokio::pin!(upstream, downstream, program_exited);
+    tokio::pin!(program_exited);
     let mut up_total = None;
     let mut exited = false;
     let mut down_total = None;
