@@ -6,13 +6,14 @@
 
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-#[cfg_attr(target_os = "linux", allow(dead_code))] // Linux splices TCP
 const BUF_SIZE: usize = 32 * 1024;
 
 /// The kernel memory that widened relay pipes may hold, all sessions
@@ -101,78 +102,113 @@ pub struct Relayed {
 /// other systems (Windows named pipes) and streams that are not plain
 /// sockets (a TLS session: each write is flushed, so a record never waits
 /// in rustls for the next one).
-pub async fn relay<C, W, R>(
+///
+/// The stream is split before the future is made: an async fn would keep
+/// room for `client` (a TLS session is large) in its future for as long
+/// as the session lasts.
+pub fn relay<C, W, R>(
     client: C,
     mut to_program: W,
     mut from_program: R,
     program_exited: impl Future<Output = ()>,
     idle: Option<Duration>,
     tally: &Tally,
-) -> io::Result<Relayed>
+) -> impl Future<Output = io::Result<Relayed>>
 where
     C: AsyncRead + AsyncWrite,
     W: AsyncWrite + Unpin,
     R: AsyncRead + Unpin,
 {
     let (mut client_rx, mut client_tx) = tokio::io::split(client);
-    let mut truncated = false;
-    let upstream = async {
-        // Filled by read_buf, never zeroed: an idle session's buffer pages
-        // are never touched, so they cost no resident memory.
-        let mut buf = Vec::with_capacity(BUF_SIZE);
-        let mut total = 0u64;
-        loop {
-            buf.clear();
-            let n = match with_idle(idle, client_rx.read_buf(&mut buf)).await {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                    truncated = true;
-                    0
+    async move {
+        let mut truncated = false;
+        let relayed = {
+            let upstream = std::pin::pin!(async {
+                let mut buf = None;
+                let mut total = 0u64;
+                loop {
+                    let n = match with_idle(idle, read_some(&mut client_rx, &mut buf)).await {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                            truncated = true;
+                            0
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    if n == 0 {
+                        break;
+                    }
+                    let bytes = buf.as_deref().unwrap_or_default();
+                    if to_program.write_all(bytes).await.is_err() {
+                        // The program no longer reads its input; that is its right.
+                        break;
+                    }
+                    total += n as u64;
+                    tally.to_program.fetch_add(n as u64, Ordering::Relaxed);
                 }
-                Err(e) => return Err(e),
-            };
-            if n == 0 {
-                break;
+                // Dropping our end closes the program's stdin.
+                let _ = to_program.shutdown().await;
+                drop(to_program);
+                io::Result::Ok(total)
+            });
+            let downstream = std::pin::pin!(async {
+                let mut buf = None;
+                let mut total = 0u64;
+                loop {
+                    let n = read_some(&mut from_program, &mut buf).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    let bytes = buf.as_deref().unwrap_or_default();
+                    with_idle(idle, async {
+                        client_tx.write_all(bytes).await?;
+                        client_tx.flush().await
+                    })
+                    .await?;
+                    total += n as u64;
+                    tally.to_client.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                client_tx.shutdown().await?;
+                io::Result::Ok(total)
+            });
+            drive(upstream, downstream, program_exited).await?
+        };
+        Ok(Relayed {
+            truncated,
+            ..relayed
+        })
+    }
+}
+
+/// Reads what `src` has into `buf`, which exists only while bytes come:
+/// it is made for a read and dropped when the read has to wait, so an idle
+/// session holds no buffer (a held TLS session kept two, resident where
+/// written, for as long as it lasted). The count; 0 at the end.
+async fn read_some<R: AsyncRead + Unpin>(
+    src: &mut R,
+    buf: &mut Option<Vec<u8>>,
+) -> io::Result<usize> {
+    std::future::poll_fn(|cx| {
+        let vec = buf.get_or_insert_with(|| Vec::with_capacity(BUF_SIZE));
+        vec.clear();
+        let mut read = ReadBuf::uninit(vec.spare_capacity_mut());
+        match Pin::new(&mut *src).poll_read(cx, &mut read) {
+            Poll::Pending => {
+                *buf = None;
+                Poll::Pending
             }
-            if to_program.write_all(&buf[..n]).await.is_err() {
-                // The program no longer reads its input; that is its right.
-                break;
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Ready(Ok(())) => {
+                let n = read.filled().len();
+                assert_eq!(read.filled().as_ptr(), vec.as_ptr());
+                // SAFETY: poll_read initialized the first `n` bytes of the
+                // spare capacity (ReadBuf::filled, the same memory: checked).
+                unsafe { vec.set_len(n) };
+                Poll::Ready(Ok(n))
             }
-            total += n as u64;
-            tally.to_program.fetch_add(n as u64, Ordering::Relaxed);
         }
-        // Dropping our end closes the program's stdin.
-        let _ = to_program.shutdown().await;
-        drop(to_program);
-        io::Result::Ok(total)
-    };
-    let downstream = async {
-        // Filled by read_buf, never zeroed: an idle session's buffer pages
-        // are never touched, so they cost no resident memory.
-        let mut buf = Vec::with_capacity(BUF_SIZE);
-        let mut total = 0u64;
-        loop {
-            buf.clear();
-            let n = from_program.read_buf(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            with_idle(idle, async {
-                client_tx.write_all(&buf[..n]).await?;
-                client_tx.flush().await
-            })
-            .await?;
-            total += n as u64;
-            tally.to_client.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        client_tx.shutdown().await?;
-        io::Result::Ok(total)
-    };
-    let relayed = drive(upstream, downstream, program_exited).await?;
-    Ok(Relayed {
-        truncated,
-        ..relayed
     })
+    .await
 }
 
 /// The relay for a plain TCP client and the program's own pipes. On Linux
@@ -188,7 +224,7 @@ pub async fn relay_tcp(
 ) -> io::Result<Relayed> {
     #[cfg(target_os = "linux")]
     {
-        let upstream = async {
+        let upstream = std::pin::pin!(async {
             let n = splice::copy(
                 &client,
                 &to_program,
@@ -199,8 +235,8 @@ pub async fn relay_tcp(
             .await;
             drop(to_program); // closes the program's stdin
             n
-        };
-        let downstream = async {
+        });
+        let downstream = std::pin::pin!(async {
             let n = splice::copy(
                 &from_program,
                 &client,
@@ -211,7 +247,7 @@ pub async fn relay_tcp(
             .await?;
             socket2::SockRef::from(&client).shutdown(std::net::Shutdown::Write)?;
             Ok(n)
-        };
+        });
         drive(upstream, downstream, program_exited).await
     }
     #[cfg(not(target_os = "linux"))]
@@ -228,12 +264,15 @@ pub async fn relay_tcp(
 
 /// Runs both directions until output is finished and the input side has no
 /// reader left (the client half-closed, or the program exited).
+///
+/// The directions come pinned where they were made: moved in, each would
+/// take its room twice in a session's future.
 async fn drive(
-    upstream: impl Future<Output = io::Result<u64>>,
-    downstream: impl Future<Output = io::Result<u64>>,
+    mut upstream: Pin<&mut impl Future<Output = io::Result<u64>>>,
+    mut downstream: Pin<&mut impl Future<Output = io::Result<u64>>>,
     program_exited: impl Future<Output = ()>,
 ) -> io::Result<Relayed> {
-    tokio::pin!(upstream, downstream, program_exited);
+    tokio::pin!(program_exited);
     let mut up_total = None;
     let mut exited = false;
     let mut down_total = None;
@@ -427,7 +466,7 @@ pub async fn with_idle<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::duplex;
+    use tokio::io::{AsyncReadExt, duplex};
 
     #[tokio::test]
     async fn bytes_and_half_close_pass_both_ways() {
@@ -514,6 +553,28 @@ mod tests {
         assert!(got.is_empty(), "the program's stdin is closed");
         let err = task.await.unwrap().unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test]
+    async fn a_read_that_waits_holds_no_buffer() {
+        let (mut tx, mut rx) = duplex(64);
+        let mut buf = None;
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        {
+            let read = std::pin::pin!(read_some(&mut rx, &mut buf));
+            assert!(read.poll(&mut cx).is_pending());
+        }
+        assert!(buf.is_none(), "an idle read keeps no buffer");
+        tx.write_all(b"hello").await.unwrap();
+        assert_eq!(read_some(&mut rx, &mut buf).await.unwrap(), 5);
+        assert_eq!(buf.as_deref(), Some(&b"hello"[..]));
+        {
+            let read = std::pin::pin!(read_some(&mut rx, &mut buf));
+            assert!(read.poll(&mut cx).is_pending());
+        }
+        assert!(buf.is_none(), "the buffer goes once the bytes are read");
+        drop(tx);
+        assert_eq!(read_some(&mut rx, &mut buf).await.unwrap(), 0, "EOF");
     }
 
     #[test]

@@ -547,7 +547,10 @@ fn hand_off_tls(
         let stdio = ChildStdio::Pipes {
             wide: grant.is_some(),
         };
-        let Some(launched) = launch(&ctx, &active, &env, stdio, (peer, via), lease, logon) else {
+        let launched = launch(&ctx, &active, &env, stdio, (peer, via), lease, logon);
+        // Not kept for the session's life (a dozen strings per session).
+        drop(env);
+        let Some(launched) = launched else {
             return;
         };
         let Some((to_program, from_program)) = launched.pipes else {
