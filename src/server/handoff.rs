@@ -107,7 +107,8 @@ pub(super) fn connection_env(
     peer: Option<SocketAddr>,
     local: Option<SocketAddr>,
 ) -> Vec<(String, String)> {
-    let mut env = Vec::with_capacity(9);
+    // Room for a PROXY header's variables too: no regrowth per connection.
+    let mut env = Vec::with_capacity(16);
     env.push((
         "PROTO".into(),
         match protocol {
