@@ -27,6 +27,7 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::LogFormat;
+use crate::text::{write_addr, write_padded, write_u64};
 
 static JSON: AtomicBool = AtomicBool::new(false);
 
@@ -193,44 +194,6 @@ fn write_ended(buf: &mut Vec<u8>, e: &Ended<'_>) {
         write_u64(buf, to_program);
         buf.extend_from_slice(b" bytes_out=");
         write_u64(buf, to_client);
-    }
-}
-
-/// `n` in decimal.
-fn write_u64(buf: &mut Vec<u8>, n: u64) {
-    write_padded(buf, n, 1);
-}
-
-/// `n` in decimal, at least `width` (≤ 20) digits: zeros before.
-fn write_padded(buf: &mut Vec<u8>, mut n: u64, width: usize) {
-    let mut digits = [b'0'; 20];
-    let mut i = digits.len();
-    while n > 0 {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-    }
-    buf.extend_from_slice(&digits[i.min(digits.len() - width)..]);
-}
-
-/// As `SocketAddr`'s `Display`: IPv4 by hand, IPv6 (rarer, and with its
-/// zero-run rules) through it.
-fn write_addr(buf: &mut Vec<u8>, addr: &SocketAddr) {
-    match addr {
-        SocketAddr::V4(a) => {
-            let [a, b, c, d] = a.ip().octets();
-            for (i, octet) in [a, b, c, d].into_iter().enumerate() {
-                if i > 0 {
-                    buf.push(b'.');
-                }
-                write_u64(buf, octet.into());
-            }
-            buf.push(b':');
-            write_u64(buf, addr.port().into());
-        }
-        SocketAddr::V6(_) => {
-            let _ = write!(buf, "{addr}");
-        }
     }
 }
 
