@@ -126,16 +126,16 @@ pub fn connection_ended(e: &Ended<'_>) {
         return ended_by_tracing(e);
     }
     thread_local! {
-        static LINE: std::cell::RefCell<(Vec<u8>, Stamp)> =
-            std::cell::RefCell::new((Vec::with_capacity(256), Stamp::default()));
+        static LINE: std::cell::RefCell<(Vec<u8>, Stamp, LastStatus)> =
+            std::cell::RefCell::new((Vec::with_capacity(256), Stamp::default(), None));
     }
-    LINE.with_borrow_mut(|(buf, stamp)| {
+    LINE.with_borrow_mut(|(buf, stamp, last)| {
         buf.clear();
         if by_hand == BY_HAND_TIMED {
             stamp.write(buf, std::time::SystemTime::now());
             buf.push(b' ');
         }
-        write_ended(buf, e);
+        write_ended(buf, e, last);
         global().push(Level::INFO, buf);
     });
 }
@@ -171,7 +171,7 @@ fn ended_by_tracing(e: &Ended<'_>) {
 
 /// The line after the timestamp, as tracing's `Full` text format writes it
 /// (level, message, then the fields in the order of [`ended_by_tracing`]).
-fn write_ended(buf: &mut Vec<u8>, e: &Ended<'_>) {
+fn write_ended(buf: &mut Vec<u8>, e: &Ended<'_>, last: &mut LastStatus) {
     buf.extend_from_slice(b" INFO ended service=");
     buf.extend_from_slice(e.service.as_bytes());
     buf.extend_from_slice(b" peer=");
@@ -184,7 +184,7 @@ fn write_ended(buf: &mut Vec<u8>, e: &Ended<'_>) {
     write_u64(buf, e.pid.into());
     buf.extend_from_slice(b" status=");
     match e.status {
-        Some(s) => write_status(buf, s),
+        Some(s) => write_status(buf, s, last),
         None => buf.extend_from_slice(b"unknown"),
     }
     buf.extend_from_slice(b" duration=");
@@ -197,21 +197,20 @@ fn write_ended(buf: &mut Vec<u8>, e: &Ended<'_>) {
     }
 }
 
-/// As `ExitStatus`'s `Display`. Programs end with the same few statuses:
-/// the last one's text is kept per thread.
-fn write_status(buf: &mut Vec<u8>, status: &ExitStatus) {
-    thread_local! {
-        static LAST: std::cell::RefCell<Option<(ExitStatus, String)>> =
-            const { std::cell::RefCell::new(None) };
-    }
-    LAST.with_borrow_mut(|last| match last {
+/// The last exit status written and its text: programs end with the
+/// same few statuses.
+type LastStatus = Option<(ExitStatus, String)>;
+
+/// As `ExitStatus`'s `Display`, the last one's text kept in `last`.
+fn write_status(buf: &mut Vec<u8>, status: &ExitStatus, last: &mut LastStatus) {
+    match last {
         Some((s, text)) if s == status => buf.extend_from_slice(text.as_bytes()),
         _ => {
             let text = status.to_string();
             buf.extend_from_slice(text.as_bytes());
             *last = Some((*status, text));
         }
-    });
+    }
 }
 
 /// As `format!("{:.3}s", d.as_secs_f64())`. Off an exact half millisecond
@@ -1039,8 +1038,12 @@ mod tests {
     }
 
     fn by_hand(e: &Ended<'_>) -> String {
+        by_hand_keeping(e, &mut None)
+    }
+
+    fn by_hand_keeping(e: &Ended<'_>, last: &mut LastStatus) -> String {
         let mut buf = Vec::new();
-        write_ended(&mut buf, e);
+        write_ended(&mut buf, e, last);
         String::from_utf8(buf).unwrap()
     }
 
@@ -1162,13 +1165,15 @@ mod tests {
             duration: Duration::from_millis(1),
             bytes: None,
         };
-        // Alternating: the kept text is replaced each time.
+        // Alternating: the kept text is reused, or replaced.
+        let mut last = None;
         for status in [&killed, &ok, &killed, &killed, &ok] {
             let e = Ended {
                 status: Some(status),
                 ..base
             };
-            assert_eq!(by_hand(&e), by_tracing(&e));
+            assert_eq!(by_hand_keeping(&e, &mut last), by_tracing(&e));
+            assert_eq!(last.as_ref().map(|(s, _)| s), Some(status));
         }
     }
 
