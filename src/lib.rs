@@ -24,6 +24,7 @@ mod logging;
 mod metrics;
 mod relay;
 mod server;
+mod text;
 mod tls;
 mod udp_guard;
 

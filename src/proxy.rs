@@ -322,10 +322,16 @@ pub fn env(header: &Header, balancer: SocketAddr) -> Vec<(String, String)> {
     let mut env = vec![
         (
             "PROXY_PEER_IP".to_string(),
-            crate::config::canonical_ip(balancer.ip()).to_string(),
+            crate::text::ip_string(crate::config::canonical_ip(balancer.ip())),
         ),
-        ("PROXY_PEER_PORT".to_string(), balancer.port().to_string()),
-        ("PROXY_VERSION".to_string(), header.version.to_string()),
+        (
+            "PROXY_PEER_PORT".to_string(),
+            crate::text::u64_string(balancer.port().into()),
+        ),
+        (
+            "PROXY_VERSION".to_string(),
+            crate::text::u64_string(header.version.into()),
+        ),
     ];
     let mut put = |name: &str, value: &Option<Vec<u8>>| {
         if let Some(v) = value.as_deref().and_then(printable) {

@@ -107,7 +107,8 @@ pub(super) fn connection_env(
     peer: Option<SocketAddr>,
     local: Option<SocketAddr>,
 ) -> Vec<(String, String)> {
-    let mut env = Vec::with_capacity(9);
+    // Room for a PROXY header's variables too: no regrowth per connection.
+    let mut env = Vec::with_capacity(16);
     env.push((
         "PROTO".into(),
         match protocol {
@@ -117,8 +118,8 @@ pub(super) fn connection_env(
         .into(),
     ));
     if let Some(p) = peer {
-        let ip = config::canonical_ip(p.ip()).to_string();
-        let port = p.port().to_string();
+        let ip = crate::text::ip_string(config::canonical_ip(p.ip()));
+        let port = crate::text::u64_string(p.port().into());
         env.push(("CLIENT_IP".into(), ip.clone()));
         env.push(("CLIENT_PORT".into(), port.clone()));
         env.push(("REMOTE_ADDR".into(), ip.clone()));
@@ -131,9 +132,12 @@ pub(super) fn connection_env(
     if let (Some(l), Protocol::Tcp) = (local, protocol) {
         env.push((
             "TCPLOCALIP".into(),
-            config::canonical_ip(l.ip()).to_string(),
+            crate::text::ip_string(config::canonical_ip(l.ip())),
         ));
-        env.push(("TCPLOCALPORT".into(), l.port().to_string()));
+        env.push((
+            "TCPLOCALPORT".into(),
+            crate::text::u64_string(l.port().into()),
+        ));
     }
     env
 }

@@ -438,15 +438,15 @@ async fn reap(ctx: Arc<Ctx>, mut exits: os::Exits) {
         }
         match result {
             Ok(_) if record.end_logged_elsewhere => {}
-            Ok(status) => info!(
-                %service,
-                %peer,
-                via = record.via.as_deref().map(tracing::field::display),
-                pid = id,
-                %status,
-                duration = %format_args!("{:.3}s", record.started.elapsed().as_secs_f64()),
-                "ended"
-            ),
+            Ok(status) => crate::logging::connection_ended(&crate::logging::Ended {
+                service,
+                peer,
+                via: record.via.as_deref().copied(),
+                pid: id,
+                status: Some(&status),
+                duration: record.started.elapsed(),
+                bytes: None,
+            }),
             Err(e) => error!(%service, %peer, pid = id, "cannot start the program: {e}"),
         }
     }

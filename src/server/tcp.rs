@@ -464,23 +464,19 @@ fn relayed_end(
     relayed: std::io::Result<relay::Relayed>,
 ) {
     let (how, status) = ended.unwrap_or((Ended::Failed, None));
-    let duration = format_args!("{:.3}s", started.elapsed().as_secs_f64());
-    let exit = status.map_or_else(|| "unknown".to_string(), |s| s.to_string());
     match relayed {
         Ok(r) => {
             gate.stats().relayed(r.to_program, r.to_client);
             if how != Ended::NotStarted {
-                info!(
-                    service = %service,
-                    %peer,
-                    via = via.map(tracing::field::display),
+                crate::logging::connection_ended(&crate::logging::Ended {
+                    service,
+                    peer,
+                    via,
                     pid,
-                    status = %exit,
-                    %duration,
-                    bytes_in = r.to_program,
-                    bytes_out = r.to_client,
-                    "ended"
-                );
+                    status: status.as_ref(),
+                    duration: started.elapsed(),
+                    bytes: Some((r.to_program, r.to_client)),
+                });
             }
         }
         Err(e) => info!(
@@ -488,8 +484,8 @@ fn relayed_end(
             %peer,
             via = via.map(tracing::field::display),
             pid,
-            status = %exit,
-            %duration,
+            status = %status.map_or_else(|| "unknown".to_string(), |s| s.to_string()),
+            duration = %format_args!("{:.3}s", started.elapsed().as_secs_f64()),
             "ended; relay: {e}"
         ),
     }

@@ -35,7 +35,14 @@ pub fn launch(spec: &LaunchSpec<'_>, stdio: ChildStdio) -> Result<Launched, Laun
     let extra = spec
         .env
         .iter()
-        .map(|(k, v)| CString::new(format!("{k}={v}")).map_err(|_| nul("the environment")))
+        .map(|(k, v)| {
+            // `NAME=value` and its NUL in one allocation, without core::fmt.
+            let mut kv = Vec::with_capacity(k.len() + v.len() + 2);
+            kv.extend_from_slice(k.as_bytes());
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            CString::new(kv).map_err(|_| nul("the environment"))
+        })
         .collect::<Result<Vec<_>, _>>()?;
 
     let mut pipes = None;

@@ -81,3 +81,72 @@ pub fn peek_now(stream: &std::net::TcpStream, buf: &mut [u8]) -> std::io::Result
     )
     .map_err(std::io::Error::from)
 }
+
+/// Sends `datagrams` in order on a connected datagram socket, as many per
+/// system call as it takes (`sendmmsg`, 64 at a time). `Ok(n)`: the first
+/// `n` (at least one) went; `Err`: the first of them could not.
+#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+pub fn send_datagrams<S: std::os::fd::AsFd>(
+    sock: &S,
+    datagrams: &[&[u8]],
+) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    const AT_ONCE: usize = 64;
+    let datagrams = &datagrams[..datagrams.len().min(AT_ONCE)];
+    let mut iov: [libc::iovec; AT_ONCE] = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; AT_ONCE];
+    // SAFETY: an all-zero mmsghdr is a valid empty one (no name, no
+    // control data).
+    let mut msgs: [libc::mmsghdr; AT_ONCE] = unsafe { std::mem::zeroed() };
+    for (i, d) in datagrams.iter().enumerate() {
+        iov[i] = libc::iovec {
+            iov_base: d.as_ptr() as *mut libc::c_void,
+            iov_len: d.len(),
+        };
+        msgs[i].msg_hdr.msg_iov = &raw mut iov[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+    }
+    loop {
+        // SAFETY: `msgs[..len]` point at `iov`, which point at the
+        // borrowed datagrams; all outlive the call, which only reads them.
+        let n = unsafe {
+            libc::sendmmsg(
+                sock.as_fd().as_raw_fd(),
+                msgs.as_mut_ptr(),
+                datagrams.len() as libc::c_uint,
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        if n > 0 {
+            return Ok(n as usize);
+        }
+        if datagrams.is_empty() {
+            return Ok(0);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// One datagram per call where there is no `sendmmsg`.
+#[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+pub fn send_datagrams<S: std::os::fd::AsFd>(
+    sock: &S,
+    datagrams: &[&[u8]],
+) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let Some(d) = datagrams.first() else {
+        return Ok(0);
+    };
+    nix::sys::socket::send(
+        sock.as_fd().as_raw_fd(),
+        d,
+        nix::sys::socket::MsgFlags::empty(),
+    )
+    .map(|_| 1)
+    .map_err(std::io::Error::from)
+}

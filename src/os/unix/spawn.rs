@@ -187,11 +187,24 @@ impl Pointers {
             let b = kv.as_bytes();
             &b[..b.iter().position(|&c| c == b'=').unwrap_or(b.len())]
         }
-        self.env.extend(
-            env.iter()
-                .filter(|kv| !extra.iter().any(|e| name(e) == name(kv)))
-                .map(|c| c.as_ptr()),
-        );
+        // Each name found once, not once per pair compared: this runs per
+        // connection, a dozen connection variables against the template's.
+        const NAMES: usize = 32;
+        let mut names: [&[u8]; NAMES] = [&[]; NAMES];
+        for (n, e) in names.iter_mut().zip(extra) {
+            *n = name(e);
+        }
+        let overridden = |kv: &CString| {
+            if extra.len() > NAMES {
+                return extra.iter().any(|e| name(e) == name(kv));
+            }
+            let b = kv.as_bytes();
+            names[..extra.len()]
+                .iter()
+                .any(|n| b.len() > n.len() && b[n.len()] == b'=' && b.starts_with(n))
+        };
+        self.env
+            .extend(env.iter().filter(|kv| !overridden(kv)).map(|c| c.as_ptr()));
         self.env.extend(extra.iter().map(|c| c.as_ptr()));
         self.env.push(std::ptr::null());
         self.candidates.clear();
@@ -1514,6 +1527,55 @@ mod tests {
             assert_eq!(outcome(pid).0, 0);
             assert_eq!(out, "A=1\nB=2\nCLIENT_IP=127.0.0.1\nCLIENT_PORT=9\n");
         }
+    }
+
+    #[test]
+    fn a_connection_variable_replaces_only_the_variable_of_its_exact_name() {
+        let program = Program::new(vec![cs("/bin/true")], None, None, None);
+        let env = [
+            cs("CLIENT=a"),
+            cs("CLIENT_IP=stale"),
+            cs("CLIENT_IPS=b"),
+            cs("CLIENT_I=c"),
+            cs("PROXY_VERSION=old"),
+        ];
+        let strings = |p: &Pointers| -> Vec<String> {
+            p.env
+                .iter()
+                .take_while(|c| !c.is_null())
+                // SAFETY: each points into `env` or the extras, alive here.
+                .map(|&c| unsafe { CStr::from_ptr(c) }.to_str().unwrap().to_string())
+                .collect()
+        };
+        let mut p = Pointers::default();
+        let extra = [cs("CLIENT_IP=1"), cs("PROXY_VERSION=2")];
+        p.fill(&program, &env, &extra);
+        assert_eq!(
+            strings(&p),
+            [
+                "CLIENT=a",
+                "CLIENT_IPS=b",
+                "CLIENT_I=c",
+                "CLIENT_IP=1",
+                "PROXY_VERSION=2"
+            ]
+        );
+        // More extras than the names kept on the stack: the same rule.
+        let mut many: Vec<CString> = (0..40).map(|i| cs(&format!("X{i}=1"))).collect();
+        many.push(cs("CLIENT_IP=1"));
+        p.fill(&program, &env, &many);
+        let got = strings(&p);
+        assert_eq!(
+            got[..4],
+            [
+                "CLIENT=a",
+                "CLIENT_IPS=b",
+                "CLIENT_I=c",
+                "PROXY_VERSION=old"
+            ]
+        );
+        assert_eq!(got.len(), 4 + 41);
+        assert_eq!(p.env.last(), Some(&std::ptr::null()));
     }
 
     #[test]
