@@ -272,16 +272,8 @@ impl Stamp {
 /// 9999 as `+YYYYY`, before year 0 as `-YYYY`).
 fn civil_text(buf: &mut Vec<u8>, t: i64) {
     let (days, rem) = (t.div_euclid(86_400), t.rem_euclid(86_400) as u64);
-    // Days to a civil date (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u64;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u64;
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = crate::internal::civil_from_days(days);
+    let (month, day) = (u64::from(month), u64::from(day));
     if (0..=9999).contains(&year) {
         write_padded(buf, year as u64, 4);
     } else if year > 9999 {
