@@ -135,6 +135,7 @@ POLICY_BACKUP=""
 cleanup() {
     local pid
     for pid in "${STARTED[@]}"; do stop_pid "$pid"; done
+    cgroup_cleanup
     restore_policy
     if ((KEEP)); then
         note "kept $WORK"
@@ -261,13 +262,55 @@ declare -A PORT=(
 USER_PATH=0
 ((EUID == 0)) && USER_PATH=1
 
-# Start "$@" in the background with output to $WORK/$name.log; record its PID.
+# Each server runs in its own cpu cgroup, as a systemd unit does with the
+# cpu controller on (the packaged wininetd.service sets CPUWeight= for it).
+# Outside one, the kernel's autogroup scheduling gives each session its own
+# group: wininetd's programs (each in its own session) would then compete
+# with wininetd as many groups, a peer's (sharing its session) as one.
+CGROUP_BASE=""
+CGROUPS=()
+cgroup_setup() {
+    local v1=/sys/fs/cgroup/cpu v2=/sys/fs/cgroup
+    if [[ -w $v1/cgroup.procs ]]; then
+        CGROUP_BASE=$v1
+    elif grep -qw cpu "$v2/cgroup.controllers" 2>/dev/null && [[ -w $v2/cgroup.procs ]] &&
+        { grep -qw cpu "$v2/cgroup.subtree_control" || echo +cpu >"$v2/cgroup.subtree_control"; } 2>/dev/null; then
+        CGROUP_BASE=$v2
+    else
+        note "no writable cpu cgroup: servers share the bench's; with autogroup on, p99 compares unlike schedulings"
+    fi
+}
+cgroup_place() { # move PID $2 into a fresh cpu cgroup named for server $1
+    [[ -n $CGROUP_BASE ]] || return 0
+    local cg=$CGROUP_BASE/wininetd-bench-$$-$1
+    if mkdir "$cg" 2>/dev/null && echo "$2" >"$cg/cgroup.procs" 2>/dev/null; then
+        CGROUPS+=("$cg")
+    else
+        note "could not place $1 in $cg; it runs in the bench's cgroup"
+        rmdir "$cg" 2>/dev/null || true
+    fi
+}
+cgroup_cleanup() { # after every server stopped; their last children may take a moment
+    local cg i
+    for cg in "${CGROUPS[@]}"; do
+        for ((i = 0; i < 50; i++)); do
+            rmdir "$cg" 2>/dev/null && break
+            sleep 0.1
+        done
+        [[ -d $cg ]] && note "cgroup $cg still has processes; left in place"
+    done
+    CGROUPS=()
+}
+
+# Start "$@" in the background with output to $WORK/$name.log; record its
+# PID and place it in its own cpu cgroup.
 launch() {
     local name=$1
     shift
     "$@" >"$WORK/$name.log" 2>&1 </dev/null &
     SPID[$name]=$!
     STARTED+=("$!")
+    cgroup_place "$name" "$!"
 }
 
 # Wait until the server listens on each given port; 0 if it does.
@@ -455,6 +498,7 @@ END
     await_listen stunnel "${PORT[stunnel]}"
 }
 
+cgroup_setup
 ACTIVE=() # servers that came up, in the order given
 for s in $SERVERS; do
     case $s in
@@ -611,6 +655,11 @@ peer_versions() {
         "Peers: $(peer_versions). wininetd: $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?'), $PROFILE build."
     echo "Scenarios: rate $CONNS conns, C=$CONC, $PAYLOAD B echoed by /bin/cat; stream $STREAM_BYTES B through /bin/cat;" \
         "idle $HOLD_N held; spawn ceiling $SPAWNS spawns, $CONC outstanding. Took $((SECONDS - START_S)) s."
+    if [[ -n $CGROUP_BASE ]]; then
+        echo "Each server ran in its own cpu cgroup ($CGROUP_BASE), as under a systemd unit with the cpu controller on."
+    else
+        echo "Servers ran in the bench's cgroup (no writable cpu cgroup); autogroup $(cat /proc/sys/kernel/sched_autogroup_enabled 2>/dev/null || echo '?')."
+    fi
     echo
     if ((SMOKE)) || [[ $PROFILE != release ]]; then
         # The targets are about a release build in a full run.

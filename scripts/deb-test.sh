@@ -121,6 +121,14 @@ for unit in /usr/lib/systemd/system/wininetd-*.socket; do
 done
 [ ${#listen[@]} -gt 0 ] || fail "the packaged socket units have no ListenStream"
 [ -e /lib/systemd/system/wininetd.service ] || fail "/lib/systemd/system/wininetd.service is missing"
+# The unit parses (systemd-analyze only warns on an unknown or bad key, so
+# its warnings are what is checked) and turns the cpu controller on, so the
+# programs share the service's scheduling group (README, "Unix notes").
+unit_warnings=$(systemd-analyze verify /lib/systemd/system/wininetd.service 2>&1 |
+    grep -E "Unknown|Failed to parse|Invalid|ignoring" || true)
+[ -z "$unit_warnings" ] || fail "wininetd.service: $unit_warnings"
+grep -qx 'CPUWeight=[0-9]*' /lib/systemd/system/wininetd.service ||
+    fail "wininetd.service does not turn the cpu controller on (CPUWeight=)"
 port=$(sed -n 's/^ListenStream=127\.0\.0\.1://p' /usr/lib/systemd/system/wininetd-echo.socket)
 log=$(mktemp)
 clients=$(mktemp)

@@ -70,8 +70,10 @@ pub type Listener = (String, Protocol, SocketAddr);
 ///
 /// Type=notify because we report READY only once every listener is bound;
 /// KillMode=process so that stopping us leaves running programs to finish,
-/// as inetd does. With `sockets` (socket unit file names), it needs them:
-/// they hold the listening sockets across restarts.
+/// as inetd does; CPUWeight= so the programs (each in its own session)
+/// share the service's scheduling group instead of getting an autogroup
+/// each. With `sockets` (socket unit file names), it needs them: they hold
+/// the listening sockets across restarts.
 pub fn unit_text(exe: &Path, args: &[String], sockets: &[String]) -> String {
     let mut exec = systemd_quote(&exe.to_string_lossy());
     for a in args {
@@ -99,6 +101,11 @@ pub fn unit_text(exe: &Path, args: &[String], sockets: &[String]) -> String {
          ExecStart={exec}\n\
          ExecReload=/bin/kill -HUP $MAINPID\n\
          KillMode=process\n\
+         # Turns on the cpu controller for this unit, so the programs (each started in\n\
+         # its own session) share the service's scheduling group with wininetd instead\n\
+         # of getting one autogroup each: under a full CPU that keeps the accept loop's\n\
+         # latency tail where a peer's is. 100 is the default weight.\n\
+         CPUWeight=100\n\
          Restart=on-failure\n\
          {takes_sockets}\
          \n\
