@@ -11,6 +11,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod conn_env;
 pub mod convert;
 pub mod os;
 pub mod proxy;

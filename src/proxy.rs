@@ -16,6 +16,7 @@ use std::net::{IpAddr, SocketAddr};
 use ppp::v2::{Addresses, Command, Protocol, TypeLengthValues};
 
 use crate::config::ProxyVersion;
+use crate::conn_env::ConnEnv;
 
 /// The longest header accepted, in bytes. v2 allows 64 KiB of TLVs, but
 /// balancers send a few hundred bytes (HAProxy itself refuses a header
@@ -318,24 +319,17 @@ fn ssl(value: &[u8]) -> Result<Ssl, Cow<'static, str>> {
 /// client/destination ones: the balancer, the version, and the TLVs.
 /// `SSL_*` only when the client used TLS, with the names a program gets
 /// when wininetd terminates TLS itself.
-pub fn env(header: &Header, balancer: SocketAddr) -> Vec<(String, String)> {
-    let mut env = vec![
-        (
-            "PROXY_PEER_IP".to_string(),
-            crate::text::ip_string(crate::config::canonical_ip(balancer.ip())),
-        ),
-        (
-            "PROXY_PEER_PORT".to_string(),
-            crate::text::u64_string(balancer.port().into()),
-        ),
-        (
-            "PROXY_VERSION".to_string(),
-            crate::text::u64_string(header.version.into()),
-        ),
-    ];
+pub fn env(header: &Header, balancer: SocketAddr) -> ConnEnv {
+    let mut env = ConnEnv::with_capacity(3);
+    env.push_ip(
+        &["PROXY_PEER_IP"],
+        crate::config::canonical_ip(balancer.ip()),
+    );
+    env.push_u64(&["PROXY_PEER_PORT"], balancer.port().into());
+    env.push_u64(&["PROXY_VERSION"], header.version.into());
     let mut put = |name: &str, value: &Option<Vec<u8>>| {
         if let Some(v) = value.as_deref().and_then(printable) {
-            env.push((name.to_string(), v));
+            env.push(name, &v);
         }
     };
     let t = &header.tlvs;

@@ -25,6 +25,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use crate::config::{ClientCert, ConfigError, Located, TlsSettings, TlsVersion};
+use crate::conn_env::ConnEnv;
 
 mod tickets;
 
@@ -311,7 +312,7 @@ impl Terminator {
     pub async fn accept(
         &self,
         stream: TcpStream,
-    ) -> Result<(TlsStream<TcpStream>, Vec<(String, String)>), HandshakeFailure> {
+    ) -> Result<(TlsStream<TcpStream>, ConnEnv), HandshakeFailure> {
         // No queue: a handshake waits for its client only, never for other
         // handshakes, so silent clients cannot hold back a real one. What
         // bounds them is admission (each holds its slot) and this deadline.
@@ -404,54 +405,53 @@ fn failure(e: &io::Error) -> HandshakeFailure {
 
 /// s6-tlsserver's variable names (and stunnel's SSL_CLIENT_DN and
 /// SSL_CLIENT_I_DN); names are OpenSSL's one-line form, `/C=FR/CN=x`.
-pub fn session_env(conn: &ServerConnection) -> Vec<(String, String)> {
-    let mut env = Vec::new();
+pub fn session_env(conn: &ServerConnection) -> ConnEnv {
+    let mut env = ConnEnv::with_capacity(10);
     let protocol = match conn.protocol_version() {
         Some(ProtocolVersion::TLSv1_3) => "TLSv1.3",
         Some(ProtocolVersion::TLSv1_2) => "TLSv1.2",
         _ => "unknown",
     };
-    env.push(("SSL_PROTOCOL".into(), protocol.into()));
+    env.push("SSL_PROTOCOL", protocol);
     if let Some(suite) = conn.negotiated_cipher_suite() {
         let name = suite
             .suite()
             .as_str()
             .map_or_else(|| format!("{:?}", suite.suite()), |s| s.to_string());
-        env.push(("SSL_CIPHER".into(), name));
+        env.push("SSL_CIPHER", &name);
     }
     if let Some(sni) = conn.server_name() {
-        env.push(("SSL_TLS_SNI_SERVERNAME".into(), sni.to_string()));
+        env.push("SSL_TLS_SNI_SERVERNAME", sni);
     }
     if let Some(alpn) = conn.alpn_protocol() {
-        env.push(("SSL_ALPN_PROTOCOL".into(), printable(alpn)));
+        env.push("SSL_ALPN_PROTOCOL", &printable(alpn));
     }
     if let Some(leaf) = conn.peer_certificates().and_then(|c| c.first()) {
-        env.extend(peer_env(leaf));
+        peer_env(&mut env, leaf);
     }
     env
 }
 
 /// The client certificate's variables.
-fn peer_env(leaf: &CertificateDer<'_>) -> Vec<(String, String)> {
+fn peer_env(env: &mut ConnEnv, leaf: &CertificateDer<'_>) {
     let digest = ring::digest::digest(&ring::digest::SHA256, leaf);
     let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    let mut env = vec![("SSL_PEER_CERT_HASH".to_string(), format!("SHA256:{hex}"))];
+    env.push("SSL_PEER_CERT_HASH", &format!("SHA256:{hex}"));
     // The chain was verified; a parse failure here only loses names.
     if let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf) {
         let subject = one_line(cert.subject());
-        env.push(("SSL_PEER_CERT_SUBJECT".into(), subject.clone()));
-        env.push(("SSL_CLIENT_DN".into(), subject));
-        env.push(("SSL_CLIENT_I_DN".into(), one_line(cert.issuer())));
+        env.push("SSL_PEER_CERT_SUBJECT", &subject);
+        env.push("SSL_CLIENT_DN", &subject);
+        env.push("SSL_CLIENT_I_DN", &one_line(cert.issuer()));
         if let Some(cn) = cert
             .subject()
             .iter_common_name()
             .last()
             .and_then(|cn| cn.as_str().ok())
         {
-            env.push(("SSL_PEER_CERT_CN".into(), printable(cn.as_bytes())));
+            env.push("SSL_PEER_CERT_CN", &printable(cn.as_bytes()));
         }
     }
-    env
 }
 
 /// `/C=FR/O=Example/CN=name`: OpenSSL's X509_NAME_oneline.

@@ -17,6 +17,7 @@
 use std::time::Instant;
 
 use crate::config::{RunAs, StderrMode};
+use crate::conn_env::ConnEnv;
 
 #[cfg(unix)]
 mod unix;
@@ -37,7 +38,7 @@ pub struct LaunchSpec<'a> {
     pub template: &'a ExecTemplate,
     /// The connection's variables (CLIENT_IP, …), set on top of the
     /// template's environment.
-    pub env: &'a [(String, String)],
+    pub env: ConnEnv,
     pub stderr: StderrMode,
     /// The user's logon, done beforehand off the accept loop
     /// ([`logon_pending`]); `None` where none is needed.

@@ -11,6 +11,7 @@ use super::{Active, Ctx, log_refusal};
 use crate::admission::{Lease, Refusal};
 use crate::children::Record;
 use crate::config::{self, Protocol};
+use crate::conn_env::ConnEnv;
 use crate::metrics::Outcome;
 use crate::os::{self, ChildStdio, LaunchSpec};
 
@@ -19,7 +20,7 @@ use crate::os::{self, ChildStdio, LaunchSpec};
 pub(super) fn launch(
     ctx: &Arc<Ctx>,
     active: &Active,
-    env: &[(String, String)],
+    env: ConnEnv,
     stdio: ChildStdio,
     client: (SocketAddr, Option<SocketAddr>),
     lease: Lease,
@@ -35,7 +36,7 @@ pub(super) fn launch(
         stderr: svc.stderr,
         logon,
     };
-    match os::launch(&spec, stdio) {
+    match os::launch(spec, stdio) {
         Ok(mut launched) => {
             lease.stats().connection(Outcome::Started);
             // The end's line says it all; this one is for debugging.
@@ -99,6 +100,7 @@ async fn log_stderr(service: String, pid: os::ChildId, stderr: os::PipeReader) {
         }
     }
 }
+
 /// The connection's variables, set on top of the service's environment
 /// (its exec template): WinInetd's CLIENT_IP/CLIENT_PORT, the UCSPI
 /// (tcpserver) names and systemd's REMOTE_ADDR/REMOTE_PORT.
@@ -106,38 +108,32 @@ pub(super) fn connection_env(
     protocol: Protocol,
     peer: Option<SocketAddr>,
     local: Option<SocketAddr>,
-) -> Vec<(String, String)> {
+) -> ConnEnv {
     // Room for a PROXY header's variables too: no regrowth per connection.
-    let mut env = Vec::with_capacity(16);
-    env.push((
-        "PROTO".into(),
+    let mut env = ConnEnv::with_capacity(16);
+    env.push(
+        "PROTO",
         match protocol {
             Protocol::Tcp => "TCP",
             Protocol::Udp => "UDP",
-        }
-        .into(),
-    ));
+        },
+    );
     if let Some(p) = peer {
-        let ip = crate::text::ip_string(config::canonical_ip(p.ip()));
-        let port = crate::text::u64_string(p.port().into());
-        env.push(("CLIENT_IP".into(), ip.clone()));
-        env.push(("CLIENT_PORT".into(), port.clone()));
-        env.push(("REMOTE_ADDR".into(), ip.clone()));
-        env.push(("REMOTE_PORT".into(), port.clone()));
-        if protocol == Protocol::Tcp {
-            env.push(("TCPREMOTEIP".into(), ip));
-            env.push(("TCPREMOTEPORT".into(), port));
+        let (ip, port) = (config::canonical_ip(p.ip()), p.port().into());
+        match protocol {
+            Protocol::Tcp => {
+                env.push_ip(&["CLIENT_IP", "REMOTE_ADDR", "TCPREMOTEIP"], ip);
+                env.push_u64(&["CLIENT_PORT", "REMOTE_PORT", "TCPREMOTEPORT"], port);
+            }
+            Protocol::Udp => {
+                env.push_ip(&["CLIENT_IP", "REMOTE_ADDR"], ip);
+                env.push_u64(&["CLIENT_PORT", "REMOTE_PORT"], port);
+            }
         }
     }
     if let (Some(l), Protocol::Tcp) = (local, protocol) {
-        env.push((
-            "TCPLOCALIP".into(),
-            crate::text::ip_string(config::canonical_ip(l.ip())),
-        ));
-        env.push((
-            "TCPLOCALPORT".into(),
-            crate::text::u64_string(l.port().into()),
-        ));
+        env.push_ip(&["TCPLOCALIP"], config::canonical_ip(l.ip()));
+        env.push_u64(&["TCPLOCALPORT"], l.port().into());
     }
     env
 }

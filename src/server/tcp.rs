@@ -16,6 +16,7 @@ use crate::admission::{Lease, REFUSAL_LOG_WINDOW, Refusal};
 use crate::children::Ended;
 use crate::config::Internal;
 use crate::config::{Handoff, Program, Protocol};
+use crate::conn_env::ConnEnv;
 use crate::listener::{self, Acceptor};
 use crate::metrics::Outcome;
 use crate::os::{self, ChildStdio};
@@ -98,7 +99,7 @@ pub(super) async fn accept_tcp(
                     peer,
                     local: stream.local_addr().ok(),
                     via: None,
-                    extra: Vec::new(),
+                    extra: ConnEnv::default(),
                 };
                 hand_off_tcp(&ctx, &active, stream, conn, lease)
             }
@@ -297,7 +298,7 @@ async fn wait_tcp(listener: &Acceptor, active: &watch::Receiver<Arc<Active>>, ct
         }
     };
     let env = connection_env(Protocol::Tcp, None, Some(local));
-    let ran = run_wait_program(ctx, &active, dup, &env, local, lease, || {
+    let ran = run_wait_program(ctx, &active, dup, env, local, lease, || {
         listener.has_pending()
     })
     .await;
@@ -331,7 +332,7 @@ pub(super) struct Conn {
     /// The load balancer that sent a PROXY header.
     pub via: Option<SocketAddr>,
     /// Variables on top of the connection's usual ones.
-    pub extra: Vec<(String, String)>,
+    pub extra: ConnEnv,
 }
 
 /// Starts the service's program on an admitted connection. A logon
@@ -384,7 +385,7 @@ fn start_program(
         launch(
             ctx,
             active,
-            &env,
+            env,
             ChildStdio::Socket(sock),
             (peer, via),
             lease,
@@ -398,7 +399,7 @@ fn start_program(
     let stdio = ChildStdio::Pipes {
         wide: grant.is_some(),
     };
-    let Some(launched) = launch(ctx, active, &env, stdio, (peer, via), lease, logon) else {
+    let Some(launched) = launch(ctx, active, env, stdio, (peer, via), lease, logon) else {
         return;
     };
     let relayed = into_tokio(stream).map(|s| (s, launched.pipes));
@@ -533,19 +534,15 @@ fn hand_off_tls(
         let mut env = connection_env(Protocol::Tcp, Some(peer), conn.local);
         // The session wininetd terminated is the one the program is told
         // of, not what a balancer's PROXY header said of its own.
-        env.extend(
-            conn.extra
-                .into_iter()
-                .filter(|(k, _)| !k.starts_with("SSL_")),
-        );
+        let mut header_env = conn.extra;
+        header_env.retain(|name| !name.starts_with("SSL_"));
+        env.extend(header_env);
         env.extend(tls_env);
         let grant = os::WIDE_PIPE.and_then(|size| ctx.pipe_budget.take(2 * size));
         let stdio = ChildStdio::Pipes {
             wide: grant.is_some(),
         };
-        let launched = launch(&ctx, &active, &env, stdio, (peer, via), lease, logon);
-        // Not kept for the session's life (a dozen strings per session).
-        drop(env);
+        let launched = launch(&ctx, &active, env, stdio, (peer, via), lease, logon);
         let Some(launched) = launched else {
             return;
         };

@@ -160,7 +160,7 @@ async fn wait_service(
         }
     };
     let env = connection_env(Protocol::Udp, Some(peer), None);
-    let ran = run_wait_program(ctx, active, dup, &env, peer, lease, || false).await;
+    let ran = run_wait_program(ctx, active, dup, env, peer, lease, || false).await;
     // The program had the socket in blocking mode; the flag is shared.
     if let Err(e) = socket2::SockRef::from(sock).set_nonblocking(true) {
         error!(service = %svc.name, "cannot restore the socket: {e}");

@@ -12,6 +12,7 @@ use super::handoff::launch;
 use super::{Active, Ctx};
 use crate::admission::Lease;
 use crate::children::Ended;
+use crate::conn_env::ConnEnv;
 use crate::metrics::Outcome;
 use crate::os::{self, ChildStdio};
 
@@ -26,7 +27,7 @@ pub(super) async fn run_wait_program(
     ctx: &Arc<Ctx>,
     active: &Active,
     sock: socket2::Socket,
-    env: &[(String, String)],
+    env: ConnEnv,
     peer: SocketAddr,
     lease: Lease,
     unserved: impl FnOnce() -> bool,

@@ -1,7 +1,6 @@
 //! Starting a program on a connection, and reaping it, on Unix.
 
 use std::collections::VecDeque;
-use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
@@ -23,27 +22,10 @@ pub type PipeReader = tokio::net::unix::pipe::Receiver;
 ///
 /// The program gets its own session, default signal handling, and no
 /// descriptor but 0, 1 and 2.
-pub fn launch(spec: &LaunchSpec<'_>, stdio: ChildStdio) -> Result<Launched, LaunchError> {
+pub fn launch(spec: LaunchSpec<'_>, stdio: ChildStdio) -> Result<Launched, LaunchError> {
     let template = spec.template;
     let ready = template.ready()?;
-    let nul = |what: &str| {
-        LaunchError::Spawn(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{what} contains a NUL byte"),
-        ))
-    };
-    let extra = spec
-        .env
-        .iter()
-        .map(|(k, v)| {
-            // `NAME=value` and its NUL in one allocation, without core::fmt.
-            let mut kv = Vec::with_capacity(k.len() + v.len() + 2);
-            kv.extend_from_slice(k.as_bytes());
-            kv.push(b'=');
-            kv.extend_from_slice(v.as_bytes());
-            CString::new(kv).map_err(|_| nul("the environment"))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let extra = spec.env.into_vars();
 
     let mut pipes = None;
     let mut stderr_reader = None;

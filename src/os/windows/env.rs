@@ -6,17 +6,19 @@ use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::os::windows::ffi::{OsStrExt, OsStringExt};
 
+use crate::conn_env::ConnEnv;
+
 /// A CREATE_UNICODE_ENVIRONMENT block: `base` with `extra` on top (later
 /// wins; names compare case-insensitively, as Windows does), sorted by
 /// upper-cased name, each `NAME=VALUE` NUL-terminated, one more NUL at
 /// the end.
-pub fn block<I>(base: I, extra: &[(String, String)]) -> Vec<u16>
+pub fn block<I>(base: I, extra: &ConnEnv) -> Vec<u16>
 where
     I: IntoIterator<Item = (OsString, OsString)>,
 {
     let mut vars: BTreeMap<String, (OsString, OsString)> = BTreeMap::new();
     let extra = extra
-        .iter()
+        .pairs()
         .map(|(k, v)| (OsString::from(k), OsString::from(v)));
     for (k, v) in base.into_iter().chain(extra) {
         // A name with NUL or an empty name cannot be represented.
@@ -89,10 +91,9 @@ mod tests {
             ("A", "0"),
             ("client_ip", "old"),
         ]);
-        let extra = vec![
-            ("CLIENT_IP".to_string(), "127.0.0.1".to_string()),
-            ("CLIENT_PORT".to_string(), "4242".to_string()),
-        ];
+        let mut extra = ConnEnv::default();
+        extra.push("CLIENT_IP", "127.0.0.1");
+        extra.push("CLIENT_PORT", "4242");
         let b = block(base, &extra);
         assert_eq!(
             text(&b),
@@ -102,13 +103,13 @@ mod tests {
 
     #[test]
     fn empty_environment_is_two_nuls() {
-        assert_eq!(block(Vec::new(), &[]), vec![0, 0]);
+        assert_eq!(block(Vec::new(), &ConnEnv::default()), vec![0, 0]);
     }
 
     #[test]
     fn entries_with_nul_are_dropped_not_truncated() {
         let base = os(&[("GOOD", "1"), ("BAD", "x\0y")]);
-        assert_eq!(text(&block(base, &[])), "GOOD=1\0\0");
+        assert_eq!(text(&block(base, &ConnEnv::default())), "GOOD=1\0\0");
     }
 
     #[test]

@@ -73,7 +73,7 @@ fn running() -> std::sync::MutexGuard<'static, BTreeMap<u32, Running>> {
 }
 
 /// Starts the program of `spec` with `stdio` as its standard handles.
-pub fn launch(spec: &LaunchSpec<'_>, stdio: ChildStdio) -> Result<Launched, LaunchError> {
+pub fn launch(spec: LaunchSpec<'_>, stdio: ChildStdio) -> Result<Launched, LaunchError> {
     let cmdline = spec.template.command_line().to_string();
     if cmdline.trim().is_empty() {
         return Err(spawn_err(
@@ -103,7 +103,7 @@ pub fn launch(spec: &LaunchSpec<'_>, stdio: ChildStdio) -> Result<Launched, Laun
         }
     };
     let mut env_block = match token {
-        None => spec.template.block(None, spec.env),
+        None => spec.template.block(None, &spec.env),
         Some(t) => {
             let vars = user_environment(t).map_err(|e| {
                 LaunchError::User(format!(
@@ -111,7 +111,7 @@ pub fn launch(spec: &LaunchSpec<'_>, stdio: ChildStdio) -> Result<Launched, Laun
                     user_name(spec.template.user())
                 ))
             })?;
-            spec.template.block(Some(vars), spec.env)
+            spec.template.block(Some(vars), &spec.env)
         }
     };
 

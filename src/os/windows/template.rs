@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use super::env;
 use crate::config::{Program, RunAs, Service};
+use crate::conn_env::ConnEnv;
 use crate::os::never_passed;
 
 /// Taken from the daemon when the account's block lacks them: without
@@ -136,7 +137,7 @@ impl ExecTemplate {
     /// The environment block of one program: `account` (a logged-on user's;
     /// `None`: the daemon account's), the essential variables it lacks, the
     /// fixed ones, then the connection's.
-    pub(super) fn block(&self, account: Option<Vars>, connection: &[(String, String)]) -> Vec<u16> {
+    pub(super) fn block(&self, account: Option<Vars>, connection: &ConnEnv) -> Vec<u16> {
         let own;
         let account: &[(OsString, OsString)] = match &account {
             Some(vars) => vars,
@@ -225,14 +226,15 @@ mod tests {
         )
         .unwrap();
         let account = vars(&[("USERPROFILE", "C:\\users\\bob"), ("Path", "C:\\bob")]);
-        let conn = [("CLIENT_IP".to_string(), "127.0.0.1".to_string())];
+        let mut conn = ConnEnv::default();
+        conn.push("CLIENT_IP", "127.0.0.1");
         assert_eq!(
             text(&t.block(Some(account), &conn)),
             "CLIENT_IP=127.0.0.1\0GREETING=hi\0LC_TIME=C\0Path=C:\\bob\0SystemRoot=C:\\windows\0tz=UTC\0USERPROFILE=C:\\users\\bob\0\0"
         );
         // `none` before its account's environment is read: the essentials.
         assert_eq!(
-            text(&t.block(None, &[])),
+            text(&t.block(None, &ConnEnv::default())),
             "GREETING=hi\0LC_TIME=C\0Path=C:\\daemon\\bin\0SystemRoot=C:\\windows\0tz=UTC\0\0"
         );
     }
