@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # bench/slowloris.sh — does a slowloris on two services slow a third?
 #
-#   bench/slowloris.sh [--rounds 5] [--seconds 10] [--attackers 5000] [--reconnect] [--no-build]
+#   bench/slowloris.sh [--rounds 5] [--seconds 10] [--attackers 5000] [--reconnect] [--no-cgroup] [--no-build]
 #
 # One release daemon, default limits, three services: `plain` (/bin/cat,
 # direct), `proxy` (/bin/cat behind a PROXY v1 header, proxy_timeout = 5)
 # and `tls` (/bin/cat over TLS, handshake_timeout = 10). Each round runs
 # the same measured loop (loadgen rate against `plain`, 16 at a time, for
-# the same number of seconds) twice: alone, and while bench/slowloris.py's
+# the same number of seconds) twice: alone, and while `loadgen slowloris`'s
 # 5,000 connections (half on `proxy`, half on `tls`, opened at 2,500/s, the
 # loop starting once all are open) send one byte a second. With
 # --reconnect a connection the daemon cut is opened again a second later,
@@ -16,6 +16,8 @@
 # The order of the two alternates from round to round. Pass: the median of
 # the per-round ratios attacked ÷ alone ≥ 0.9, no failure in the loop, and every
 # attacker the daemon accepted cut at its timeout (+1.5 s at most).
+# The daemon runs in its own cpu cgroup, as under the packaged systemd unit
+# (CPUWeight=), unless --no-cgroup or none can be made.
 #
 # Loopback only; processes stopped by their PID; every loop is bounded.
 set -euo pipefail
@@ -28,6 +30,7 @@ SECONDS_LOOP=10
 RECONNECT=
 ATTACKERS=5000
 BUILD=1
+CGROUP=1
 PROXY_TIMEOUT=5
 TLS_TIMEOUT=10
 SLACK=1.5
@@ -38,7 +41,8 @@ while (($#)); do
     --reconnect) RECONNECT=--reconnect ;;
     --attackers) ATTACKERS=$2; shift ;;
     --no-build) BUILD=0 ;;
-    *) echo "usage: $0 [--rounds N] [--seconds N] [--attackers N] [--reconnect] [--no-build]" >&2; exit 2 ;;
+    --no-cgroup) CGROUP=0 ;;
+    *) echo "usage: $0 [--rounds N] [--seconds N] [--attackers N] [--reconnect] [--no-cgroup] [--no-build]" >&2; exit 2 ;;
     esac
     shift
 done
@@ -57,9 +61,13 @@ mkdir -p "$OUT"
 WORK=$(mktemp -d)
 DAEMON=
 ATTACKER=
+CG=
 cleanup() {
     [[ -n $ATTACKER ]] && kill "$ATTACKER" 2>/dev/null || true
     [[ -n $DAEMON ]] && kill "$DAEMON" 2>/dev/null || true
+    if [[ -n $CG ]]; then
+        for _ in $(seq 50); do rmdir "$CG" 2>/dev/null && break; sleep 0.1; done
+    fi
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -122,12 +130,17 @@ cp "$WORK/slowloris.toml" "$OUT/"
 # Daemon, loop and attacker at the same niceness: none is favoured.
 nice -n 10 prlimit --nofile="$(ulimit -Hn)" "$BIN" --debug --cfgfile "$WORK/slowloris.toml" 2>"$OUT/daemon.log" &
 DAEMON=$!
+PLACED="the bench's cgroup"
+if ((CGROUP)) && [[ -w /sys/fs/cgroup/cpu/cgroup.procs ]]; then
+    CG=/sys/fs/cgroup/cpu/wininetd-slowloris-$$
+    if mkdir "$CG" && echo "$DAEMON" >"$CG/cgroup.procs"; then PLACED="its own cpu cgroup"; else CG=; fi
+fi
 for _ in $(seq 100); do
     grep -q serving "$OUT/daemon.log" && break
     sleep 0.1
 done
 grep -q serving "$OUT/daemon.log" || { echo "the daemon did not start: $OUT/daemon.log" >&2; exit 1; }
-echo "slowloris: $ROUNDS rounds, loop ${SECONDS_LOOP} s C=16 on plain, $ATTACKERS attackers ${RECONNECT:-(no reconnect)}; daemon $DAEMON ($("$BIN" --version | head -1)); $OUT"
+echo "slowloris: $ROUNDS rounds, loop ${SECONDS_LOOP} s C=16 on plain, $ATTACKERS attackers ${RECONNECT:-(no reconnect)}; daemon $DAEMON in $PLACED ($("$BIN" --version | head -1)); $OUT"
 echo "started $(date -u '+%F %H:%M') UTC; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
 : >"$OUT/loop.jsonl"
@@ -143,7 +156,7 @@ measure() { # $1: label, $2: round → one JSON line appended to loop.jsonl
 
 attacked() { # $1: round
     rm -f "$WORK/ready"
-    nice -n 10 prlimit --nofile="$(ulimit -Hn)" python3 "$REPO/bench/slowloris.py" \
+    nice -n 10 prlimit --nofile="$(ulimit -Hn)" "$LOADGEN" slowloris \
         --proxy-port "$P_PROXY" --tls-port "$P_TLS" --connections "$ATTACKERS" \
         --max-seconds 300 $RECONNECT --ready "$WORK/ready" --summary "$OUT/attack-$1.json" &
     ATTACKER=$!

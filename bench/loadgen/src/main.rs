@@ -12,6 +12,7 @@ mod procfs;
 mod rate;
 mod report;
 mod server;
+mod slowloris;
 mod spawn;
 mod stats;
 mod stream;
@@ -277,6 +278,31 @@ enum Cmd {
         n: usize,
         #[command(flatten)]
         tags: Tags,
+    },
+    /// Slowloris attackers (bench/slowloris.sh): N connections, half to a
+    /// PROXY service, half to a TLS one, each sending its opening one byte
+    /// a second. On SIGTERM, SIGINT or --max-seconds, a JSON summary of how
+    /// the server ended them goes to --summary. Loopback only.
+    Slowloris {
+        #[arg(long)]
+        proxy_port: u16,
+        #[arg(long)]
+        tls_port: u16,
+        #[arg(long, default_value_t = 5000, value_parser = RangedU64ValueParser::<usize>::new().range(1..=20_000))]
+        connections: usize,
+        /// Connects per second.
+        #[arg(long, default_value_t = 2500, value_parser = RangedU64ValueParser::<u32>::new().range(1..=100_000))]
+        open_rate: u32,
+        /// A connection the server closed is opened again a second later.
+        #[arg(long)]
+        reconnect: bool,
+        #[arg(long, default_value_t = 300, value_parser = RangedU64ValueParser::<u64>::new().range(1..=3600))]
+        max_seconds: u64,
+        /// Written once every connection was opened.
+        #[arg(long)]
+        ready: PathBuf,
+        #[arg(long)]
+        summary: PathBuf,
     },
     /// A plain echo server (tokio, no process per connection), to measure the
     /// generator's own ceiling. Loopback only; stops after --max-seconds.
@@ -564,6 +590,38 @@ fn main() -> ExitCode {
             Ok((m, human)) => emit("tls-handshake", &tags, m, &human, true),
             Err(e) => setup_error(e),
         },
+        Cmd::Slowloris {
+            proxy_port,
+            tls_port,
+            connections,
+            open_rate,
+            reconnect,
+            max_seconds,
+            ready,
+            summary,
+        } => {
+            start_watchdog(Duration::from_secs(max_seconds + WATCHDOG_GRACE_S));
+            let rt = match runtime(1) {
+                Ok(rt) => rt,
+                Err(e) => return setup_error(format!("tokio runtime: {e}")),
+            };
+            let opts = slowloris::SlowOpts {
+                proxy_port,
+                tls_port,
+                connections,
+                open_rate,
+                reconnect,
+                max_time: Duration::from_secs(max_seconds),
+                ready,
+            };
+            match rt.block_on(slowloris::run(opts)) {
+                Ok(s) => match std::fs::write(&summary, s.to_string()) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => setup_error(format!("{}: {e}", summary.display())),
+                },
+                Err(e) => setup_error(format!("slowloris: {e}")),
+            }
+        }
         Cmd::EchoServer {
             listen,
             max_seconds,
