@@ -573,11 +573,18 @@ run_ext_round() { # round
     # against the same daemon's /bin/cat service without one, measured right
     # before it: two daemons differ by their history (one that held a
     # thousand connections shares its descriptor table with each child) by
-    # as much as the header costs.
-    lg rate --target "127.0.0.1:${PORT[wininetd-plain]}" -n "$CONNS" -c "$CONC" --payload-size "$PAYLOAD" \
-        --server-pid "$pid" --server wininetd-noproxy --round "$r"
-    lg rate --target "127.0.0.1:${PORT[wininetd-proxy]}" -n "$CONNS" -c "$CONC" --payload-size "$PAYLOAD" \
-        --proxy-v2 --server-pid "$pid" --server wininetd-proxy --round "$r"
+    # as much as the header costs. The two swap places every other round,
+    # so neither always runs second (on the first's exiting children).
+    local g
+    for g in $(((r % 2) ? 0 : 1)) $(((r % 2) ? 1 : 0)); do
+        if ((g == 0)); then
+            lg rate --target "127.0.0.1:${PORT[wininetd-plain]}" -n "$CONNS" -c "$CONC" --payload-size "$PAYLOAD" \
+                --server-pid "$pid" --server wininetd-noproxy --round "$r"
+        else
+            lg rate --target "127.0.0.1:${PORT[wininetd-proxy]}" -n "$CONNS" -c "$CONC" --payload-size "$PAYLOAD" \
+                --proxy-v2 --server-pid "$pid" --server wininetd-proxy --round "$r"
+        fi
+    done
     # (i) the same rate scenario as (a), through a service run as nobody:
     # the spawn path without shared memory.
     if ((USER_PATH)); then
