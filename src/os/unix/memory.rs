@@ -5,7 +5,9 @@
 /// allocation, so after thousands of sessions have ended the daemon would
 /// stay as large as at its peak; `malloc_trim` releases whole free pages.
 /// Elsewhere (musl, the BSDs, macOS) there is no such call: a no-op.
+/// First the spawn slots let go of the last programs they started.
 pub fn release_free_memory() {
+    super::spawn::forget_started();
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks the allocator's own free lists.
     unsafe {
