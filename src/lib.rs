@@ -326,6 +326,7 @@ fn check(cli: &cli::Cli) -> ExitCode {
 
 /// Runs the daemon in the foreground (console or service manager).
 fn run(cli: &cli::Cli) -> ExitCode {
+    os::tune_allocator();
     os::init_process();
     #[cfg(windows)]
     if cli.service {

@@ -20,7 +20,7 @@ pub use file_trust::{check_config_file, check_password_file};
 pub use launch::{
     Exits, PipeReader, PipeWriter, check_users, init_process, kill, launch, terminate,
 };
-pub use memory::release_free_memory;
+pub use memory::{release_free_memory, tune_allocator};
 pub use preflight::preflight;
 pub use process_stats::process_stats;
 pub use service::{Host, install, install_socket_activated, reload, remove};

@@ -32,6 +32,9 @@ pub use template::ExecTemplate;
 /// Nothing to do: the Windows heap decommits large free blocks itself.
 pub fn release_free_memory() {}
 
+/// Nothing to tune: glibc's per-thread cache is a Unix (glibc) matter.
+pub fn tune_allocator() {}
+
 /// Whether [`wake_after`] holds readiness back: not here.
 pub const WAKE_AFTER_WORKS: bool = false;
 
