@@ -750,7 +750,19 @@ fn service(
         }
         a.values.clone()
     });
-    let mut env: Vec<(String, String)> = get(attrs, "env")
+    // Nor a program's variables: said, not carried (the extended format
+    // refuses `env` on an internal service).
+    let env_attr = get(attrs, "env").filter(|a| {
+        if internal {
+            lost_here.push((
+                a.location.clone(),
+                format!("env = {}", a.values.join(" ")),
+                "an internal service starts no program",
+            ));
+        }
+        !internal
+    });
+    let mut env: Vec<(String, String)> = env_attr
         .map(|a| {
             a.values
                 .iter()
@@ -949,6 +961,26 @@ mod tests {
         );
         assert_eq!(c.services[0].program, Program::Internal(Internal::Echo));
         assert_eq!(c.services[0].pass_env, None);
+    }
+
+    /// Found by the `xinetd` fuzz target: the model kept an internal
+    /// service's `env`, which convert cannot write (the extended format
+    /// refuses it there), so the converted config lost it without a word.
+    #[test]
+    fn an_internal_service_s_env_is_said_not_carried() {
+        let (c, notes) = ok(
+            "service echo\n{\n type = INTERNAL\n socket_type = stream\n wait = no\n env = A=1 B=2\n}\n",
+        );
+        assert_eq!(c.services[0].program, Program::Internal(Internal::Echo));
+        assert!(c.services[0].env.is_empty(), "{:?}", c.services[0].env);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(
+            notes[0]
+                .text
+                .contains("x.conf:6: env = A=1 B=2 -- not carried"),
+            "{}",
+            notes[0].text
+        );
     }
 
     #[test]
