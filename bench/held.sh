@@ -238,6 +238,12 @@ for mode in $MODES; do
     reap_s=$((SECONDS - t1))
     sleep 3
     read -r a_rss a_fds a_pipes a_kids a_kern a_cgk a_cg a_tin a_tmem <<<"$(sample)"
+    # The last relays and spare spawn slots close a moment after their
+    # programs are reaped: up to 10 s more for the descriptors to settle.
+    for ((settle = 0; settle < 10 && (a_fds != b_fds || a_pipes != b_pipes); settle++)); do
+        sleep 1
+        read -r a_rss a_fds a_pipes a_kids a_kern a_cgk a_cg a_tin a_tmem <<<"$(sample)"
+    done
     note "$mode: after (reaped in ${reap_s} s): VmRSS $a_rss KiB, $a_fds fds ($a_pipes pipes), $a_kids children"
 
     ((lrc == 0 && served == N && d_kids - b_kids == N)) || {

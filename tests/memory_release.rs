@@ -120,22 +120,23 @@ fn pipe_sessions_give_their_memory_back_when_they_end() {
 
 /// glibc's per-thread cache keeps freed chunks out of `malloc_trim`'s
 /// reach, scattered over a crowd's pages (~0.3 MiB after 3,000 `pipe`
-/// sessions): the daemon starts itself again with it off, and leaves a
+/// sessions): the daemon starts itself again with it cut to one chunk per
+/// size, and leaves a
 /// setting of the cache made by whoever started it alone. Seen through a
 /// program given the daemon's `GLIBC_TUNABLES` (/proc/PID/environ will
 /// not do: glibc cuts the variable there at each value it reads).
 #[cfg(target_env = "gnu")]
 #[test]
-fn the_daemon_runs_without_glibc_s_per_thread_cache() {
+fn the_daemon_runs_with_a_small_glibc_per_thread_cache() {
     let port = free_port();
     let config = format!(
         "[[service]]\nport = {port}\nbind = [\"127.0.0.1\"]\ncommand = [\"/usr/bin/env\"]\npass_env = [\"GLIBC_TUNABLES\"]\n"
     );
     let cases = [
-        (None, "glibc.malloc.tcache_count=0"),
+        (None, "glibc.malloc.tcache_count=1"),
         (
             Some("glibc.malloc.arena_max=2"),
-            "glibc.malloc.arena_max=2:glibc.malloc.tcache_count=0",
+            "glibc.malloc.arena_max=2:glibc.malloc.tcache_count=1",
         ),
         (
             Some("glibc.malloc.tcache_count=3"),

@@ -19,8 +19,15 @@ pub fn release_free_memory() {
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const TCACHE_COUNT: &str = "glibc.malloc.tcache_count";
 
+/// Chunks kept per size: glibc's 7 pin a crowd's pages; none costs every
+/// connection more allocator work; one keeps the release within 5 % at a
+/// fraction of that work (docs/reliability.md, *Held sessions*).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const TCACHE_KEEP: &[u8] = b"=1";
+
 /// Starts the daemon again (same pid, arguments and descriptors) with
-/// glibc's per-thread cache off, unless `GLIBC_TUNABLES` already sets it.
+/// glibc's per-thread cache cut to [`TCACHE_KEEP`] chunks per size, unless
+/// `GLIBC_TUNABLES` already sets it.
 /// That cache keeps up to 7 freed chunks per small size out of
 /// `malloc_trim`'s reach; after a crowd they lie scattered over the
 /// crowd's pages and pinned ~0.3 MiB of them (docs/reliability.md, *Held
@@ -61,7 +68,7 @@ pub fn tune_allocator() {
             tunables.push(b':');
         }
         tunables.extend_from_slice(TCACHE_COUNT.as_bytes());
-        tunables.extend_from_slice(b"=0");
+        tunables.extend_from_slice(TCACHE_KEEP);
         // SAFETY: called before any thread exists (see above), so nothing
         // reads the environment concurrently.
         unsafe { std::env::set_var("GLIBC_TUNABLES", OsString::from_vec(tunables)) };
