@@ -150,7 +150,8 @@ impl Global {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    #[cfg(test)]
+    /// Connections admitted and not yet ended: running programs and the
+    /// sessions wininetd carries itself.
     pub fn live(&self) -> u32 {
         self.lock().live
     }

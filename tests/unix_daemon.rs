@@ -760,6 +760,29 @@ fn sigterm_stops_listening_and_leaves_sessions_running() {
     assert_eq!(read_all(&mut session), b"pong");
 }
 
+/// Seen in the package's upgrade test: a connection the old daemon had
+/// accepted just before its stop was reset unanswered (an internal
+/// service's session ended with the daemon). It now gets its answer.
+#[test]
+fn sigterm_lets_an_internal_session_just_accepted_finish() {
+    let port = free_port();
+    let config =
+        format!("[[service]]\nport = {port}\nbind = [\"127.0.0.1\"]\ninternal = \"echo\"\n");
+    let mut d = Daemon::start("w.toml", &config, &[]);
+    let mut session = connect(port);
+    // An answer: the daemon holds the session before it is stopped.
+    session.write_all(b"first\n").unwrap();
+    let mut first = [0u8; 6];
+    session.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"first\n");
+    d.signal(Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(200));
+    session.write_all(b"late\n").unwrap();
+    session.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_all(&mut session), b"late\n");
+    assert_eq!(d.wait_exit(Duration::from_secs(10)).code(), Some(0));
+}
+
 #[test]
 fn sd_notify_reports_ready_reloading_and_stopping() {
     use std::os::unix::net::UnixDatagram;

@@ -262,6 +262,17 @@ impl Server {
         for (_, l) in self.listeners.drain() {
             l.task.abort();
         }
+        // Sessions wininetd carries itself (internal services, a header or
+        // handshake under way) get a moment to finish: a client accepted
+        // just before the stop still gets its answer, so a restart under
+        // socket activation refuses nothing. Every other lease is a
+        // running program's.
+        let deadline = Instant::now() + SESSION_GRACE;
+        while self.ctx.global.live() as usize > self.ctx.children().len()
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         if !self.opts.kill_on_stop {
             info!(
                 "stopped; {} program(s) left running",
@@ -294,6 +305,9 @@ impl Server {
         }
     }
 }
+
+/// How long a stop waits for the sessions wininetd carries itself.
+const SESSION_GRACE: Duration = Duration::from_secs(1);
 
 /// How long `--kill-on-stop` waits for programs to end after SIGTERM.
 const KILL_GRACE: Duration = Duration::from_secs(5);
