@@ -106,14 +106,6 @@ impl ConnEnv {
             .last()
             .map(|(_, v)| v)
     }
-
-    pub fn len(&self) -> usize {
-        self.vars.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.vars.is_empty()
-    }
 }
 
 /// `name=value` and its NUL in one allocation of the exact size (a CString
@@ -170,7 +162,7 @@ mod tests {
             ]
         );
         assert_eq!(env.get("REMOTE_PORT"), Some("65535"));
-        assert_eq!(env.len(), 7);
+        assert_eq!(env.pairs().count(), 7);
     }
 
     #[test]

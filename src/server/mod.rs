@@ -262,11 +262,12 @@ impl Server {
         for (_, l) in self.listeners.drain() {
             l.task.abort();
         }
-        // Sessions wininetd carries itself (internal services, a header or
-        // handshake under way) get a moment to finish: a client accepted
-        // just before the stop still gets its answer, so a restart under
-        // socket activation refuses nothing. Every other lease is a
-        // running program's.
+        // Sessions wininetd carries itself (internal services, a TLS
+        // handshake before its program starts) get a moment to finish: a
+        // client accepted just before the stop still gets its answer, so a
+        // restart under socket activation refuses nothing. Every other
+        // lease is a running program's. (A PROXY header still awaited
+        // holds no lease yet: that connection closes, the client unserved.)
         let deadline = Instant::now() + SESSION_GRACE;
         while self.ctx.global.live() as usize > self.ctx.children().len()
             && Instant::now() < deadline
