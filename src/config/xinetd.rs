@@ -719,8 +719,24 @@ fn service(
             None => None,
         }
     };
-    let max_instances = count("instances");
-    let per_source = count("per_source");
+    let mut max_instances = count("instances");
+    let mut per_source = count("per_source");
+    // A UDP internal service answers each datagram on its own and keeps no
+    // session: nothing to count (the extended format refuses both there).
+    if internal && protocol == Protocol::Udp {
+        for (key, limit) in [
+            ("instances", &mut max_instances),
+            ("per_source", &mut per_source),
+        ] {
+            if let (Some(n), Some(a)) = (limit.take(), get(attrs, key)) {
+                lost_here.push((
+                    a.location.clone(),
+                    format!("{key} = {n}"),
+                    "a UDP internal service keeps no session to count",
+                ));
+            }
+        }
+    }
     let rate = match get(attrs, "cps") {
         Some(a) => match a.values.first().map(|n| Rate::parse(&format!("{n}/s"))) {
             Some(Ok(r)) => Some(r),
@@ -961,6 +977,35 @@ mod tests {
         );
         assert_eq!(c.services[0].program, Program::Internal(Internal::Echo));
         assert_eq!(c.services[0].pass_env, None);
+    }
+
+    /// Found by the `xinetd` fuzz target (CI's smoke run): `per_source` on a
+    /// UDP internal service was kept, and convert's output then did not load.
+    #[test]
+    fn a_udp_internal_service_s_instance_limits_are_said_not_carried() {
+        let (c, notes) = ok(
+            "service echo\n{\n type = INTERNAL\n id = echo-dgram\n socket_type = dgram\n wait = yes\n instances = 20\n per_source = 2\n}\n",
+        );
+        let s = &c.services[0];
+        assert_eq!(
+            (s.protocol, s.limits.max_instances, s.limits.per_source),
+            (Protocol::Udp, None, None)
+        );
+        let texts: Vec<&str> = notes.iter().map(|n| n.text.as_str()).collect();
+        assert_eq!(notes.len(), 2, "{texts:?}");
+        assert!(
+            texts[0].contains("x.conf:7: instances = 20 -- not carried"),
+            "{texts:?}"
+        );
+        assert!(
+            texts[1].contains("x.conf:8: per_source = 2 -- not carried"),
+            "{texts:?}"
+        );
+        // A TCP internal service keeps them.
+        let (c, _) = ok(
+            "service echo\n{\n type = INTERNAL\n socket_type = stream\n wait = no\n per_source = 2\n}\n",
+        );
+        assert_eq!(c.services[0].limits.per_source, Some(2));
     }
 
     /// Found by the `xinetd` fuzz target: the model kept an internal
